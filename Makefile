@@ -1,0 +1,46 @@
+# edgelb: the README's commands. Each target installs what it needs.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+DEB_PKGS := haproxy nginx iperf3 wrk curl netcat-openbsd iproute2 procps
+
+.PHONY: demo test test-unit bench lint deb-deps clean
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test,dev]'
+	touch $(STAMP)
+
+# Debian packages the tests and benchmarks drive as real peers; only as root, only
+# what is missing (a developer without root gets skips that say why).
+deb-deps:
+	@missing=""; for p in $(DEB_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing:$$missing"; apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	  else echo "not root: cannot install$$missing (tests that need them will skip)"; fi; \
+	fi
+
+demo: $(STAMP) deb-deps
+	$(BIN)/edgelb demo
+
+# pytest exits 5 when it collected no tests: that is a failure, not a pass.
+test: $(STAMP) deb-deps
+	@$(BIN)/python -m pytest -q -p no:cacheprovider; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$rc
+
+test-unit: $(STAMP)
+	$(BIN)/python -m pytest -q tests/unit
+
+bench: $(STAMP) deb-deps
+	$(BIN)/python -m tests.bench.l4
+
+lint: $(STAMP)
+	$(BIN)/ruff check appliance tui tests
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(VENV) build *.egg-info

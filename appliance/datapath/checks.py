@@ -1,0 +1,100 @@
+"""Active health checks: the I/O around the pure ``health.ActiveState`` verdicts.
+
+One task per (listener, backend) runs in the control process; verdict changes are
+reported through a callback, which forwards them to every worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import Callable
+
+import trio
+
+from ..model import Backend, HealthSpec, Snapshot
+from .health import ActiveState, http_verdict
+
+log = logging.getLogger("edgelb.health")
+
+
+async def probe(backend: Backend, spec: HealthSpec) -> tuple[bool, str]:
+    """One check of ``backend``: (ok, reason when not ok)."""
+    family = socket.AF_INET6 if ":" in backend.host else socket.AF_INET
+    sock = trio.socket.socket(family, socket.SOCK_STREAM)
+    try:
+        with trio.fail_after(spec.timeout):
+            await sock.connect(backend.address)
+            if spec.type != "http":
+                return True, ""
+            host = f"[{backend.host}]" if family == socket.AF_INET6 else backend.host
+            req = (f"GET {spec.path} HTTP/1.1\r\nHost: {host}:{backend.port}\r\n"
+                   "User-Agent: edgelb-health\r\nConnection: close\r\n\r\n").encode()
+            await sock.send(req)
+            head = b""
+            while b"\r\n" not in head and len(head) < 4096:
+                chunk = await sock.recv(4096)
+                if not chunk:
+                    break
+                head += chunk
+            return http_verdict(head, spec.expect_status)
+    except trio.TooSlowError:
+        return False, f"timeout after {spec.timeout:g}s"
+    except OSError as e:
+        return False, e.strerror or str(e)
+    finally:
+        sock.close()
+
+
+class HealthChecker:
+    """Runs the checks a Snapshot asks for; keeps each backend's state across reloads."""
+
+    def __init__(self, on_change: Callable[[set[tuple[str, str]]], None]) -> None:
+        self.on_change = on_change
+        self.states: dict[tuple[str, str], ActiveState] = {}
+        self._scope: trio.CancelScope | None = None
+
+    @property
+    def down(self) -> set[tuple[str, str]]:
+        return {k for k, s in self.states.items() if not s.up}
+
+    async def run(self, snap: Snapshot, task_status: trio.TaskStatus[None] =
+                  trio.TASK_STATUS_IGNORED) -> None:
+        """Check every backend of ``snap`` until cancelled (by the next ``run``)."""
+        if self._scope is not None:
+            self._scope.cancel()
+        wanted = {(lst.name, b.key) for lst in snap.listeners for b in lst.backends
+                  if lst.health.type != "none"}
+        for k in list(self.states):
+            if k not in wanted:
+                del self.states[k]
+        with trio.CancelScope() as scope:
+            self._scope = scope
+            async with trio.open_nursery() as nursery:
+                for lst in snap.listeners:
+                    if lst.health.type == "none":
+                        continue
+                    for b in lst.backends:
+                        k = (lst.name, b.key)
+                        st = self.states.get(k)
+                        if st is None or (st.rise, st.fall) != (lst.health.rise,
+                                                                lst.health.fall):
+                            st = ActiveState(lst.health.rise, lst.health.fall,
+                                             up=st.up if st else True)
+                            self.states[k] = st
+                        nursery.start_soon(self._loop, lst.name, b, lst.health, st)
+                self.on_change(self.down)
+                task_status.started()
+
+    async def _loop(self, listener: str, backend: Backend, spec: HealthSpec,
+                    st: ActiveState) -> None:
+        while True:
+            ok, why = await probe(backend, spec)
+            if st.observe(ok, why):
+                if st.up:
+                    log.info("listener %s: backend %s is up", listener, backend.key)
+                else:
+                    log.warning("listener %s: backend %s is down: %s", listener,
+                                backend.key, why)
+                self.on_change(self.down)
+            await trio.sleep(spec.interval)

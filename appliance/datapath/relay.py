@@ -1,0 +1,124 @@
+"""Moving bytes between two connected TCP sockets: zero-copy ``os.splice`` through a pipe,
+with a buffered fallback, half-close propagated, and an idle deadline pushed forward on
+every transfer."""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import socket
+from collections.abc import Callable
+
+import trio
+
+# 1 MiB is the default /proc/sys/fs/pipe-max-size: one splice moves up to that much.
+PIPE_SIZE = 1 << 20
+_F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+_FLAGS = getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK", 2)
+HAVE_SPLICE = hasattr(os, "splice")
+
+
+class Relay:
+    """One TCP flow's two directions. ``on_bytes(direction, n)`` counts what moved:
+    direction 0 is client->backend (bytes in), 1 is backend->client (bytes out)."""
+
+    def __init__(self, client: trio.socket.SocketType, backend: trio.socket.SocketType,
+                 idle: float, on_bytes: Callable[[int, int], None],
+                 use_splice: bool = HAVE_SPLICE) -> None:
+        self.client = client
+        self.backend = backend
+        self.idle = idle
+        self.on_bytes = on_bytes
+        self.use_splice = use_splice
+        self.scope = trio.CancelScope()
+
+    async def run(self) -> None:
+        """Relay until both directions saw EOF, one side fails, or the idle deadline hits."""
+        self.scope.deadline = trio.current_time() + self.idle
+        with self.scope:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._direction, self.client, self.backend, 0, nursery)
+                nursery.start_soon(self._direction, self.backend, self.client, 1, nursery)
+
+    async def _direction(self, src: trio.socket.SocketType, dst: trio.socket.SocketType,
+                         direction: int, nursery: trio.Nursery) -> None:
+        try:
+            if self.use_splice:
+                try:
+                    await self._splice(src, dst, direction)
+                except _SpliceUnsupported:
+                    await self._copy(src, dst, direction)
+            else:
+                await self._copy(src, dst, direction)
+        except OSError:
+            # A reset or broken pipe on either side ends the whole flow: the other
+            # direction has nowhere to go.
+            nursery.cancel_scope.cancel()
+            return
+        # EOF from src: pass the half-close on, keep the other direction open.
+        try:
+            dst.shutdown(socket.SHUT_WR)
+        except OSError:
+            nursery.cancel_scope.cancel()
+
+    def _touch(self, direction: int, n: int) -> None:
+        self.on_bytes(direction, n)
+        self.scope.deadline = trio.current_time() + self.idle
+
+    async def _splice(self, src: trio.socket.SocketType, dst: trio.socket.SocketType,
+                      direction: int) -> None:
+        rfd, wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            try:
+                size = fcntl.fcntl(wfd, _F_SETPIPE_SZ, PIPE_SIZE)
+            except OSError:
+                size = 65536
+            sfd, dfd = src.fileno(), dst.fileno()
+            first = True
+            while True:
+                try:
+                    n = os.splice(sfd, wfd, size, flags=_FLAGS)
+                except BlockingIOError:
+                    # The pipe is always drained before the next read, so EAGAIN here
+                    # means the socket has nothing to read yet.
+                    await trio.lowlevel.wait_readable(src)
+                    continue
+                except OSError as e:
+                    if first and e.errno in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+                        raise _SpliceUnsupported from e
+                    raise
+                first = False
+                if n == 0:
+                    return
+                left = n
+                while left:
+                    try:
+                        m = os.splice(rfd, dfd, left, flags=_FLAGS)
+                    except BlockingIOError:
+                        await trio.lowlevel.wait_writable(dst)
+                        continue
+                    left -= m
+                self._touch(direction, n)
+                # A flow that always has data would otherwise never yield to others.
+                await trio.lowlevel.checkpoint()
+        finally:
+            os.close(rfd)
+            os.close(wfd)
+
+    async def _copy(self, src: trio.socket.SocketType, dst: trio.socket.SocketType,
+                    direction: int) -> None:
+        buf = bytearray(256 * 1024)
+        view = memoryview(buf)
+        while True:
+            n = await src.recv_into(buf)
+            if n == 0:
+                return
+            sent = 0
+            while sent < n:
+                sent += await dst.send(view[sent:n])
+            self._touch(direction, n)
+
+
+class _SpliceUnsupported(Exception):
+    pass

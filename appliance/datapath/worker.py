@@ -1,0 +1,443 @@
+"""The datapath of one process: it owns listening sockets (SO_REUSEPORT, so N workers can
+each hold their own), forwards TCP and UDP flows, and swaps Snapshots atomically.
+
+Decisions (which backend, is it usable) come from the pure balance and health modules;
+this module only moves bytes and keeps the books.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import trio
+
+from ..model import Backend, Listener, Snapshot
+from . import proxyproto
+from .balance import Balancer, make_balancer
+from .flows import BackendStats, Flow, FlowTable, ListenerStats
+from .health import PassiveState
+from .relay import HAVE_SPLICE, Relay
+
+log = logging.getLogger("edgelb.datapath")
+
+
+@dataclass
+class BackendRuntime:
+    """A backend as one worker sees it, carried across Snapshots by (listener, address)."""
+
+    backend: Backend
+    passive: PassiveState
+    stats: BackendStats = field(default_factory=BackendStats)
+    up: bool = True  # the active health verdict, set by the control process
+    removed: bool = False
+    # Each flow's relay cancel scope, so that a removed backend's flows can be drained.
+    flows: dict[int, trio.CancelScope] = field(default_factory=dict)
+
+    def usable(self, now: float) -> bool:
+        return self.up and not self.removed and not self.passive.ejected(now)
+
+
+class _ActiveView(Sequence[int]):
+    """The balancers' view of active connection counts, read live without copying."""
+
+    def __init__(self, brs: list[BackendRuntime]) -> None:
+        self.brs = brs
+
+    def __len__(self) -> int:
+        return len(self.brs)
+
+    def __getitem__(self, i: int) -> int:  # type: ignore[override]
+        return self.brs[i].stats.active
+
+
+@dataclass
+class Pool:
+    """A Listener's backends and balancer as of one Snapshot."""
+
+    listener: Listener
+    balancer: Balancer
+    brs: list[BackendRuntime]
+    stats: ListenerStats
+    active: _ActiveView = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.active = _ActiveView(self.brs)
+
+    def pick(self, key: bytes, tried: set[int], now: float) -> int | None:
+        avail = [i for i, br in enumerate(self.brs) if i not in tried and br.usable(now)]
+        return self.balancer.pick(avail, key, self.active)
+
+
+@dataclass
+class _Bound:
+    listener: Listener
+    sock: trio.socket.SocketType
+    scope: trio.CancelScope
+
+
+def _somaxconn() -> int:
+    try:
+        with open("/proc/sys/net/core/somaxconn") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return 4096
+
+
+def open_listener_socket(lst: Listener) -> trio.socket.SocketType:
+    """A bound (and for TCP, listening) socket with SO_REUSEPORT, raising OSError."""
+    host, port = lst.bind
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    kind = socket.SOCK_STREAM if lst.protocol == "tcp" else socket.SOCK_DGRAM
+    sock = trio.socket.socket(family, kind)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        if hasattr(socket, "IP_FREEBIND"):
+            # A VIP may be added after we bind (HA promotion); freebind lets us bind first.
+            sock.setsockopt(socket.IPPROTO_IP, socket.IP_FREEBIND, 1)
+        # trio's bind is async only for name resolution; the address is a literal.
+        sock._sock.bind((host, port))
+        if kind == socket.SOCK_STREAM:
+            sock.listen(min(lst.backlog, _somaxconn()))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+class Worker:
+    """Serves one Snapshot at a time inside a trio nursery."""
+
+    def __init__(self, nursery: trio.Nursery, worker_id: int = 0,
+                 use_splice: bool = HAVE_SPLICE) -> None:
+        self.nursery = nursery
+        self.worker_id = worker_id
+        self.use_splice = use_splice
+        self.snapshot: Snapshot | None = None
+        self.pools: dict[tuple[str, str, int], Pool] = {}
+        self.bound: dict[tuple[str, str, int], _Bound] = {}
+        self.backends: dict[tuple[str, str], BackendRuntime] = {}
+        self.stats: dict[str, ListenerStats] = {}
+        self.flows: dict[int, Flow] = {}
+        self.health_down: set[tuple[str, str]] = set()
+        self.idle = trio.Event()
+        self.idle.set()
+
+    # -- Snapshots -----------------------------------------------------------------
+
+    def apply(self, snap: Snapshot, strict: bool = False) -> list[str]:
+        """Put ``snap`` in force: new flows use it at once, existing flows keep theirs, and
+        flows to backends it no longer has drain until ``drain_timeout``. Returns the
+        errors of listeners that could not be bound (with ``strict``, raises the first)."""
+        errors: list[str] = []
+        now = trio.current_time()
+        pools: dict[tuple[str, str, int], Pool] = {}
+        keep: set[tuple[str, str]] = set()
+        for lst in snap.listeners:
+            stats = self.stats.setdefault(lst.name, ListenerStats())
+            brs = []
+            for b in lst.backends:
+                k = (lst.name, b.key)
+                br = self.backends.get(k)
+                if br is None or br.passive.spec != lst.passive:
+                    old = br
+                    br = BackendRuntime(b, PassiveState(lst.passive),
+                                        stats.backends.setdefault(b.key, BackendStats()))
+                    if old is not None:
+                        br.flows = old.flows
+                br.backend = b
+                br.removed = False
+                br.up = k not in self.health_down
+                self.backends[k] = br
+                brs.append(br)
+                keep.add(k)
+            balancer = make_balancer(lst.balance, [(b.key, b.weight) for b in lst.backends])
+            pools[lst.socket_key] = Pool(lst, balancer, brs, stats)
+
+        for k, br in list(self.backends.items()):
+            if k not in keep:
+                br.removed = True
+                for scope in br.flows.values():
+                    scope.deadline = min(scope.deadline, now + snap.drain_timeout)
+                if not br.flows:
+                    del self.backends[k]
+
+        for key, bound in list(self.bound.items()):
+            if key not in pools:
+                bound.scope.cancel()
+                bound.sock.close()
+                del self.bound[key]
+        for key, pool in pools.items():
+            if key in self.bound:
+                self.bound[key].listener = pool.listener
+                continue
+            try:
+                sock = open_listener_socket(pool.listener)
+            except OSError as e:
+                msg = f"listener {pool.listener.name}: cannot bind {pool.listener.bind_text}: " \
+                      f"{e.strerror}"
+                if strict:
+                    raise OSError(e.errno, msg) from e
+                log.error("%s", msg)
+                errors.append(msg)
+                continue
+            bound = _Bound(pool.listener, sock, trio.CancelScope())
+            self.bound[key] = bound
+            serve = self._serve_tcp if pool.listener.protocol == "tcp" else self._serve_udp
+            self.nursery.start_soon(serve, bound)
+        self.pools = pools
+        self.snapshot = snap
+        return errors
+
+    def set_health(self, down: set[tuple[str, str]]) -> None:
+        """Active health verdicts from the control process: (listener, backend key) down."""
+        self.health_down = set(down)
+        for k, br in self.backends.items():
+            br.up = k not in down
+
+    def stop_accepting(self) -> None:
+        for bound in self.bound.values():
+            bound.scope.cancel()
+            bound.sock.close()
+        self.bound.clear()
+
+    async def drain(self, deadline: float) -> None:
+        """Stop accepting and wait for flows to end, cutting them at ``deadline``."""
+        self.stop_accepting()
+        with trio.move_on_at(deadline):
+            await self.idle.wait()
+        for br in self.backends.values():
+            for scope in br.flows.values():
+                scope.cancel()
+
+    # -- TCP -------------------------------------------------------------------------
+
+    async def _serve_tcp(self, bound: _Bound) -> None:
+        with bound.scope:
+            while True:
+                try:
+                    conn, client = await bound.sock.accept()
+                except OSError as e:
+                    if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                        # Out of descriptors: back off instead of spinning on accept.
+                        log.warning("accept on %s: %s", bound.listener.bind_text, e.strerror)
+                        await trio.sleep(0.1)
+                        continue
+                    raise
+                pool = self.pools.get(bound.listener.socket_key)
+                if pool is None:
+                    conn.close()
+                    continue
+                self.nursery.start_soon(self._tcp_flow, conn, client, pool)
+
+    def _begin(self, flow: Flow) -> None:
+        self.flows[flow.id] = flow
+        self.idle = trio.Event() if self.idle.is_set() else self.idle
+
+    def _end(self, flow: Flow) -> None:
+        self.flows.pop(flow.id, None)
+        if not self.flows:
+            self.idle.set()
+
+    async def _tcp_flow(self, conn: trio.socket.SocketType, client: tuple[str, int],
+                        pool: Pool) -> None:
+        lst = pool.listener
+        stats = pool.stats
+        stats.accepted += 1
+        with conn:
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if lst.max_connections and sum(pool.active) >= lst.max_connections:
+                stats.over_limit += 1
+                return
+            flow = Flow(lst.name, "tcp", (client[0], client[1]), "", trio.current_time())
+            self._begin(flow)
+            try:
+                picked = await self._connect(pool, client, conn)
+                if picked is None:
+                    # Every backend is down or refused: close at once rather than leave
+                    # the client waiting for a timeout.
+                    stats.no_backend += 1
+                    return
+                br, upstream = picked
+                with upstream:
+                    await self._relay(flow, br, conn, upstream, lst)
+            finally:
+                self._end(flow)
+
+    async def _connect(self, pool: Pool, client: tuple[str, int],
+                       conn: trio.socket.SocketType) -> tuple[BackendRuntime,
+                                                             trio.socket.SocketType] | None:
+        lst = pool.listener
+        key = client[0].encode()
+        tried: set[int] = set()
+        while True:
+            now = trio.current_time()
+            i = pool.pick(key, tried, now)
+            if i is None:
+                return None
+            tried.add(i)
+            br = pool.brs[i]
+            family = socket.AF_INET6 if ":" in br.backend.host else socket.AF_INET
+            up = trio.socket.socket(family, socket.SOCK_STREAM)
+            try:
+                up.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                with trio.fail_after(lst.timeouts.connect):
+                    await up.connect(br.backend.address)
+                if lst.proxy_protocol != "none":
+                    header = proxyproto.header(lst.proxy_protocol, client, conn.getsockname())
+                    await up.send(header)
+            except (OSError, trio.TooSlowError) as e:
+                up.close()
+                br.stats.connect_failures += 1
+                if br.passive.failure(trio.current_time()):
+                    log.warning("listener %s: backend %s ejected after %d connect failures "
+                                "(%s)", lst.name, br.backend.key, lst.passive.failures,
+                                getattr(e, "strerror", None) or "timeout")
+                continue
+            br.passive.success()
+            return br, up
+
+    async def _relay(self, flow: Flow, br: BackendRuntime, conn: trio.socket.SocketType,
+                     upstream: trio.socket.SocketType, lst: Listener) -> None:
+        st = br.stats
+
+        def on_bytes(direction: int, n: int) -> None:
+            if direction == 0:
+                flow.bytes_in += n
+                st.bytes_in += n
+            else:
+                flow.bytes_out += n
+                st.bytes_out += n
+
+        relay = Relay(conn, upstream, lst.timeouts.idle, on_bytes, self.use_splice)
+        flow.backend = br.backend.key
+        flow.state = "established"
+        st.active += 1
+        st.connections += 1
+        br.flows[flow.id] = relay.scope
+        if br.removed:
+            relay.scope.deadline = trio.current_time() + (
+                self.snapshot.drain_timeout if self.snapshot else 0)
+        try:
+            await relay.run()
+        finally:
+            st.active -= 1
+            br.flows.pop(flow.id, None)
+            k = (lst.name, br.backend.key)
+            if br.removed and not br.flows and self.backends.get(k) is br:
+                del self.backends[k]
+
+    # -- UDP -------------------------------------------------------------------------
+
+    async def _serve_udp(self, bound: _Bound) -> None:
+        lst = bound.listener
+        table: FlowTable[_UdpFlow] = FlowTable(lst.max_flows, lst.timeouts.idle)
+        last_evict_log = -1e9
+        with bound.scope:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._udp_expiry, table, bound)
+                while True:
+                    data, client = await bound.sock.recvfrom(65535)
+                    client = (client[0], client[1])
+                    now = trio.current_time()
+                    uf = table.get(client, now)
+                    if uf is None:
+                        pool = self.pools.get(bound.listener.socket_key)
+                        if pool is None:
+                            continue
+                        uf = await self._udp_open(pool, client)
+                        if uf is None:
+                            pool.stats.no_backend += 1
+                            continue
+                        evicted = table.add(client, uf, now)
+                        if evicted:
+                            pool.stats.udp_evicted += len(evicted)
+                            if now - last_evict_log >= 10:
+                                # Once per interval: a flood would otherwise flood the log.
+                                log.warning("listener %s: max_flows %d reached, evicting "
+                                            "oldest flows (%d so far)", lst.name,
+                                            lst.max_flows, pool.stats.udp_evicted)
+                                last_evict_log = now
+                            for old in evicted:
+                                old.close()
+                        nursery.start_soon(self._udp_return, uf, table, bound)
+                    try:
+                        await uf.upstream.send(data)
+                    except OSError:
+                        uf.close()
+                        table.remove(client, uf)
+                        continue
+                    uf.flow.bytes_in += len(data)
+                    uf.br.stats.bytes_in += len(data)
+
+    async def _udp_open(self, pool: Pool, client: tuple[str, int]) -> _UdpFlow | None:
+        i = pool.pick(client[0].encode(), set(), trio.current_time())
+        if i is None:
+            return None
+        br = pool.brs[i]
+        family = socket.AF_INET6 if ":" in br.backend.host else socket.AF_INET
+        up = trio.socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            await up.connect(br.backend.address)
+        except OSError:
+            up.close()
+            br.stats.connect_failures += 1
+            return None
+        flow = Flow(pool.listener.name, "udp", client, br.backend.key, trio.current_time(),
+                    state="established")
+        br.stats.active += 1
+        br.stats.connections += 1
+        pool.stats.accepted += 1
+        uf = _UdpFlow(flow, br, up, trio.CancelScope())
+        self._begin(flow)
+        br.flows[flow.id] = uf.scope
+        return uf
+
+    async def _udp_return(self, uf: _UdpFlow, table: FlowTable[_UdpFlow],
+                          bound: _Bound) -> None:
+        try:
+            with uf.scope:
+                while True:
+                    try:
+                        data = await uf.upstream.recv(65535)
+                    except OSError:
+                        # ECONNREFUSED from an ICMP port unreachable: the flow is dead.
+                        break
+                    await bound.sock.sendto(data, uf.flow.client)
+                    uf.flow.bytes_out += len(data)
+                    uf.br.stats.bytes_out += len(data)
+                    table.touch(uf.flow.client, trio.current_time())
+        finally:
+            table.remove(uf.flow.client, uf)
+            uf.close()
+            uf.br.flows.pop(uf.flow.id, None)
+            self._end(uf.flow)
+
+    async def _udp_expiry(self, table: FlowTable[_UdpFlow], bound: _Bound) -> None:
+        tick = max(0.05, min(1.0, table.idle / 4))
+        while True:
+            await trio.sleep(tick)
+            for uf in table.expire(trio.current_time()):
+                uf.close()
+
+
+@dataclass
+class _UdpFlow:
+    flow: Flow
+    br: BackendRuntime
+    upstream: trio.socket.SocketType
+    scope: trio.CancelScope
+    closed: bool = False
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.br.stats.active -= 1
+            self.scope.cancel()
+            self.upstream.close()

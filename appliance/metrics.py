@@ -1,0 +1,69 @@
+"""Prometheus metrics: the counters of every worker added up, served by prometheus-client
+on the configured address."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from .daemon import Daemon
+
+
+class StatsCollector(Collector):
+    """Reads the daemon's counters, added up across workers, at scrape time."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+
+    def collect(self) -> Iterator[Metric]:
+        totals = self.daemon.stats_snapshot()
+        snap = self.daemon.snapshot
+        info = GaugeMetricFamily("edgelb_snapshot_version", "Snapshot in force")
+        info.add_metric([], snap.version if snap else 0)
+        yield info
+        acc = CounterMetricFamily("edgelb_listener_accepted", "Connections or UDP flows "
+                                  "accepted", labels=["listener"])
+        nob = CounterMetricFamily("edgelb_listener_no_backend", "Connections closed at "
+                                  "once because no backend was usable", labels=["listener"])
+        over = CounterMetricFamily("edgelb_listener_over_limit", "Connections refused by "
+                                   "max_connections", labels=["listener"])
+        evi = CounterMetricFamily("edgelb_udp_evicted", "UDP flows evicted by max_flows",
+                                  labels=["listener"])
+        act = GaugeMetricFamily("edgelb_backend_active", "Open flows",
+                                labels=["listener", "backend"])
+        conns = CounterMetricFamily("edgelb_backend_connections", "Flows forwarded",
+                                    labels=["listener", "backend"])
+        fails = CounterMetricFamily("edgelb_backend_connect_failures", "Failed connects",
+                                    labels=["listener", "backend"])
+        bin_ = CounterMetricFamily("edgelb_backend_bytes_in", "Bytes client->backend",
+                                   labels=["listener", "backend"])
+        bout = CounterMetricFamily("edgelb_backend_bytes_out", "Bytes backend->client",
+                                   labels=["listener", "backend"])
+        down = set(self.daemon.health.down)
+        up = GaugeMetricFamily("edgelb_backend_up", "Active health verdict (1 up)",
+                               labels=["listener", "backend"])
+        for name, st in totals.items():
+            acc.add_metric([name], st.accepted)
+            nob.add_metric([name], st.no_backend)
+            over.add_metric([name], st.over_limit)
+            evi.add_metric([name], st.udp_evicted)
+            for key, b in st.backends.items():
+                act.add_metric([name, key], b.active)
+                conns.add_metric([name, key], b.connections)
+                fails.add_metric([name, key], b.connect_failures)
+                bin_.add_metric([name, key], b.bytes_in)
+                bout.add_metric([name, key], b.bytes_out)
+                up.add_metric([name, key], 0 if (name, key) in down else 1)
+        yield from (acc, nob, over, evi, act, conns, fails, bin_, bout, up)
+
+
+def start_metrics_server(bind: tuple[str, int], daemon: Daemon) -> None:
+    """Serve /metrics on ``bind`` from a daemon thread of prometheus-client's."""
+    registry = CollectorRegistry()
+    registry.register(StatsCollector(daemon))
+    start_http_server(bind[1], addr=bind[0], registry=registry)

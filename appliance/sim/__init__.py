@@ -1,0 +1,1 @@
+"""Simulated pieces for the demo and the tests: local backends (and, later, a cluster)."""
