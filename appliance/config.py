@@ -150,7 +150,7 @@ class _Checker:
                 extra = f" (did you mean {hint!r}?)" if hint else ""
                 self.fail(f"{path}.{key}" if path else key, sub, f"unknown key{extra}")
         self.lines[id(node.value)] = node.line
-        return node.value  # type: ignore[no-any-return]
+        return node.value
 
     def get(self, m: dict[str, Node], key: str, path: str, conv: Callable[[Any], Any],
             default: Any) -> Any:

@@ -168,7 +168,8 @@ class Daemon:
 
     async def reload(self) -> bool:
         """Re-read the config; put it in force if valid, else keep the old Snapshot."""
-        assert self.snapshot is not None and self._nursery is not None
+        assert self.snapshot is not None
+        assert self._nursery is not None
         sd_notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
         try:
             snap = load_file(self.config_path, version=self.snapshot.version + 1)

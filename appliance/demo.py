@@ -28,8 +28,7 @@ async def run_demo(web_port: int = 8080, log_format: str = "text") -> int:
     """Run until Ctrl-C; returns the exit status."""
     with tempfile.TemporaryDirectory(prefix="edgelb-demo-") as tmp:
         path = os.path.join(tmp, "edgelb.yaml")
-        with open(path, "w") as f:
-            f.write(demo_config(web_port))
+        await trio.Path(path).write_text(demo_config(web_port))
         async with trio.open_nursery() as nursery:
             for i in (1, 2, 3):
                 await nursery.start(serve_http, "127.0.0.1", 19000 + i, f"web-{i}")

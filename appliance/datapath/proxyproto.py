@@ -18,16 +18,13 @@ def header(version: str, src: tuple[str, int], dst: tuple[str, int]) -> bytes:
         s_ip = _as_v6(s_ip)
         d_ip = _as_v6(d_ip)
     if version == "v1":
-        fam = "TCP4" if s_ip.version == 4 else "TCP6"
-        return f"PROXY {fam} {s_ip} {d_ip} {src[1]} {dst[1]}\r\n".encode()
+        name = "TCP4" if s_ip.version == 4 else "TCP6"
+        return f"PROXY {name} {s_ip} {d_ip} {src[1]} {dst[1]}\r\n".encode()
     if version == "v2":
-        if s_ip.version == 4:
-            body = s_ip.packed + d_ip.packed + struct.pack("!HH", src[1], dst[1])
-            fam = 0x11  # AF_INET, STREAM
-        else:
-            body = s_ip.packed + d_ip.packed + struct.pack("!HH", src[1], dst[1])
-            fam = 0x21  # AF_INET6, STREAM
-        return V2_SIGNATURE + bytes([0x21, fam]) + struct.pack("!H", len(body)) + body
+        body = s_ip.packed + d_ip.packed + struct.pack("!HH", src[1], dst[1])
+        family = 0x11 if s_ip.version == 4 else 0x21  # AF_INET / AF_INET6, both STREAM
+        # 0x21: protocol version 2, command PROXY.
+        return V2_SIGNATURE + bytes([0x21, family]) + struct.pack("!H", len(body)) + body
     raise ValueError(f"unknown PROXY protocol version {version!r}")
 
 

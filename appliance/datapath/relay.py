@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import math
 import os
 import socket
 from collections.abc import Callable
@@ -32,10 +33,17 @@ class Relay:
         self.on_bytes = on_bytes
         self.use_splice = use_splice
         self.scope = trio.CancelScope()
+        # A drain deadline caps the idle deadline: traffic must not push it back.
+        self.cut_deadline = math.inf
+
+    def cut_at(self, deadline: float) -> None:
+        """End the flow at ``deadline`` at the latest (a removed backend draining)."""
+        self.cut_deadline = min(self.cut_deadline, deadline)
+        self.scope.deadline = min(self.scope.deadline, deadline)
 
     async def run(self) -> None:
         """Relay until both directions saw EOF, one side fails, or the idle deadline hits."""
-        self.scope.deadline = trio.current_time() + self.idle
+        self.scope.deadline = min(trio.current_time() + self.idle, self.cut_deadline)
         with self.scope:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._direction, self.client, self.backend, 0, nursery)
@@ -64,7 +72,7 @@ class Relay:
 
     def _touch(self, direction: int, n: int) -> None:
         self.on_bytes(direction, n)
-        self.scope.deadline = trio.current_time() + self.idle
+        self.scope.deadline = min(trio.current_time() + self.idle, self.cut_deadline)
 
     async def _splice(self, src: trio.socket.SocketType, dst: trio.socket.SocketType,
                       direction: int) -> None:

@@ -12,6 +12,7 @@ import logging
 import socket
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import trio
 
@@ -25,6 +26,12 @@ from .relay import HAVE_SPLICE, Relay
 log = logging.getLogger("edgelb.datapath")
 
 
+class Cuttable(Protocol):
+    scope: trio.CancelScope
+
+    def cut_at(self, deadline: float) -> None: ...
+
+
 @dataclass
 class BackendRuntime:
     """A backend as one worker sees it, carried across Snapshots by (listener, address)."""
@@ -34,8 +41,8 @@ class BackendRuntime:
     stats: BackendStats = field(default_factory=BackendStats)
     up: bool = True  # the active health verdict, set by the control process
     removed: bool = False
-    # Each flow's relay cancel scope, so that a removed backend's flows can be drained.
-    flows: dict[int, trio.CancelScope] = field(default_factory=dict)
+    # Each open flow, so that a removed backend's flows can be drained.
+    flows: dict[int, Cuttable] = field(default_factory=dict)
 
     def usable(self, now: float) -> bool:
         return self.up and not self.removed and not self.passive.ejected(now)
@@ -101,8 +108,9 @@ def open_listener_socket(lst: Listener) -> trio.socket.SocketType:
         if hasattr(socket, "IP_FREEBIND"):
             # A VIP may be added after we bind (HA promotion); freebind lets us bind first.
             sock.setsockopt(socket.IPPROTO_IP, socket.IP_FREEBIND, 1)
-        # trio's bind is async only for name resolution; the address is a literal.
-        sock._sock.bind((host, port))
+        # trio's bind is async only for name resolution; the address is a literal, so
+        # the stdlib socket binds it directly and this stays a plain function.
+        sock._sock.bind((host, port))  # type: ignore[attr-defined]
         if kind == socket.SOCK_STREAM:
             sock.listen(min(lst.backlog, _somaxconn()))
     except BaseException:
@@ -163,8 +171,8 @@ class Worker:
         for k, br in list(self.backends.items()):
             if k not in keep:
                 br.removed = True
-                for scope in br.flows.values():
-                    scope.deadline = min(scope.deadline, now + snap.drain_timeout)
+                for flow in br.flows.values():
+                    flow.cut_at(now + snap.drain_timeout)
                 if not br.flows:
                     del self.backends[k]
 
@@ -213,8 +221,8 @@ class Worker:
         with trio.move_on_at(deadline):
             await self.idle.wait()
         for br in self.backends.values():
-            for scope in br.flows.values():
-                scope.cancel()
+            for flow in br.flows.values():
+                flow.scope.cancel()
 
     # -- TCP -------------------------------------------------------------------------
 
@@ -320,10 +328,10 @@ class Worker:
         flow.state = "established"
         st.active += 1
         st.connections += 1
-        br.flows[flow.id] = relay.scope
+        br.flows[flow.id] = relay
         if br.removed:
-            relay.scope.deadline = trio.current_time() + (
-                self.snapshot.drain_timeout if self.snapshot else 0)
+            relay.cut_at(trio.current_time() + (
+                self.snapshot.drain_timeout if self.snapshot else 0))
         try:
             await relay.run()
         finally:
@@ -396,7 +404,7 @@ class Worker:
         pool.stats.accepted += 1
         uf = _UdpFlow(flow, br, up, trio.CancelScope())
         self._begin(flow)
-        br.flows[flow.id] = uf.scope
+        br.flows[flow.id] = uf
         return uf
 
     async def _udp_return(self, uf: _UdpFlow, table: FlowTable[_UdpFlow],
@@ -434,6 +442,9 @@ class _UdpFlow:
     upstream: trio.socket.SocketType
     scope: trio.CancelScope
     closed: bool = False
+
+    def cut_at(self, deadline: float) -> None:
+        self.scope.deadline = min(self.scope.deadline, deadline)
 
     def close(self) -> None:
         if not self.closed:

@@ -4,6 +4,7 @@ answered, so that a demo user (and a test) sees the balancing happen."""
 from __future__ import annotations
 
 import socket
+from functools import partial
 
 import trio
 
@@ -13,10 +14,10 @@ async def serve_http(host: str, port: int, name: str,
     """An HTTP/1.1 server answering every request with ``backend <name>`` (keep-alive)."""
     listeners = await trio.open_tcp_listeners(port, host=host)
     task_status.started()
-    await trio.serve_listeners(lambda s: _http_conn(s, name), listeners)
+    await trio.serve_listeners(partial(_http_conn, name=name), listeners)
 
 
-async def _http_conn(stream: trio.SocketStream, name: str) -> None:
+async def _http_conn(stream: trio.abc.Stream, name: str) -> None:
     buf = b""
     try:
         while True:

@@ -1,0 +1,199 @@
+"""Real processes and sockets for the integration tests: an edgelb daemon started as a
+user would start it, and small backends on loopback. Every server here stops itself and
+every process is stopped by its own PID."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port(kind: int = socket.SOCK_STREAM, host: str = "127.0.0.1") -> int:
+    """A port that is free for both TCP and UDP right now."""
+    while True:
+        with socket.socket(socket.AF_INET, kind) as s:
+            s.bind((host, 0))
+            port = s.getsockname()[1]
+        other = socket.SOCK_DGRAM if kind == socket.SOCK_STREAM else socket.SOCK_STREAM
+        try:
+            with socket.socket(socket.AF_INET, other) as s2:
+                s2.bind((host, port))
+            return int(port)
+        except OSError:
+            continue
+
+
+def wait_for(pred: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def can_connect(port: int, host: str = "127.0.0.1") -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+class Edgelb:
+    """An ``edgelb run`` process with a config file that the test can rewrite."""
+
+    def __init__(self, tmp: Path, config: str) -> None:
+        self.path = tmp / "edgelb.yaml"
+        self.path.write_text(textwrap.dedent(config))
+        self.log = tmp / "edgelb.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, wait_port: int | None = None) -> Edgelb:
+        self._logf = open(self.log, "wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "appliance.cli", "run", "-c", str(self.path)],
+            stdout=self._logf, stderr=subprocess.STDOUT, cwd=ROOT)
+        wait_for(lambda: b"serving snapshot" in self.log.read_bytes()
+                 or self.proc is None or self.proc.poll() is not None, 20, "edgelb start")
+        assert self.proc.poll() is None, self.log.read_text()
+        if wait_port:
+            wait_for(lambda: can_connect(wait_port), 10, "listener")
+        return self
+
+    def rewrite(self, config: str) -> None:
+        self.path.write_text(textwrap.dedent(config))
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        os.kill(self.proc.pid, sig)
+
+    def reload(self, marker: str = "reload") -> None:
+        """SIGHUP and wait until the daemon logged the outcome."""
+        before = self.log.read_bytes().count(b"reload")
+        self.signal(signal.SIGHUP)
+        wait_for(lambda: self.log.read_bytes().count(b"reload") > before, 10, "reload")
+
+    def logs(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self, timeout: float = 15) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._logf.close()
+        return self.proc.returncode
+
+
+@contextmanager
+def edgelb(tmp: Path, config: str, wait_port: int | None = None) -> Iterator[Edgelb]:
+    e = Edgelb(tmp, config).start(wait_port)
+    try:
+        yield e
+    finally:
+        e.stop()
+
+
+def metrics(port: int) -> dict[str, float]:
+    """Scrape /metrics into {'name{labels}': value}."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+    out = {}
+    for line in text.decode().splitlines():
+        if line and not line.startswith("#"):
+            k, _, v = line.rpartition(" ")
+            out[k] = float(v)
+    return out
+
+
+class Server:
+    """A threaded TCP server on loopback running ``handler(conn)`` per connection."""
+
+    def __init__(self, handler: Callable[[socket.socket], None], port: int = 0,
+                 host: str = "127.0.0.1") -> None:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.sock = socket.socket(family, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((host, port))
+        self.sock.listen(512)
+        self.port = self.sock.getsockname()[1]
+        self.handler = handler
+        self.accepted = 0
+        self.conns: list[socket.socket] = []
+        self._stop = False
+        threading.Thread(target=self._loop, daemon=True).start()
+
+    def _loop(self) -> None:
+        while not self._stop:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            self.conns.append(conn)
+            threading.Thread(target=self._run, args=(conn,), daemon=True).start()
+
+    def _run(self, conn: socket.socket) -> None:
+        try:
+            self.handler(conn)
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    def close(self) -> None:
+        self._stop = True
+        self.sock.close()
+
+    def __enter__(self) -> Server:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def echo(conn: socket.socket) -> None:
+    """Echo until EOF, then half-close back."""
+    while True:
+        data = conn.recv(1 << 18)
+        if not data:
+            conn.shutdown(socket.SHUT_WR)
+            return
+        conn.sendall(data)
+
+
+def named(name: str) -> Callable[[socket.socket], None]:
+    """Answer each line with ``name``: who served the connection."""
+    def handler(conn: socket.socket) -> None:
+        f = conn.makefile("rb")
+        for _line in f:
+            conn.sendall(name.encode() + b"\n")
+    return handler
+
+
+def ask(port: int, host: str = "127.0.0.1", timeout: float = 5) -> bytes:
+    """Connect, send a line, return the answer line (b'' when edgelb closed at once)."""
+    with socket.create_connection((host, port), timeout=timeout) as s:
+        s.sendall(b"who\n")
+        return s.makefile("rb").readline().strip()
+
+
+def closed_port() -> int:
+    """A loopback port where nothing listens (connects are refused)."""
+    return free_port()

@@ -1,0 +1,154 @@
+"""Config parsing: a valid file becomes a Snapshot; every kind of mistake names its key
+path and line, and all mistakes are reported at once."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+from appliance.config import ConfigError, load_text, parse_address, parse_duration
+
+GOOD = """\
+workers: 2
+drain_timeout: 10s
+listeners:
+  - name: web
+    bind: 127.0.0.1:8080
+    protocol: tcp
+    balance: least_conn
+    backends:
+      - {address: 127.0.0.1:9001, weight: 3}
+      - 127.0.0.1:9002
+    health: {type: http, interval: 1s, timeout: 500ms, rise: 2, fall: 3, path: /hz}
+    timeouts: {connect: 250ms, idle: 5m}
+    proxy_protocol: v2
+  - name: dns
+    bind: "[::1]:5353"
+    protocol: udp
+    backends: ["[::1]:9053"]
+"""
+
+
+def test_good_config_builds_snapshot() -> None:
+    snap = load_text(GOOD)
+    assert snap.workers == 2
+    assert snap.drain_timeout == 10.0
+    web, dns = snap.listeners
+    assert web.bind == ("127.0.0.1", 8080)
+    assert [b.weight for b in web.backends] == [3, 1]
+    assert web.health.type == "http" and web.health.path == "/hz"
+    assert web.timeouts.connect == 0.25 and web.timeouts.idle == 300.0
+    assert web.proxy_protocol == "v2"
+    assert dns.bind == ("::1", 5353) and dns.health.type == "none"
+    assert dns.timeouts.idle == 30.0  # UDP's own default
+    assert dns.bind_text == "[::1]:5353"
+
+
+def test_digest_tracks_content_not_version() -> None:
+    assert load_text(GOOD, version=1).digest == load_text(GOOD, version=7).digest
+    assert load_text(GOOD).digest != load_text(GOOD.replace("weight: 3", "weight: 4")).digest
+
+
+def _errors(text: str) -> list[tuple[str, int, str]]:
+    with pytest.raises(ConfigError) as ei:
+        load_text(textwrap.dedent(text))
+    return [(i.path, i.line, i.message) for i in ei.value.issues]
+
+
+BASE = """\
+listeners:
+  - name: web
+    bind: 127.0.0.1:8080
+    backends: [127.0.0.1:9001]
+"""
+
+
+@pytest.mark.parametrize(
+    ("text", "path", "line", "words"),
+    [
+        # 1. unknown key, with a suggestion
+        (BASE + "    protocl: tcp\n", "listeners[0].protocl", 5, "did you mean 'protocol'"),
+        # 2. wrong type
+        (BASE.replace("backends: [127.0.0.1:9001]", "backends: 127.0.0.1:9001"),
+         "listeners[0].backends", 4, "expected a list"),
+        # 3. duplicate bind
+        (BASE + "  - name: web2\n    bind: 127.0.0.1:8080\n    backends: [127.0.0.1:9]\n",
+         "listeners[1].bind", 6, "duplicate bind"),
+        # 4. unparseable address
+        (BASE.replace("bind: 127.0.0.1:8080", "bind: 127.0.0.300:8080"),
+         "listeners[0].bind", 3, "not an IP address"),
+        # 5. port out of range
+        (BASE.replace("127.0.0.1:9001", "127.0.0.1:70000"),
+         "listeners[0].backends[0].address", 4, "not in 1-65535"),
+        # 6. bad duration
+        (BASE + "    timeouts: {connect: 1 sec}\n", "listeners[0].timeouts.connect", 5,
+         "not a duration"),
+        # 7. bad enum
+        (BASE + "    balance: random\n", "listeners[0].balance", 5, "not one of"),
+        # 8. missing required key
+        ("listeners:\n  - name: web\n    backends: [127.0.0.1:1]\n", "listeners[0].bind", 2,
+         "is required"),
+        # 9. duplicate key in a mapping
+        (BASE + "    balance: p2c\n    balance: maglev\n", "listeners[0].balance", 6,
+         "duplicate key"),
+        # 10. weight of the wrong type
+        (BASE.replace("[127.0.0.1:9001]", "[{address: 127.0.0.1:9001, weight: heavy}]"),
+         "listeners[0].backends[0].weight", 4, "whole number"),
+        # 11. duplicate listener name
+        (BASE + "  - name: web\n    bind: 127.0.0.1:8081\n    backends: [127.0.0.1:9]\n",
+         "listeners[1].name", 5, "duplicate listener name"),
+        # 12. workers out of range
+        ("workers: 0\n" + BASE, "workers", 1, "not in 1-256"),
+        # 13. PROXY protocol on UDP
+        (BASE.replace("bind:", "protocol: udp\n    bind:") + "    proxy_protocol: v1\n",
+         "listeners[0].proxy_protocol", 6, "only for tcp"),
+        # 14. an unknown top-level key
+        ("listners: []\n", "listners", 1, "did you mean 'listeners'"),
+        # 15. duplicate backend
+        (BASE.replace("[127.0.0.1:9001]", "[127.0.0.1:9001, 127.0.0.1:9001]"),
+         "listeners[0].backends[1].address", 4, "duplicate backend"),
+        # 16. health path that is not a path
+        (BASE + "    health: {type: http, path: healthz}\n", "listeners[0].health.path", 5,
+         "HTTP path"),
+    ],
+)
+def test_broken_config_names_key_and_line(text: str, path: str, line: int, words: str) -> None:
+    errors = _errors(text)
+    assert any(p == path and ln == line and words in m for p, ln, m in errors), errors
+
+
+def test_yaml_syntax_error_has_line() -> None:
+    errors = _errors("listeners:\n  - name: web\n    bind: [unclosed\n")
+    assert errors[0][1] >= 3 and "YAML syntax" in errors[0][2]
+
+
+def test_all_errors_reported_at_once() -> None:
+    errors = _errors("workers: many\nlisteners:\n  - name: a\n    bind: nowhere\n"
+                     "    backends: [x]\n")
+    paths = {p for p, _, _ in errors}
+    assert {"workers", "listeners[0].bind", "listeners[0].backends[0].address"} <= paths
+
+
+def test_tcp_and_udp_may_share_a_port() -> None:
+    snap = load_text(BASE + "  - name: u\n    protocol: udp\n    bind: 127.0.0.1:8080\n"
+                     "    backends: [127.0.0.1:9]\n")
+    assert len(snap.listeners) == 2
+
+
+@pytest.mark.parametrize(("text", "secs"), [("500ms", 0.5), ("1s", 1.0), ("2m", 120.0),
+                                             ("1h", 3600.0), (3, 3.0), ("1.5s", 1.5)])
+def test_durations(text: str | int, secs: float) -> None:
+    assert parse_duration(text) == secs
+
+
+def test_addresses() -> None:
+    assert parse_address("[::1]:80") == ("::1", 80)
+    assert parse_address("10.0.0.1:443") == ("10.0.0.1", 443)
+    for bad in ("::1:80", "host:80", "1.2.3.4", "1.2.3.4:0", "[::1]80"):
+        with pytest.raises(ValueError, match=r"not|port"):
+            parse_address(bad)
+
+
+def test_empty_file_is_a_valid_config_with_nothing_to_serve() -> None:
+    assert load_text("").listeners == ()
