@@ -32,10 +32,19 @@ from .model import Snapshot
 log = logging.getLogger("edgelb")
 
 
-def raise_fd_limit() -> int:
-    """Lift the soft RLIMIT_NOFILE to the hard limit: every flow costs two descriptors
-    and two more for its splice pipes."""
+def raise_fd_limit(want: int = 1 << 20) -> int:
+    """Lift RLIMIT_NOFILE: every flow costs two descriptors and two more for its splice
+    pipes while it moves data. As root (CAP_SYS_RESOURCE) the hard limit is raised too,
+    up to ``fs.nr_open``, as HAProxy does from its maxconn; otherwise soft goes to hard."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard < want:
+        try:
+            with open("/proc/sys/fs/nr_open") as f:
+                want = min(want, int(f.read()))
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, want))
+            return want
+        except (ValueError, OSError):
+            pass
     if soft < hard:
         try:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))

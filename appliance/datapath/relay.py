@@ -20,6 +20,42 @@ _FLAGS = getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK", 2)
 HAVE_SPLICE = hasattr(os, "splice")
 
 
+class PipePool:
+    """Pipes for splice, lent only while bytes are in flight (as HAProxy's pipe pool):
+    an idle flow holds no pipe, so 10,000 idle flows cost 20,000 descriptors, not 60,000.
+    A pipe is always drained before it is returned."""
+
+    def __init__(self, keep: int = 64) -> None:
+        self.keep = keep
+        self.free: list[tuple[int, int, int]] = []
+        self.unsupported = False
+
+    def take(self) -> tuple[int, int, int]:
+        """(read fd, write fd, capacity)."""
+        if self.free:
+            return self.free.pop()
+        rfd, wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            size = fcntl.fcntl(wfd, _F_SETPIPE_SZ, PIPE_SIZE)
+        except OSError:
+            size = 65536
+        return rfd, wfd, size
+
+    def give(self, pipe: tuple[int, int, int]) -> None:
+        if len(self.free) < self.keep:
+            self.free.append(pipe)
+        else:
+            self.close(pipe)
+
+    @staticmethod
+    def close(pipe: tuple[int, int, int]) -> None:
+        os.close(pipe[0])
+        os.close(pipe[1])
+
+
+PIPES = PipePool()
+
+
 class Relay:
     """One TCP flow's two directions. ``on_bytes(direction, n)`` counts what moved:
     direction 0 is client->backend (bytes in), 1 is backend->client (bytes out)."""
@@ -76,30 +112,30 @@ class Relay:
 
     async def _splice(self, src: trio.socket.SocketType, dst: trio.socket.SocketType,
                       direction: int) -> None:
-        rfd, wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        try:
+        sfd, dfd = src.fileno(), dst.fileno()
+        first = True
+        while True:
+            pipe = PIPES.take()
+            rfd, wfd, size = pipe
             try:
-                size = fcntl.fcntl(wfd, _F_SETPIPE_SZ, PIPE_SIZE)
-            except OSError:
-                size = 65536
-            sfd, dfd = src.fileno(), dst.fileno()
-            first = True
-            while True:
-                try:
-                    n = os.splice(sfd, wfd, size, flags=_FLAGS)
-                except BlockingIOError:
-                    # The pipe is always drained before the next read, so EAGAIN here
-                    # means the socket has nothing to read yet.
-                    await trio.lowlevel.wait_readable(src)
-                    continue
-                except OSError as e:
-                    if first and e.errno in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
-                        raise _SpliceUnsupported from e
-                    raise
-                first = False
-                if n == 0:
-                    return
-                left = n
+                n = os.splice(sfd, wfd, size, flags=_FLAGS)
+            except BlockingIOError:
+                # The pipe is empty, so EAGAIN means the socket has nothing yet: give
+                # the pipe back while we wait, an idle flow holds none.
+                PIPES.give(pipe)
+                await trio.lowlevel.wait_readable(src)
+                continue
+            except OSError as e:
+                PIPES.give(pipe)
+                if first and e.errno in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+                    raise _SpliceUnsupported from e
+                raise
+            first = False
+            if n == 0:
+                PIPES.give(pipe)
+                return
+            left = n
+            try:
                 while left:
                     try:
                         m = os.splice(rfd, dfd, left, flags=_FLAGS)
@@ -107,12 +143,14 @@ class Relay:
                         await trio.lowlevel.wait_writable(dst)
                         continue
                     left -= m
-                self._touch(direction, n)
-                # A flow that always has data would otherwise never yield to others.
-                await trio.lowlevel.checkpoint()
-        finally:
-            os.close(rfd)
-            os.close(wfd)
+            except BaseException:
+                # Bytes may be left inside: this pipe cannot go back to the pool.
+                PIPES.close(pipe)
+                raise
+            PIPES.give(pipe)
+            self._touch(direction, n)
+            # A flow that always has data would otherwise never yield to others.
+            await trio.lowlevel.checkpoint()
 
     async def _copy(self, src: trio.socket.SocketType, dst: trio.socket.SocketType,
                     direction: int) -> None:
