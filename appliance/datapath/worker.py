@@ -227,22 +227,37 @@ class Worker:
     # -- TCP -------------------------------------------------------------------------
 
     async def _serve_tcp(self, bound: _Bound) -> None:
+        raw: socket.socket = bound.sock._sock  # type: ignore[attr-defined]
+        accepted = 0
         with bound.scope:
             while True:
+                # Accept until the backlog is empty before parking, as nginx's
+                # multi_accept: a burst of connects costs one wake-up, not one each.
                 try:
-                    conn, client = await bound.sock.accept()
+                    sock, client = raw.accept()
+                except BlockingIOError:
+                    accepted = 0
+                    await trio.lowlevel.wait_readable(bound.sock)
+                    continue
                 except OSError as e:
                     if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
                         # Out of descriptors: back off instead of spinning on accept.
                         log.warning("accept on %s: %s", bound.listener.bind_text, e.strerror)
                         await trio.sleep(0.1)
                         continue
+                    if e.errno in (errno.ECONNABORTED, errno.EPROTO, errno.EPERM):
+                        continue  # the client gave up before we accepted
                     raise
+                conn = trio.socket.from_stdlib_socket(sock)
                 pool = self.pools.get(bound.listener.socket_key)
                 if pool is None:
                     conn.close()
                     continue
                 self.nursery.start_soon(self._tcp_flow, conn, client, pool)
+                accepted += 1
+                if accepted >= 64:
+                    accepted = 0
+                    await trio.lowlevel.checkpoint()
 
     def _begin(self, flow: Flow) -> None:
         self.flows[flow.id] = flow
