@@ -152,8 +152,9 @@ class Relay:
                 try:
                     data = rs.recv(COPY_CHUNK)
                 except BlockingIOError:
-                    await trio.lowlevel.wait_readable(src)
-                    batches = 0
+                    # Park outside the except block: awaiting inside it would keep the
+                    # exception and its traceback alive for as long as the flow idles.
+                    drained = True
                     continue
                 n = len(data)
                 if n:
@@ -179,25 +180,28 @@ class Relay:
             try:
                 n = os.splice(sfd, wfd, size, flags=_FLAGS)
             except BlockingIOError:
-                # The pipe is empty, so EAGAIN means the socket has nothing yet: give
-                # the pipe back while we wait, an idle flow holds none.
-                PIPES.give(pipe)
-                await trio.lowlevel.wait_readable(src)
-                continue
+                n = -1
             except OSError as e:
                 PIPES.give(pipe)
                 if e.errno in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
                     PIPES.unsupported = True
                     return -1
                 raise
-            break
+            if n >= 0:
+                break
+            # The pipe is empty, so EAGAIN means the socket has nothing yet: give the
+            # pipe back while we wait, an idle flow holds none.
+            PIPES.give(pipe)
+            await trio.lowlevel.wait_readable(src)
         left = n
         try:
             while left:
                 try:
                     left -= os.splice(rfd, dfd, left, flags=_FLAGS)
+                    continue
                 except BlockingIOError:
-                    await trio.lowlevel.wait_writable(dst)
+                    pass
+                await trio.lowlevel.wait_writable(dst)
         except BaseException:
             # Bytes may be left inside: this pipe cannot go back to the pool.
             PIPES.close(pipe)
@@ -211,5 +215,7 @@ async def _send_all(ws: socket.socket, dst: trio.socket.SocketType, data: bytes)
     while view:
         try:
             view = view[ws.send(view):]
+            continue
         except BlockingIOError:
-            await trio.lowlevel.wait_writable(dst)
+            pass
+        await trio.lowlevel.wait_writable(dst)

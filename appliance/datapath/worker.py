@@ -236,9 +236,7 @@ class Worker:
                 try:
                     sock, client = raw.accept()
                 except BlockingIOError:
-                    accepted = 0
-                    await trio.lowlevel.wait_readable(bound.sock)
-                    continue
+                    sock = None
                 except OSError as e:
                     if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
                         # Out of descriptors: back off instead of spinning on accept.
@@ -248,6 +246,10 @@ class Worker:
                     if e.errno in (errno.ECONNABORTED, errno.EPROTO, errno.EPERM):
                         continue  # the client gave up before we accepted
                     raise
+                if sock is None:
+                    accepted = 0
+                    await trio.lowlevel.wait_readable(bound.sock)
+                    continue
                 conn = trio.socket.from_stdlib_socket(sock)
                 pool = self.pools.get(bound.listener.socket_key)
                 if pool is None:
