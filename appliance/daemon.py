@@ -85,6 +85,9 @@ class Daemon:
         self.health = HealthChecker(self._health_changed)
         self.started = time.time()
         self.ready = trio.Event()
+        self.draining = False
+        # Counters of workers that died, so that totals never go backwards.
+        self.retired: dict[str, ListenerStats] = {}
         self._nursery: trio.Nursery | None = None
 
     # -- start and stop ------------------------------------------------------------
@@ -151,13 +154,34 @@ class Daemon:
             try:
                 kind, payload = await wp.channel.receive()
             except (EOFError, OSError):
-                log.error("worker %d (pid %d) went away", wp.wid, wp.proc.pid)
+                await self._replace_worker(wp)
                 return
             if kind == "stats":
                 wp.stats = payload
             elif kind == "applied":
                 wp.errors = payload
                 wp.applied.set()
+
+    async def _replace_worker(self, wp: _WorkerProcess) -> None:
+        """A worker died (a crash, an OOM kill): its flows are lost, but its listeners'
+        other workers keep accepting; start another in its place, as nginx's master
+        does, with the Snapshot and health in force."""
+        code = await wp.proc.wait()
+        # Counted traffic stays counted; its open flows are gone.
+        for st in wp.stats.values():
+            for b in st.backends.values():
+                b.active = 0
+        self.retired = merge([self.retired, wp.stats])
+        if self.draining or self._nursery is None or self.snapshot is None:
+            return
+        log.error("worker %d (pid %d) exited with status %s; starting a new one", wp.wid,
+                  wp.proc.pid, code)
+        # A worker that dies at once must not turn into a fork loop.
+        await trio.sleep(1.0)
+        new = await self._spawn(self._nursery, wp.wid)
+        self.procs[self.procs.index(wp)] = new
+        await new.channel.send("snapshot", self.snapshot)
+        await new.channel.send("health", self.health.down)
 
     def stats_snapshot(self) -> dict[str, ListenerStats]:
         """``stats()`` from another thread (the metrics server): the trio thread may
@@ -173,7 +197,7 @@ class Daemon:
         """The counters of every worker added up."""
         if self.local is not None:
             return merge([self.local.stats])
-        return merge([wp.stats for wp in self.procs])
+        return merge([self.retired, *(wp.stats for wp in self.procs)])
 
     async def reload(self) -> bool:
         """Re-read the config; put it in force if valid, else keep the old Snapshot."""
@@ -206,6 +230,7 @@ class Daemon:
     async def drain(self) -> None:
         """Stop accepting, let flows finish until the drain deadline, stop the workers."""
         assert self.snapshot is not None
+        self.draining = True
         sd_notify("STOPPING=1")
         timeout = self.snapshot.drain_timeout
         log.info("draining: up to %gs for open flows", timeout)
