@@ -17,7 +17,6 @@ import signal
 import socket
 import sys
 import time
-from typing import Any
 
 import trio
 
@@ -83,7 +82,6 @@ class Daemon:
         self.local: Worker | None = None
         self.procs: list[_WorkerProcess] = []
         self.health = HealthChecker(self._health_changed)
-        self.started = time.time()
         self.ready = trio.Event()
         self.draining = False
         # Counters of workers that died, so that totals never go backwards.
@@ -302,10 +300,3 @@ async def worker_main(fd: int, wid: int) -> None:
                 nursery.cancel_scope.cancel()
                 return
 
-
-def status(daemon: Daemon) -> dict[str, Any]:
-    """A summary of the running daemon (for logs and, later, the control API)."""
-    snap = daemon.snapshot
-    return {"version": __version__, "uptime": time.time() - daemon.started,
-            "snapshot": snap.version if snap else None,
-            "digest": snap.digest if snap else None}

@@ -80,7 +80,7 @@ class Edgelb:
         assert self.proc is not None
         os.kill(self.proc.pid, sig)
 
-    def reload(self, marker: str = "reload") -> None:
+    def reload(self) -> None:
         """SIGHUP and wait until the daemon logged the outcome."""
         before = self.log.read_bytes().count(b"reload")
         self.signal(signal.SIGHUP)

@@ -206,6 +206,32 @@ def test_proxy_protocol_v1_and_v2(tmp_path: Path) -> None:
         assert ours[n:] == b"hello"
 
 
+def test_max_connections_closes_the_excess_and_counts(tmp_path: Path) -> None:
+    port, mport = free_port(), free_port()
+    with Server(echo) as backend:
+        cfg = tcp_config(port, [backend.port], top=f"metrics: {{bind: 127.0.0.1:{mport}}}\n",
+                         listener_extra="    max_connections: 2\n    health: {type: none}\n")
+        with edgelb(tmp_path, cfg, wait_port=port):
+            held = [socket.create_connection(("127.0.0.1", port), timeout=10)
+                    for _ in range(2)]
+            for s in held:
+                s.sendall(b"hi")
+                assert s.recv(10) == b"hi"
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as extra:
+                assert extra.recv(10) == b""  # closed at once, not queued
+            key = 'edgelb_listener_over_limit_total{listener="web"}'
+            wait_for(lambda: metrics(mport).get(key) == 1, 5, "over_limit counted")
+            held[0].close()
+            wait_for(lambda: ask_echo(port) == b"again", 5, "a slot again")
+            held[1].close()
+
+
+def ask_echo(port: int) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(b"again")
+        return s.recv(10)
+
+
 def test_idle_timeout_closes_quiet_flows(tmp_path: Path) -> None:
     port = free_port()
     with Server(echo) as backend, edgelb(tmp_path, tcp_config(
@@ -430,8 +456,6 @@ def test_check_config_cli(tmp_path: Path) -> None:
 @pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk not installed (make deb-deps)")
 def test_sighup_under_wrk_load_loses_nothing(tmp_path: Path) -> None:
     """wrk keeps 20 connections busy through three reloads: no socket error, no non-2xx."""
-    from appliance.sim.backends import serve_http  # noqa: F401  (the same backend as the demo)
-
     backend_port, port = free_port(), free_port()
     proc = subprocess.Popen([
         sys.executable, "-c",
