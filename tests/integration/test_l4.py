@@ -6,6 +6,7 @@ import hashlib
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -99,6 +100,32 @@ def test_half_close_is_propagated(tmp_path: Path) -> None:
             while data := s.recv(4096):
                 answer += data
         assert answer == b"got 300000\n"
+
+
+def test_backend_reset_mid_flow_ends_the_client_flow(tmp_path: Path) -> None:
+    """A backend that dies mid-transfer (RST): the client's connection ends promptly
+    instead of hanging until the idle timeout, and edgelb keeps serving others."""
+    def die_midway(conn: socket.socket) -> None:
+        conn.recv(100)
+        conn.sendall(b"partial")
+        # SO_LINGER 0: close sends RST, as a crashed process's kernel does.
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+    port = free_port()
+    with Server(die_midway) as backend, edgelb(
+            tmp_path, tcp_config(port, [backend.port],
+                                 listener_extra="    health: {type: none}\n"),
+            wait_port=port):
+        for _ in range(3):
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+                s.sendall(b"go")
+                got = b""
+                try:
+                    while chunk := s.recv(100):
+                        got += chunk
+                except ConnectionResetError:
+                    pass
+                assert got == b"partial"
 
 
 def test_refusing_backend_is_skipped_without_client_error(tmp_path: Path) -> None:
