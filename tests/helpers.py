@@ -18,6 +18,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+# The ``edgelb`` command as an operator types it, from this checkout's environment.
+EDGELB = [sys.executable, "-m", "appliance.cli"]
 
 
 def free_port(kind: int = socket.SOCK_STREAM, host: str = "127.0.0.1") -> int:
@@ -64,7 +66,7 @@ class Edgelb:
     def start(self, wait_port: int | None = None) -> Edgelb:
         self._logf = open(self.log, "wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "appliance.cli", "run", "-c", str(self.path)],
+            [*EDGELB, "run", "-c", str(self.path)],
             stdout=self._logf, stderr=subprocess.STDOUT, cwd=ROOT)
         wait_for(lambda: b"serving snapshot" in self.log.read_bytes()
                  or self.proc is None or self.proc.poll() is not None, 20, "edgelb start")
@@ -85,6 +87,13 @@ class Edgelb:
         before = self.log.read_bytes().count(b"reload")
         self.signal(signal.SIGHUP)
         wait_for(lambda: self.log.read_bytes().count(b"reload") > before, 10, "reload")
+
+    def workers(self) -> list[int]:
+        """PIDs of the worker processes (the daemon's children)."""
+        assert self.proc is not None
+        out = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True,
+                             text=True).stdout
+        return [int(p) for p in out.split()]
 
     def logs(self) -> str:
         return self.log.read_text(errors="replace")
@@ -120,6 +129,31 @@ def metrics(port: int) -> dict[str, float]:
             k, _, v = line.rpartition(" ")
             out[k] = float(v)
     return out
+
+
+class UdpEcho:
+    """A threaded UDP backend on loopback answering each datagram with ``prefix`` + it."""
+
+    def __init__(self, prefix: bytes = b"") -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.prefix = prefix
+        threading.Thread(target=self._loop, daemon=True).start()
+
+    def _loop(self) -> None:
+        while True:
+            try:
+                data, addr = self.sock.recvfrom(65535)
+                self.sock.sendto(self.prefix + data, addr)
+            except OSError:
+                return
+
+    def __enter__(self) -> UdpEcho:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.sock.close()
 
 
 class Server:

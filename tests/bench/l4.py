@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.helpers import can_connect, free_port, wait_for
+from tests.helpers import EDGELB, can_connect, free_port, wait_for
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -284,8 +284,7 @@ def main() -> int:
             routes = {ports["iperf"]: iperf_port, ports["http"]: nginx_port,
                       ports["hold"]: hold.port}
             if name == "edgelb":
-                cmd = [sys.executable, "-m", "appliance.cli", "run", "-c",
-                       str(edgelb_config(tmp, routes))]
+                cmd = [*EDGELB, "run", "-c", str(edgelb_config(tmp, routes))]
             else:
                 cmd = ["haproxy", "-db", "-f",
                        str(haproxy_config(tmp, name, routes, name.endswith("splice")))]

@@ -8,13 +8,12 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
 from collections import Counter
 from pathlib import Path
 
-from ..helpers import Server, ask, can_connect, edgelb, free_port, metrics, named, wait_for
+from ..helpers import EDGELB, Server, ask, can_connect, edgelb, free_port, metrics, named, wait_for
 
 
 def test_sd_notify_ready_reloading_stopping(tmp_path: Path) -> None:
@@ -26,7 +25,7 @@ def test_sd_notify_ready_reloading_stopping(tmp_path: Path) -> None:
     port = free_port()
     (tmp_path / "c.yaml").write_text(
         f"listeners:\n  - {{name: a, bind: 127.0.0.1:{port}, backends: [127.0.0.1:9]}}\n")
-    proc = subprocess.Popen([sys.executable, "-m", "appliance.cli", "run", "-c",
+    proc = subprocess.Popen([*EDGELB, "run", "-c",
                              str(tmp_path / "c.yaml")], env={**os.environ, "NOTIFY_SOCKET": path},
                             stderr=subprocess.DEVNULL)
     try:
@@ -49,7 +48,7 @@ def test_json_logs(tmp_path: Path) -> None:
     port = free_port()
     (tmp_path / "c.yaml").write_text(
         f"listeners:\n  - {{name: a, bind: 127.0.0.1:{port}, backends: [127.0.0.1:9]}}\n")
-    proc = subprocess.Popen([sys.executable, "-m", "appliance.cli", "--log-format", "json",
+    proc = subprocess.Popen([*EDGELB, "--log-format", "json",
                              "run", "-c", str(tmp_path / "c.yaml")],
                             stderr=subprocess.PIPE, text=True)
     try:
@@ -73,18 +72,11 @@ def test_dead_worker_is_replaced_and_traffic_continues(tmp_path: Path) -> None:
                f"  - {{name: a, bind: 127.0.0.1:{port}, backends: [127.0.0.1:{backend.port}],"
                " health: {type: none}}\n")
         with edgelb(tmp_path, cfg, wait_port=port) as e:
-            assert e.proc is not None
-
-            def workers() -> list[int]:
-                out = subprocess.run(["pgrep", "-P", str(e.proc.pid)],  # type: ignore[union-attr]
-                                     capture_output=True, text=True).stdout
-                return [int(p) for p in out.split()]
-
-            wait_for(lambda: len(workers()) == 2, 10, "two workers")
-            victim = workers()[0]
+            wait_for(lambda: len(e.workers()) == 2, 10, "two workers")
+            victim = e.workers()[0]
             os.kill(victim, signal.SIGKILL)
             wait_for(lambda: "starting a new one" in e.logs(), 10, "respawn logged")
-            wait_for(lambda: len(workers()) == 2 and victim not in workers(), 10,
+            wait_for(lambda: len(e.workers()) == 2 and victim not in e.workers(), 10,
                      "a new worker")
             time.sleep(0.5)  # the new worker has bound its listener
             assert [ask(port) for _ in range(20)] == [b"w"] * 20
@@ -106,7 +98,7 @@ def test_ipv6_listener_and_backend(tmp_path: Path) -> None:
 
 def test_demo_runs_and_stops_on_ctrl_c(tmp_path: Path) -> None:
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "appliance.cli", "demo", "--port", str(port)],
+    proc = subprocess.Popen([*EDGELB, "demo", "--port", str(port)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         wait_for(lambda: can_connect(port), 20, "demo listener")

@@ -19,7 +19,9 @@ import pytest
 from appliance.datapath.proxyproto import parse_v1, parse_v2
 
 from ..helpers import (
+    EDGELB,
     Server,
+    UdpEcho,
     ask,
     can_connect,
     closed_port,
@@ -33,9 +35,7 @@ from ..helpers import (
 
 
 def run_edgelb(*args: str) -> subprocess.CompletedProcess[str]:
-    """The ``edgelb`` command as an operator types it, from this checkout's venv."""
-    return subprocess.run([sys.executable, "-m", "appliance.cli", *args],
-                          capture_output=True, text=True, timeout=30)
+    return subprocess.run([*EDGELB, *args], capture_output=True, text=True, timeout=30)
 
 
 def tcp_config(port: int, backends: list[int], extra: str = "", top: str = "",
@@ -341,32 +341,15 @@ def test_udp_many_clients_at_once(tmp_path: Path) -> None:
     """50 clients x 20 datagrams through the UDP forwarder; every reply reaches the
     client that asked, and each client sticks to one backend (Maglev)."""
     port = free_port(socket.SOCK_DGRAM)
-    backends = []
-    for name in ("u1", "u2"):
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        s.bind(("127.0.0.1", 0))
-        backends.append((s, name))
-
-    def serve(s: socket.socket, name: str) -> None:
-        while True:
-            try:
-                data, addr = s.recvfrom(65535)
-            except OSError:
-                return
-            s.sendto(name.encode() + b":" + data, addr)
-
-    for s, name in backends:
-        threading.Thread(target=serve, args=(s, name), daemon=True).start()
-    cfg = f"""\
+    with UdpEcho(b"u1:") as u1, UdpEcho(b"u2:") as u2:
+        cfg = f"""\
 listeners:
   - name: dns
     bind: 127.0.0.1:{port}
     protocol: udp
     balance: maglev
-    backends: [127.0.0.1:{backends[0][0].getsockname()[1]},
-               127.0.0.1:{backends[1][0].getsockname()[1]}]
+    backends: [127.0.0.1:{u1.port}, 127.0.0.1:{u2.port}]
 """
-    try:
         with edgelb(tmp_path, cfg):
             errors: list[str] = []
 
@@ -395,35 +378,20 @@ listeners:
             for t in threads:
                 t.join()
             assert errors == []
-    finally:
-        for s, _ in backends:
-            s.close()
 
 
 def test_udp_max_flows_evicts_oldest(tmp_path: Path) -> None:
     port, mport = free_port(socket.SOCK_DGRAM), free_port()
-    b = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    b.bind(("127.0.0.1", 0))
-
-    def serve() -> None:
-        while True:
-            try:
-                data, addr = b.recvfrom(65535)
-            except OSError:
-                return
-            b.sendto(data, addr)
-
-    threading.Thread(target=serve, daemon=True).start()
-    cfg = f"""\
+    with UdpEcho() as backend:
+        cfg = f"""\
 metrics: {{bind: 127.0.0.1:{mport}}}
 listeners:
   - name: dns
     bind: 127.0.0.1:{port}
     protocol: udp
     max_flows: 4
-    backends: [127.0.0.1:{b.getsockname()[1]}]
+    backends: [127.0.0.1:{backend.port}]
 """
-    try:
         with edgelb(tmp_path, cfg) as e:
             for i in range(10):
                 with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as c:
@@ -433,8 +401,6 @@ listeners:
             wait_for(lambda: metrics(mport).get(
                 'edgelb_udp_evicted_total{listener="dns"}') == 6, 5, "6 evictions")
             assert e.logs().count("max_flows 4 reached") == 1  # logged once per interval
-    finally:
-        b.close()
 
 
 def test_workers_add_up_counters(tmp_path: Path) -> None:
@@ -445,10 +411,7 @@ def test_workers_add_up_counters(tmp_path: Path) -> None:
         cfg = tcp_config(port, [backend.port], top=f"workers: 2\nmetrics: {{bind: "
                          f"127.0.0.1:{mport}}}\n")
         with edgelb(tmp_path, cfg, wait_port=port) as e:
-            assert e.proc is not None
-            children = subprocess.run(["pgrep", "-P", str(e.proc.pid)], capture_output=True,
-                                      text=True).stdout.split()
-            assert len(children) == 2
+            assert len(e.workers()) == 2
             key = f'edgelb_backend_connections_total{{backend="127.0.0.1:{backend.port}",' \
                   'listener="web"}'
             wait_for(lambda: key in metrics(mport), 5, "first counters")
