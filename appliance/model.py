@@ -55,8 +55,96 @@ class PassiveSpec:
 
 @dataclass(frozen=True)
 class Timeouts:
+    """Seconds. ``request``, ``keepalive``, ``body`` and ``response`` apply to HTTP only:
+    the request head must arrive within ``request`` (else 408), an idle keep-alive
+    connection closes after ``keepalive``, a request body may stall for ``body``, and a
+    backend must start its response within ``response`` (else 504)."""
+
     connect: float = 1.0
     idle: float = 300.0
+    request: float = 10.0
+    keepalive: float = 60.0
+    body: float = 60.0
+    response: float = 60.0
+
+
+@dataclass(frozen=True)
+class Pool:
+    """A named set of backends an HTTP listener's routes send requests to."""
+
+    name: str
+    balance: str = "round_robin"
+    backends: tuple[Backend, ...] = ()
+    health: HealthSpec = field(default_factory=HealthSpec)
+    passive: PassiveSpec = field(default_factory=PassiveSpec)
+    tls: BackendTls | None = None
+
+
+@dataclass(frozen=True)
+class BackendTls:
+    """TLS towards a pool's backends, verified against ``ca`` (or not, if ``verify`` is off)."""
+
+    ca: str | None = None
+    verify: bool = True
+    server_name: str | None = None
+
+
+PATH_TYPES = ("Exact", "Prefix", "ImplementationSpecific")
+
+
+@dataclass(frozen=True)
+class PathRule:
+    """An Ingress HTTPIngressPath: ``path`` of ``type`` goes to ``pool``."""
+
+    path: str
+    type: str
+    pool: str
+
+
+@dataclass(frozen=True)
+class Route:
+    """An Ingress rule: requests for ``host`` ("" for any, ``*.example.com`` for one label
+    of that domain) are sent by path."""
+
+    host: str
+    paths: tuple[PathRule, ...]
+
+
+@dataclass(frozen=True)
+class TlsCert:
+    """A certificate and key served for ``hosts`` (SNI); ``fingerprint`` hashes the files'
+    content so that a changed certificate at the same path is a changed Snapshot."""
+
+    hosts: tuple[str, ...]
+    cert: str
+    key: str
+    fingerprint: str = ""
+
+
+@dataclass(frozen=True)
+class HttpLimits:
+    """Request size limits, defaulting to what HAProxy and nginx allow."""
+
+    max_request_line: int = 8192
+    max_header_bytes: int = 32768
+    max_headers: int = 100
+
+
+@dataclass(frozen=True)
+class HttpSpec:
+    """What an ``http`` or ``https`` listener adds: routes, pools, TLS and limits."""
+
+    routes: tuple[Route, ...] = ()
+    pools: tuple[Pool, ...] = ()
+    default_pool: str | None = None
+    tls: tuple[TlsCert, ...] = ()
+    limits: HttpLimits = field(default_factory=HttpLimits)
+    trusted_proxies: tuple[str, ...] = ()
+    access_log: bool = True
+    backend_keepalive: int = 32
+
+    def pool(self, name: str) -> Pool | None:
+        return next((p for p in self.pools if p.name == name), None)
 
 
 @dataclass(frozen=True)
@@ -75,6 +163,7 @@ class Listener:
     max_flows: int = 65536
     max_connections: int = 0
     backlog: int = 4096
+    http: HttpSpec | None = None
 
     @property
     def bind_text(self) -> str:
@@ -85,6 +174,19 @@ class Listener:
     def socket_key(self) -> tuple[str, str, int]:
         """What identifies the listening socket: a reload keeps sockets whose key stays."""
         return (self.protocol, self.bind[0], self.bind[1])
+
+    @property
+    def transport(self) -> str:
+        """The socket type under the protocol: ``udp`` or ``tcp``."""
+        return "udp" if self.protocol == "udp" else "tcp"
+
+    def targets(self) -> list[tuple[str, Backend, HealthSpec, PassiveSpec]]:
+        """Every backend with its key within this listener (``pool/address`` for HTTP
+        pools, the address otherwise) and the health and passive specs that apply."""
+        if self.http is None:
+            return [(b.key, b, self.health, self.passive) for b in self.backends]
+        return [(f"{p.name}/{b.key}", b, p.health, p.passive)
+                for p in self.http.pools for b in p.backends]
 
 
 @dataclass(frozen=True)

@@ -63,8 +63,8 @@ class HealthChecker:
         """Check every backend of ``snap`` until cancelled (by the next ``run``)."""
         if self._scope is not None:
             self._scope.cancel()
-        wanted = {(lst.name, b.key) for lst in snap.listeners for b in lst.backends
-                  if lst.health.type != "none"}
+        wanted = {(lst.name, key) for lst in snap.listeners
+                  for key, _, health, _ in lst.targets() if health.type != "none"}
         for k in list(self.states):
             if k not in wanted:
                 del self.states[k]
@@ -72,17 +72,16 @@ class HealthChecker:
             self._scope = scope
             async with trio.open_nursery() as nursery:
                 for lst in snap.listeners:
-                    if lst.health.type == "none":
-                        continue
-                    for b in lst.backends:
-                        k = (lst.name, b.key)
+                    for key, b, health, _ in lst.targets():
+                        if health.type == "none":
+                            continue
+                        k = (lst.name, key)
                         st = self.states.get(k)
-                        if st is None or (st.rise, st.fall) != (lst.health.rise,
-                                                                lst.health.fall):
-                            st = ActiveState(lst.health.rise, lst.health.fall,
+                        if st is None or (st.rise, st.fall) != (health.rise, health.fall):
+                            st = ActiveState(health.rise, health.fall,
                                              up=st.up if st else True)
                             self.states[k] = st
-                        nursery.start_soon(self._loop, lst.name, b, lst.health, st)
+                        nursery.start_soon(self._loop, lst.name, b, health, st)
                 self.on_change(self.down)
                 task_status.started()
 
