@@ -1,0 +1,495 @@
+"""HTTP/1.1 on the wire (RFC 9112), strictly: request and response heads, body framing,
+the chunked coding, and the heads edgelb sends on. Pure: bytes in, values or HttpError out.
+
+Strict means that anything a request-smuggling attack leans on is refused with 400 rather
+than repaired: Content-Length with Transfer-Encoding, conflicting or malformed lengths,
+a Transfer-Encoding whose last coding is not chunked, obs-fold, whitespace before a colon,
+CR, LF or NUL in a field, bad chunk sizes, two Host fields, and an absolute-form target
+whose authority disagrees with Host. Lines must end in CRLF; a bare LF is refused.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+from email.utils import formatdate
+
+from ..model import HttpLimits
+from .routing import normalize_host
+
+
+class HttpError(Exception):
+    """A message edgelb will not forward: answer ``status`` (for requests) and close."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(f"{status} {reason}")
+        self.status = status
+        self.reason = reason
+
+
+REASONS = {
+    100: "Continue", 200: "OK", 400: "Bad Request", 403: "Forbidden", 404: "Not Found",
+    405: "Method Not Allowed", 408: "Request Timeout", 413: "Content Too Large",
+    414: "URI Too Long", 417: "Expectation Failed", 431: "Request Header Fields Too Large", 500: "Internal Server Error",
+    501: "Not Implemented", 502: "Bad Gateway", 503: "Service Unavailable",
+    504: "Gateway Timeout", 505: "HTTP Version Not Supported",
+}
+
+_TOKEN = rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+_REQUEST_LINE = re.compile(rb"(" + _TOKEN + rb") ([\x21-\x7e]+) HTTP/(\d)\.(\d)")
+_STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([1-9]\d\d)(?: [\t\x20-\x7e\x80-\xff]*)?")
+# A field line: no whitespace before the colon, optional whitespace around the value,
+# and no CTL other than HTAB inside it (so no CR, LF or NUL).
+_FIELD = re.compile(rb"(" + _TOKEN + rb"):[ \t]*((?:[\x21-\x7e\x80-\xff]+(?:[ \t]+[\x21-\x7e\x80-\xff]+)*)?)[ \t]*")
+_CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,16})(?:[ \t]*;[\t\x20-\x7e\x80-\xff]*)?")
+_DIGITS = re.compile(rb"[0-9]{1,18}")
+_HOST = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~!$&'()*+,;=%-]*)(?::[0-9]*)?")
+
+# Hop-by-hop fields (RFC 9110 7.6.1) and the de-facto ones: never forwarded as they came.
+HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
+                        b"transfer-encoding", b"upgrade", b"proxy-authenticate",
+                        b"proxy-authorization"})
+# Connection may list fields to drop, but never these: dropping them would change framing.
+_UNDROPPABLE = frozenset({b"host", b"content-length", b"transfer-encoding"})
+_FORWARDING = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host",
+                         b"forwarded"})
+
+NO_BODY = 0
+LENGTH = 1
+CHUNKED = 2
+UNTIL_CLOSE = 3
+
+
+def _why_bad_field(line: bytes) -> str:
+    if line[:1] in (b" ", b"\t"):
+        return "obsolete line folding"
+    name, colon, _ = line.partition(b":")
+    if not colon:
+        return "a header line without a colon"
+    if name != name.rstrip(b" \t"):
+        return "whitespace between a header name and the colon"
+    if b"\r" in line or b"\n" in line or b"\x00" in line:
+        return "CR, LF or NUL inside a header"
+    return "an invalid header name or value"
+
+
+def _split_fields(block: bytes, status: int) -> list[tuple[bytes, bytes]]:
+    fields: list[tuple[bytes, bytes]] = []
+    if not block:
+        return fields
+    for line in block.split(b"\r\n"):
+        m = _FIELD.fullmatch(line)
+        if m is None:
+            raise HttpError(status, _why_bad_field(line))
+        fields.append((m.group(1), m.group(2)))
+    return fields
+
+
+def _tokens(value: bytes) -> list[bytes]:
+    return [t.strip(b" \t").lower() for t in value.split(b",") if t.strip(b" \t")]
+
+
+@dataclass(slots=True)
+class Framing:
+    """How a message body is delimited: ``kind`` NO_BODY, LENGTH (``length`` bytes),
+    CHUNKED, or UNTIL_CLOSE; ``codings`` are the transfer codings before chunked."""
+
+    kind: int
+    length: int = 0
+    codings: bytes = b""
+
+
+def _framing(fields: list[tuple[bytes, bytes]], lengths: list[bytes], te: list[bytes],
+             status: int, request: bool) -> Framing:
+    if te and lengths:
+        raise HttpError(status, "both Content-Length and Transfer-Encoding")
+    if te:
+        codings = [c for v in te for c in _tokens(v)]
+        if not codings or codings[-1] != b"chunked":
+            if request:
+                raise HttpError(status, "Transfer-Encoding does not end in chunked")
+            return Framing(UNTIL_CLOSE)
+        if b"chunked" in codings[:-1]:
+            raise HttpError(status, "chunked applied more than once")
+        return Framing(CHUNKED, codings=b", ".join(codings[:-1]))
+    if lengths:
+        values = {v.strip(b" \t") for raw in lengths for v in raw.split(b",")}
+        if len(values) != 1:
+            raise HttpError(status, "conflicting Content-Length values")
+        value = values.pop()
+        if not _DIGITS.fullmatch(value):
+            raise HttpError(status, "malformed Content-Length")
+        n = int(value)
+        return Framing(LENGTH, n) if n else Framing(NO_BODY)
+    return Framing(NO_BODY) if request else Framing(UNTIL_CLOSE)
+
+
+@dataclass(slots=True)
+class Request:
+    """A parsed, validated request head."""
+
+    method: bytes
+    target: bytes  # origin-form, as sent on to the backend
+    minor: int  # HTTP/1.<minor>
+    fields: list[tuple[bytes, bytes]]
+    host: str  # normalized for routing ("" without a Host)
+    raw_host: bytes
+    path: str  # the path without the query, for routing
+    framing: Framing
+    keep_alive: bool
+    upgrade: bytes | None = None
+    expect_continue: bool = False
+    connection_drop: frozenset[bytes] = field(default_factory=frozenset)
+
+    @property
+    def idempotent(self) -> bool:
+        return self.method in (b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE")
+
+
+def request_line_end(buf: bytes | bytearray, limits: HttpLimits) -> None:
+    """Raise 414 when no request line ends within the limit (called before the head is
+    complete, so that an endless line is refused early)."""
+    if buf.find(b"\r\n", 0, limits.max_request_line + 2) < 0 and \
+            len(buf) > limits.max_request_line:
+        raise HttpError(414, "request line too long")
+
+
+def parse_request(head: bytes, limits: HttpLimits) -> Request:
+    """Parse a request head (up to, not including, the blank line) or raise HttpError."""
+    line, _, block = head.partition(b"\r\n")
+    if len(line) > limits.max_request_line:
+        raise HttpError(414, "request line too long")
+    m = _REQUEST_LINE.fullmatch(line)
+    if m is None:
+        raise HttpError(400, "malformed request line")
+    method, target, major, minor = m.group(1), m.group(2), m.group(3), m.group(4)
+    if major != b"1" or minor not in (b"0", b"1"):
+        raise HttpError(505, "only HTTP/1.0 and HTTP/1.1 are served")
+    if len(head) > limits.max_header_bytes:
+        raise HttpError(431, "request header too large")
+    fields = _split_fields(block, 400)
+    if len(fields) > limits.max_headers:
+        raise HttpError(431, "too many header fields")
+
+    hosts: list[bytes] = []
+    lengths: list[bytes] = []
+    te: list[bytes] = []
+    connection: list[bytes] = []
+    upgrade: bytes | None = None
+    expect = False
+    for name, value in fields:
+        low = name.lower()
+        if low == b"host":
+            hosts.append(value)
+        elif low == b"content-length":
+            lengths.append(value)
+        elif low == b"transfer-encoding":
+            te.append(value)
+        elif low == b"connection":
+            connection.extend(_tokens(value))
+        elif low == b"upgrade":
+            upgrade = value
+        elif low == b"expect":
+            if value.lower() != b"100-continue":
+                raise HttpError(417, "only Expect: 100-continue is understood")
+            expect = True
+    if len(hosts) > 1:
+        raise HttpError(400, "more than one Host")
+    one_one = minor == b"1"
+    if one_one and not hosts:
+        raise HttpError(400, "HTTP/1.1 request without Host")
+    raw_host = hosts[0] if hosts else b""
+    if not _HOST.fullmatch(raw_host):
+        raise HttpError(400, "malformed Host")
+    if te and not one_one:
+        raise HttpError(400, "Transfer-Encoding in an HTTP/1.0 request")
+    framing = _framing(fields, lengths, te, 400, True)
+
+    if target[:1] == b"/":
+        pass
+    elif target == b"*":
+        if method != b"OPTIONS":
+            raise HttpError(400, "asterisk-form target is only for OPTIONS")
+    elif method == b"CONNECT":
+        raise HttpError(501, "CONNECT is not served")
+    else:
+        scheme, sep, rest = target.partition(b"://")
+        if not sep or scheme.lower() not in (b"http", b"https"):
+            raise HttpError(400, "malformed request target")
+        slash = rest.find(b"/")
+        authority, target = (rest, b"/") if slash < 0 else (rest[:slash], rest[slash:])
+        if b"@" in authority or normalize_host(authority.decode("latin-1")) != \
+                normalize_host(raw_host.decode("latin-1")):
+            raise HttpError(400, "absolute-form target disagrees with Host")
+    if b"#" in target:
+        raise HttpError(400, "fragment in request target")
+
+    tokens = set(connection)
+    if one_one:
+        keep = b"close" not in tokens
+    else:
+        keep = b"keep-alive" in tokens
+    if upgrade is not None and b"upgrade" not in tokens:
+        upgrade = None  # Upgrade without Connection: upgrade is not a request to switch
+    q = target.find(b"?")
+    path = (target if q < 0 else target[:q]).decode("latin-1")
+    return Request(method, target, int(minor), fields,
+                   normalize_host(raw_host.decode("latin-1")), raw_host, path, framing, keep,
+                   upgrade, expect, frozenset(tokens - _UNDROPPABLE))
+
+
+@dataclass(slots=True)
+class Response:
+    """A parsed, validated response head from a backend."""
+
+    status: int
+    minor: int
+    status_line: bytes
+    fields: list[tuple[bytes, bytes]]
+    framing: Framing
+    keep_alive: bool
+    connection_drop: frozenset[bytes]
+
+
+def parse_response(head: bytes, method: bytes) -> Response:
+    """Parse a backend's response head; raise HttpError(502) for one not to pass on."""
+    line, _, block = head.partition(b"\r\n")
+    m = _STATUS_LINE.fullmatch(line)
+    if m is None:
+        raise HttpError(502, "malformed status line from the backend")
+    minor, status = int(m.group(1)), int(m.group(2))
+    fields = _split_fields(block, 502)
+    lengths: list[bytes] = []
+    te: list[bytes] = []
+    connection: list[bytes] = []
+    for name, value in fields:
+        low = name.lower()
+        if low == b"content-length":
+            lengths.append(value)
+        elif low == b"transfer-encoding":
+            te.append(value)
+        elif low == b"connection":
+            connection.extend(_tokens(value))
+    if te and lengths:
+        raise HttpError(502, "backend sent both Content-Length and Transfer-Encoding")
+    if method == b"HEAD" or status < 200 or status in (204, 304):
+        framing = Framing(NO_BODY)
+    else:
+        framing = _framing(fields, lengths, te, 502, False)
+    tokens = set(connection)
+    keep = (b"close" not in tokens) if minor == 1 else (b"keep-alive" in tokens)
+    if framing.kind == UNTIL_CLOSE:
+        keep = False
+    return Response(status, minor, line, fields, framing, keep,
+                    frozenset(tokens - _UNDROPPABLE))
+
+
+def _format_addr(ip: str, quoted: bool) -> str:
+    if ":" in ip:
+        return f'"[{ip}]"' if quoted else ip
+    return ip
+
+
+def upstream_head(req: Request, client_ip: str, proto: str, trusted: bool) -> bytes:
+    """The request head sent to a backend: origin-form target, HTTP/1.1, hop-by-hop fields
+    removed, X-Forwarded-For/-Proto/-Host and Forwarded set (appended to when the client
+    is a trusted proxy, replaced otherwise), framing stated anew."""
+    out = [req.method, b" ", req.target, b" HTTP/1.1\r\n"]
+    drop = req.connection_drop
+    xff = fwd = b""
+    xproto = xhost = b""
+    has_host = False
+    for name, value in req.fields:
+        low = name.lower()
+        if low in HOP_BY_HOP or low in drop or low == b"expect":
+            continue
+        if low in _FORWARDING:
+            if trusted:
+                if low == b"x-forwarded-for":
+                    xff = xff + b", " + value if xff else value
+                elif low == b"forwarded":
+                    fwd = fwd + b", " + value if fwd else value
+                elif low == b"x-forwarded-proto":
+                    xproto = value
+                else:
+                    xhost = value
+            continue
+        if low == b"host":
+            has_host = True
+        out += (name, b": ", value, b"\r\n")
+    if not has_host:
+        out.append(b"Host: \r\n")
+    ip = client_ip.encode()
+    host = req.raw_host
+    out += (b"X-Forwarded-For: ", xff + b", " + ip if xff else ip, b"\r\n",
+            b"X-Forwarded-Proto: ", xproto or proto.encode(), b"\r\n",
+            b"X-Forwarded-Host: ", xhost or host, b"\r\n")
+    this = b"for=" + _format_addr(client_ip, True).encode() + b";proto=" + proto.encode()
+    if host:
+        this += b';host="' + host + b'"'
+    out += (b"Forwarded: ", fwd + b", " + this if fwd else this, b"\r\n")
+    if req.framing.kind == CHUNKED:
+        codings = req.framing.codings
+        out += (b"Transfer-Encoding: ", codings + b", chunked" if codings else b"chunked",
+                b"\r\n")
+    if req.upgrade is not None:
+        out += (b"Connection: upgrade\r\nUpgrade: ", req.upgrade, b"\r\n")
+    out.append(b"\r\n")
+    return b"".join(out)
+
+
+def downstream_head(resp: Response, chunked: bool, close: bool, keep_alive_10: bool = False,
+                    switching: bool = False) -> bytes:
+    """The response head sent to the client: the backend's status line and end-to-end
+    fields; framing and connection fields as edgelb will actually send the body."""
+    out = [resp.status_line, b"\r\n"]
+    drop = resp.connection_drop
+    for name, value in resp.fields:
+        low = name.lower()
+        if switching and low in (b"connection", b"upgrade"):
+            out += (name, b": ", value, b"\r\n")
+            continue
+        if low in HOP_BY_HOP or low in drop:
+            continue
+        out += (name, b": ", value, b"\r\n")
+    if chunked:
+        codings = resp.framing.codings if resp.framing.kind == CHUNKED else b""
+        out += (b"Transfer-Encoding: ", codings + b", chunked" if codings else b"chunked",
+                b"\r\n")
+    if close and not switching:
+        out.append(b"Connection: close\r\n")
+    elif keep_alive_10:
+        out.append(b"Connection: keep-alive\r\n")
+    out.append(b"\r\n")
+    return b"".join(out)
+
+
+_date_cache: tuple[int, bytes] = (0, b"")
+
+
+def http_date() -> bytes:
+    """The Date field value, formatted at most once a second."""
+    global _date_cache
+    now = int(time.time())
+    if _date_cache[0] != now:
+        _date_cache = (now, formatdate(now, usegmt=True).encode())
+    return _date_cache[1]
+
+
+def error_response(status: int, close: bool = True, detail: str = "") -> bytes:
+    """A response edgelb makes itself: Date, Content-Length, a short text body, and
+    ``Connection: close`` when the connection closes after it."""
+    reason = REASONS.get(status, "Error")
+    body = f"{status} {reason}\n".encode() if not detail else \
+        f"{status} {reason}: {detail}\n".encode()
+    head = (f"HTTP/1.1 {status} {reason}\r\nDate: ").encode() + http_date() + (
+        f"\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {len(body)}\r\n"
+        + ("Connection: close\r\n" if close else "") + "\r\n").encode()
+    return head + body
+
+
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+LAST_CHUNK = b"0\r\n\r\n"
+
+
+def chunk(data: bytes | bytearray | memoryview) -> bytes:
+    """One chunk of the chunked coding."""
+    return b"%x\r\n" % len(data) + bytes(data) + b"\r\n"
+
+
+_SIZE, _DATA, _DATA_END, _TRAILER, _DONE = range(5)
+
+
+class ChunkedDecoder:
+    """Incremental strict decoder of the chunked coding: ``feed`` returns the data it
+    decoded; ``done`` is set after the last chunk and trailer, and ``rest`` holds the bytes
+    after the body (the next pipelined message). Trailer fields are validated and dropped.
+    """
+
+    def __init__(self, status: int = 400, max_line: int = 4096,
+                 max_trailer: int = 16384) -> None:
+        self.status = status
+        self.max_line = max_line
+        self.max_trailer = max_trailer
+        self.state = _SIZE
+        self.remaining = 0
+        self.trailer_bytes = 0
+        self.buf = bytearray()
+        self.rest = b""
+
+    @property
+    def done(self) -> bool:
+        return self.state == _DONE
+
+    def feed(self, data: bytes | bytearray | memoryview) -> list[bytes]:
+        """Decode ``data``; raise HttpError on a framing error."""
+        if self.state == _DONE:
+            self.rest += bytes(data)
+            return []
+        out: list[bytes] = []
+        if self.state == _DATA and not self.buf and len(data) <= self.remaining:
+            # The common bulk case: the whole read is chunk data, no copying into buf.
+            self.remaining -= len(data)
+            if not self.remaining:
+                self.state = _DATA_END
+            return [bytes(data)]
+        buf = self.buf
+        buf += data
+        pos = 0
+        while True:
+            state = self.state
+            if state == _DATA:
+                n = min(len(buf) - pos, self.remaining)
+                if n == 0:
+                    break
+                out.append(bytes(buf[pos:pos + n]))
+                pos += n
+                self.remaining -= n
+                if not self.remaining:
+                    self.state = _DATA_END
+            elif state == _DATA_END:
+                if len(buf) - pos < 2:
+                    break
+                if buf[pos:pos + 2] != b"\r\n":
+                    raise HttpError(self.status, "chunk data not followed by CRLF")
+                pos += 2
+                self.state = _SIZE
+            elif state == _SIZE:
+                eol = buf.find(b"\r\n", pos)
+                if eol < 0:
+                    if len(buf) - pos > self.max_line:
+                        raise HttpError(self.status, "chunk size line too long")
+                    break
+                m = _CHUNK_SIZE.fullmatch(buf, pos, eol)
+                if m is None:
+                    raise HttpError(self.status, "bad chunk size")
+                size = int(m.group(1), 16)
+                pos = eol + 2
+                if size:
+                    self.remaining = size
+                    self.state = _DATA
+                else:
+                    self.state = _TRAILER
+            elif state == _TRAILER:
+                eol = buf.find(b"\r\n", pos)
+                if eol < 0:
+                    if self.trailer_bytes + len(buf) - pos > self.max_trailer:
+                        raise HttpError(self.status, "trailer too large")
+                    break
+                line = bytes(buf[pos:eol])
+                pos = eol + 2
+                if not line:
+                    self.state = _DONE
+                    self.rest = bytes(buf[pos:])
+                    pos = len(buf)
+                    break
+                self.trailer_bytes += len(line) + 2
+                if self.trailer_bytes > self.max_trailer:
+                    raise HttpError(self.status, "trailer too large")
+                if _FIELD.fullmatch(line) is None:
+                    raise HttpError(self.status, _why_bad_field(line))
+            else:
+                break
+        del buf[:pos]
+        return out
