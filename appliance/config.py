@@ -7,23 +7,34 @@ Validation collects every error it finds rather than stopping at the first.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import os
 import re
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import yaml
 
+from .datapath.routing import RouteTable
 from .model import (
     BALANCERS,
+    PATH_TYPES,
     Backend,
+    BackendTls,
     HealthSpec,
+    HttpLimits,
+    HttpSpec,
     Listener,
     PassiveSpec,
+    PathRule,
+    Pool,
+    Route,
     Snapshot,
     Timeouts,
+    TlsCert,
 )
 
 
@@ -225,12 +236,20 @@ def _http_path(v: Any) -> str:
 
 
 _TOP = {"workers", "drain_timeout", "metrics", "listeners"}
+_HTTP_ONLY = {"routes", "pools", "default_pool", "tls", "limits", "trusted_proxies",
+              "access_log", "backend_keepalive"}
 _LISTENER = {"name", "bind", "protocol", "balance", "backends", "health", "passive", "timeouts",
-             "proxy_protocol", "max_flows", "max_connections", "backlog"}
+             "proxy_protocol", "max_flows", "max_connections", "backlog"} | _HTTP_ONLY
+_POOL = {"balance", "backends", "health", "passive", "tls"}
+_ROUTE = {"host", "paths"}
+_PATH = {"path", "type", "pool"}
+_TLS = {"hosts", "cert", "key"}
+_BACKEND_TLS = {"ca", "verify", "server_name"}
+_LIMITS = {"max_request_line", "max_header_bytes", "max_headers"}
 _BACKEND = {"address", "weight"}
 _HEALTH = {"type", "interval", "timeout", "rise", "fall", "path", "expect_status"}
 _PASSIVE = {"failures", "backoff", "max_backoff"}
-_TIMEOUTS = {"connect", "idle"}
+_TIMEOUTS = {"connect", "idle", "request", "keepalive", "body", "response"}
 _METRICS = {"bind"}
 
 
@@ -265,7 +284,7 @@ def build_snapshot(root: Node, version: int = 1, source: str = "") -> Snapshot:
                        f"duplicate listener name {lst.name!r} (first at {names[lst.name]})")
             names.setdefault(lst.name, path)
             # TCP and UDP may share a port; two listeners of one protocol cannot.
-            bkey = (lst.protocol, lst.bind)
+            bkey = (lst.transport, lst.bind)
             if bkey in binds:
                 c.fail(f"{path}.bind", item.value.get("bind"),
                        f"duplicate bind {lst.bind_text} (also used by {binds[bkey]})")
@@ -277,28 +296,14 @@ def build_snapshot(root: Node, version: int = 1, source: str = "") -> Snapshot:
                     metrics_bind=metrics_bind, listeners=tuple(listeners))
 
 
-def _listener(c: _Checker, node: Node, path: str) -> Listener | None:
-    m = c.mapping(node, path, _LISTENER)
-    if m is None:
-        return None
-    before = len(c.issues)
-    name = c.get(m, "name", path, _name, _REQUIRED)
-    bind = c.get(m, "bind", path, parse_address, _REQUIRED)
-    protocol = c.get(m, "protocol", path, _choice("tcp", "udp"), "tcp")
-    balance = c.get(m, "balance", path, _choice(*BALANCERS), "round_robin")
-    proxy = c.get(m, "proxy_protocol", path, _choice("none", "v1", "v2"), "none")
-    max_flows = c.get(m, "max_flows", path, _int_range(1, 10_000_000), 65536)
-    max_conns = c.get(m, "max_connections", path, _int_range(0, 10_000_000), 0)
-    backlog = c.get(m, "backlog", path, _int_range(1, 1_000_000), 4096)
-    if protocol == "udp" and proxy != "none":
-        c.fail(f"{path}.proxy_protocol", m.get("proxy_protocol"),
-               "PROXY protocol is only for tcp listeners")
-
+def _backends(c: _Checker, m: dict[str, Node], node: Node, path: str,
+              required: bool = True) -> list[Backend]:
     backends: list[Backend] = []
     bnode = m.get("backends")
     if bnode is None or bnode.value is None:
-        c.issues.append(ConfigIssue(f"{path}.backends", node.line,
-                                    "is required (a list of {address, weight})"))
+        if required:
+            c.issues.append(ConfigIssue(f"{path}.backends", node.line,
+                                        "is required (a list of {address, weight})"))
     elif not isinstance(bnode.value, list):
         c.fail(f"{path}.backends", bnode, f"expected a list, got {_kind(bnode.value)}")
     else:
@@ -318,7 +323,10 @@ def _listener(c: _Checker, node: Node, path: str) -> Listener | None:
                 c.fail(f"{bpath}.address", bm.get("address"), "duplicate backend address")
             seen.add(addr)
             backends.append(Backend(host=addr[0], port=addr[1], weight=weight))
+    return backends
 
+
+def _health(c: _Checker, m: dict[str, Node], path: str, protocol: str) -> HealthSpec:
     health = HealthSpec(type="none" if protocol == "udp" else "tcp")
     if "health" in m and m["health"].value is not None:
         hpath = f"{path}.health"
@@ -337,6 +345,10 @@ def _listener(c: _Checker, node: Node, path: str) -> Listener | None:
                 c.fail(f"{hpath}.type", hm.get("type"), "udp listeners support only 'none'")
             if health.interval is not None and health.interval <= 0:
                 c.fail(f"{hpath}.interval", hm.get("interval"), "must be above zero")
+    return health
+
+
+def _passive(c: _Checker, m: dict[str, Node], path: str) -> PassiveSpec:
     passive = PassiveSpec()
     if "passive" in m and m["passive"].value is not None:
         ppath = f"{path}.passive"
@@ -347,24 +359,264 @@ def _listener(c: _Checker, node: Node, path: str) -> Listener | None:
                 backoff=c.get(pm, "backoff", ppath, parse_duration, 1.0),
                 max_backoff=c.get(pm, "max_backoff", ppath, parse_duration, 30.0),
             )
+    return passive
+
+
+def _listener(c: _Checker, node: Node, path: str) -> Listener | None:
+    m = c.mapping(node, path, _LISTENER)
+    if m is None:
+        return None
+    before = len(c.issues)
+    name = c.get(m, "name", path, _name, _REQUIRED)
+    bind = c.get(m, "bind", path, parse_address, _REQUIRED)
+    protocol = c.get(m, "protocol", path, _choice("tcp", "udp", "http", "https"), "tcp")
+    is_http = protocol in ("http", "https")
+    balance = c.get(m, "balance", path, _choice(*BALANCERS), "round_robin")
+    proxy = c.get(m, "proxy_protocol", path, _choice("none", "v1", "v2"), "none")
+    max_flows = c.get(m, "max_flows", path, _int_range(1, 10_000_000), 65536)
+    max_conns = c.get(m, "max_connections", path, _int_range(0, 10_000_000), 0)
+    backlog = c.get(m, "backlog", path, _int_range(1, 1_000_000), 4096)
+    if protocol != "tcp" and proxy != "none":
+        c.fail(f"{path}.proxy_protocol", m.get("proxy_protocol"),
+               "PROXY protocol is only for tcp listeners")
+    if not is_http:
+        for key in sorted(_HTTP_ONLY & m.keys()):
+            c.fail(f"{path}.{key}", m[key], f"is only for http and https listeners, "
+                                            f"not {protocol}")
+    backends = _backends(c, m, node, path, required=not is_http or "pools" not in m)
+    health = _health(c, m, path, protocol)
+    passive = _passive(c, m, path)
     timeouts = Timeouts()
     if "timeouts" in m and m["timeouts"].value is not None:
         tpath = f"{path}.timeouts"
         tm = c.mapping(m["timeouts"], tpath, _TIMEOUTS)
         if tm is not None:
+            d = Timeouts()
             timeouts = Timeouts(
-                connect=c.get(tm, "connect", tpath, parse_duration, 1.0),
+                connect=c.get(tm, "connect", tpath, parse_duration, d.connect),
                 idle=c.get(tm, "idle", tpath, parse_duration,
-                           30.0 if protocol == "udp" else 300.0),
+                           30.0 if protocol == "udp" else d.idle),
+                request=c.get(tm, "request", tpath, parse_duration, d.request),
+                keepalive=c.get(tm, "keepalive", tpath, parse_duration, d.keepalive),
+                body=c.get(tm, "body", tpath, parse_duration, d.body),
+                response=c.get(tm, "response", tpath, parse_duration, d.response),
             )
     elif protocol == "udp":
         timeouts = Timeouts(idle=30.0)
+    http = None
+    if is_http:
+        http = _http(c, m, node, path, protocol, backends, balance, health, passive)
     if len(c.issues) > before:
         return None
     return Listener(name=name, bind=bind, protocol=protocol, balance=balance,
-                    backends=tuple(backends), health=health, passive=passive,
-                    timeouts=timeouts, proxy_protocol=proxy, max_flows=max_flows,
-                    max_connections=max_conns, backlog=backlog)
+                    backends=tuple(backends) if not is_http else (), health=health,
+                    passive=passive, timeouts=timeouts, proxy_protocol=proxy,
+                    max_flows=max_flows, max_connections=max_conns, backlog=backlog,
+                    http=http)
+
+
+def _http(c: _Checker, m: dict[str, Node], node: Node, path: str, protocol: str,
+          backends: list[Backend], balance: str, health: HealthSpec,
+          passive: PassiveSpec) -> HttpSpec:
+    pools: list[Pool] = []
+    if backends:
+        # Shorthand: backends on the listener itself make a pool named "default".
+        pools.append(Pool("default", balance, tuple(backends), health, passive))
+    pnode = m.get("pools")
+    if pnode is not None and pnode.value is not None:
+        pm = c.mapping(pnode, f"{path}.pools", set(pnode.value) if isinstance(
+            pnode.value, dict) else set())
+        for pname, sub in (pm or {}).items():
+            ppath = f"{path}.pools.{pname}"
+            try:
+                _name(pname)
+            except ValueError as e:
+                c.fail(ppath, sub, str(e))
+                continue
+            if pname == "default" and backends:
+                c.fail(ppath, sub, "'default' is the pool of the listener's own backends")
+                continue
+            sm = c.mapping(sub, ppath, _POOL)
+            if sm is None:
+                continue
+            pools.append(Pool(
+                name=pname,
+                balance=c.get(sm, "balance", ppath, _choice(*BALANCERS), "round_robin"),
+                backends=tuple(_backends(c, sm, sub, ppath)),
+                health=_health(c, sm, ppath, "tcp"),
+                passive=_passive(c, sm, ppath),
+                tls=_backend_tls(c, sm, ppath),
+            ))
+    names = {p.name for p in pools}
+    default_pool = c.get(m, "default_pool", path, str, "default" if backends else None)
+    if default_pool is not None and default_pool not in names:
+        c.fail(f"{path}.default_pool", m.get("default_pool"),
+               f"no pool named {default_pool!r} (pools: {', '.join(sorted(names)) or 'none'})")
+    routes = _routes(c, m, path, names)
+    tls = _tls(c, m, path, protocol)
+    limits = HttpLimits()
+    if "limits" in m and m["limits"].value is not None:
+        lpath = f"{path}.limits"
+        lm = c.mapping(m["limits"], lpath, _LIMITS)
+        if lm is not None:
+            limits = HttpLimits(
+                max_request_line=c.get(lm, "max_request_line", lpath,
+                                       _int_range(64, 1 << 20), limits.max_request_line),
+                max_header_bytes=c.get(lm, "max_header_bytes", lpath,
+                                       _int_range(256, 1 << 22), limits.max_header_bytes),
+                max_headers=c.get(lm, "max_headers", lpath, _int_range(1, 10000),
+                                  limits.max_headers),
+            )
+    trusted: list[str] = []
+    tnode = m.get("trusted_proxies")
+    if tnode is not None and tnode.value is not None:
+        if not isinstance(tnode.value, list):
+            c.fail(f"{path}.trusted_proxies", tnode, "expected a list of addresses or CIDRs")
+        else:
+            for k, item in enumerate(tnode.value):
+                try:
+                    trusted.append(str(ipaddress.ip_network(str(item.value), strict=False)))
+                except ValueError:
+                    c.fail(f"{path}.trusted_proxies[{k}]", item,
+                           f"{item.value!r} is not an address or CIDR")
+    return HttpSpec(
+        routes=tuple(routes), pools=tuple(pools), default_pool=default_pool, tls=tuple(tls),
+        limits=limits, trusted_proxies=tuple(trusted),
+        access_log=c.get(m, "access_log", path, _bool, True),
+        backend_keepalive=c.get(m, "backend_keepalive", path, _int_range(0, 10000), 32),
+    )
+
+
+def _bool(v: Any) -> bool:
+    if not isinstance(v, bool):
+        raise ValueError(f"expected true or false, got {v!r}")
+    return v
+
+
+_HOSTNAME = re.compile(r"(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}"
+                       r"[a-z0-9])?)*")
+
+
+def _hostname(v: Any) -> str:
+    if not isinstance(v, str) or not _HOSTNAME.fullmatch(v.lower()):
+        raise ValueError(f"{v!r} is not a host name (a wildcard is '*.' and a domain)")
+    return v.lower()
+
+
+def _routes(c: _Checker, m: dict[str, Node], path: str, pools: set[str]) -> list[Route]:
+    routes: list[Route] = []
+    rnode = m.get("routes")
+    if rnode is None or rnode.value is None:
+        return routes
+    if not isinstance(rnode.value, list):
+        c.fail(f"{path}.routes", rnode, f"expected a list, got {_kind(rnode.value)}")
+        return routes
+    for i, item in enumerate(rnode.value):
+        rpath = f"{path}.routes[{i}]"
+        rm = c.mapping(item, rpath, _ROUTE)
+        if rm is None:
+            continue
+        host = c.get(rm, "host", rpath, _hostname, "")
+        rules: list[PathRule] = []
+        pnode = rm.get("paths")
+        if pnode is None or not isinstance(pnode.value, list):
+            c.fail(f"{rpath}.paths", pnode or item, "expected a list of {path, type, pool}")
+            continue
+        for j, pitem in enumerate(pnode.value):
+            ppath = f"{rpath}.paths[{j}]"
+            pm = c.mapping(pitem, ppath, _PATH)
+            if pm is None:
+                continue
+            p = c.get(pm, "path", ppath, _http_path, "/")
+            kind = c.get(pm, "type", ppath, _choice(*PATH_TYPES), "Prefix")
+            pool = c.get(pm, "pool", ppath, str, _REQUIRED)
+            if pool is not None and pool not in pools:
+                c.fail(f"{ppath}.pool", pm.get("pool"), f"no pool named {pool!r} "
+                       f"(pools: {', '.join(sorted(pools)) or 'none'})")
+            if p is not None and kind is not None and pool is not None:
+                rules.append(PathRule(p, kind, pool))
+        if host is not None:
+            routes.append(Route(host, tuple(rules)))
+    table = RouteTable(routes)
+    for conflict in table.conflicts:
+        c.fail(f"{path}.routes", rnode, conflict)
+    return routes
+
+
+def _read_pem(c: _Checker, node: Node | None, key: str, path: str) -> bytes | None:
+    if node is None or not isinstance(node.value, str):
+        c.fail(f"{path}.{key}", node, "is required (a path to a PEM file)")
+        return None
+    try:
+        with open(node.value, "rb") as f:
+            return f.read()
+    except OSError as e:
+        c.fail(f"{path}.{key}", node, f"cannot read {node.value}: {e.strerror}")
+        return None
+
+
+def _tls(c: _Checker, m: dict[str, Node], path: str, protocol: str) -> list[TlsCert]:
+    certs: list[TlsCert] = []
+    tnode = m.get("tls")
+    if tnode is None or tnode.value is None:
+        if protocol == "https":
+            c.fail(f"{path}.tls", m.get("protocol"), "an https listener needs at least one "
+                   "certificate: tls: [{hosts, cert, key}]")
+        return certs
+    if protocol != "https":
+        c.fail(f"{path}.tls", tnode, "is only for https listeners")
+        return certs
+    if not isinstance(tnode.value, list) or not tnode.value:
+        c.fail(f"{path}.tls", tnode, "expected a list of {hosts, cert, key}")
+        return certs
+    for i, item in enumerate(tnode.value):
+        tpath = f"{path}.tls[{i}]"
+        tm = c.mapping(item, tpath, _TLS)
+        if tm is None:
+            continue
+        hosts: list[str] = []
+        hnode = tm.get("hosts")
+        if hnode is not None and isinstance(hnode.value, list):
+            for k, h in enumerate(hnode.value):
+                got = c.get({"h": h}, "h", "", _hostname, _REQUIRED)
+                if got is None:
+                    c.issues.pop()
+                    c.fail(f"{tpath}.hosts[{k}]", h, f"{h.value!r} is not a host name")
+                else:
+                    hosts.append(got)
+        elif hnode is not None and hnode.value is not None:
+            c.fail(f"{tpath}.hosts", hnode, "expected a list of host names")
+        cert = _read_pem(c, tm.get("cert"), "cert", tpath)
+        key = _read_pem(c, tm.get("key"), "key", tpath)
+        if cert is None or key is None:
+            continue
+        cert_path, key_path = tm["cert"].value, tm["key"].value
+        try:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(cert_path, key_path)
+        except ssl.SSLError as e:
+            c.fail(f"{tpath}.cert", tm.get("cert"), f"{cert_path} and {key_path} are not a "
+                   f"matching certificate and key ({e.reason or e})")
+            continue
+        fingerprint = hashlib.sha256(cert + b"\0" + key).hexdigest()[:16]
+        certs.append(TlsCert(tuple(hosts), cert_path, key_path, fingerprint))
+    return certs
+
+
+def _backend_tls(c: _Checker, m: dict[str, Node], path: str) -> BackendTls | None:
+    if "tls" not in m or m["tls"].value is None:
+        return None
+    tpath = f"{path}.tls"
+    if m["tls"].value is True:
+        return BackendTls()
+    tm = c.mapping(m["tls"], tpath, _BACKEND_TLS)
+    if tm is None:
+        return None
+    ca = c.get(tm, "ca", tpath, str, None)
+    if ca is not None and _read_pem(c, tm.get("ca"), "ca", tpath) is None:
+        return None
+    return BackendTls(ca=ca, verify=c.get(tm, "verify", tpath, _bool, True),
+                      server_name=c.get(tm, "server_name", tpath, _hostname, None))
 
 
 def load_text(text: str, version: int = 1, source: str = "") -> Snapshot:

@@ -13,6 +13,9 @@ class JsonFormatter(logging.Formatter):
         out = {"time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
                + f".{int(record.msecs):03d}Z", "level": record.levelname.lower(),
                "logger": record.name, "msg": record.getMessage(), "pid": record.process}
+        fields = getattr(record, "access", None)
+        if fields is not None:
+            out.update(fields)
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
         return json.dumps(out)

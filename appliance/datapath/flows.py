@@ -37,9 +37,11 @@ class BackendStats:
     connect_failures: int = 0
     bytes_in: int = 0
     bytes_out: int = 0
+    requests: int = 0
 
     def add(self, other: BackendStats) -> None:
         self.active += other.active
+        self.requests += other.requests
         self.connections += other.connections
         self.connect_failures += other.connect_failures
         self.bytes_in += other.bytes_in
@@ -55,8 +57,22 @@ class ListenerStats:
     over_limit: int = 0
     udp_evicted: int = 0
     backends: dict[str, BackendStats] = field(default_factory=dict)
+    # HTTP listeners: requests, by route and by status class, and what went wrong.
+    requests: int = 0
+    bad_requests: int = 0
+    timeouts: int = 0
+    tls_failures: int = 0
+    routes: dict[str, int] = field(default_factory=dict)
+    statuses: dict[str, int] = field(default_factory=dict)
 
     def add(self, other: ListenerStats) -> None:
+        self.requests += other.requests
+        self.bad_requests += other.bad_requests
+        self.timeouts += other.timeouts
+        self.tls_failures += other.tls_failures
+        for table, theirs in ((self.routes, other.routes), (self.statuses, other.statuses)):
+            for k, n in theirs.items():
+                table[k] = table.get(k, 0) + n
         self.accepted += other.accepted
         self.no_backend += other.no_backend
         self.over_limit += other.over_limit

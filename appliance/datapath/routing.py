@@ -42,6 +42,10 @@ def normalize_host(host: str) -> str:
     return host.rstrip(".")
 
 
+def _label(host: str, path: str, kind: str) -> str:
+    return f"{host or '*'}{path} {kind}"
+
+
 def _elements(path: str) -> tuple[str, ...]:
     """Path elements split by '/', a trailing slash ignored: ``/a/b/`` -> ("a", "b")."""
     parts = path.split("/")[1:]
@@ -54,11 +58,12 @@ def _elements(path: str) -> tuple[str, ...]:
 class _Paths:
     """The path rules of one host, compiled."""
 
-    exact: dict[str, str] = field(default_factory=dict)
-    prefix: dict[tuple[str, ...], str] = field(default_factory=dict)
+    exact: dict[str, tuple[str, str]] = field(default_factory=dict)
+    prefix: dict[tuple[str, ...], tuple[str, str]] = field(default_factory=dict)
     depths: list[int] = field(default_factory=list)  # prefix lengths present, longest first
 
-    def match(self, path: str) -> str | None:
+    def match(self, path: str) -> tuple[str, str] | None:
+        """(pool, rule label) of the best matching rule, or None."""
         pool = self.exact.get(path)
         if pool is not None:
             return pool
@@ -99,13 +104,14 @@ class RouteTable:
                     if rule.path in paths.exact:
                         self._conflict(route.host, rule.path, rule.type)
                         continue
-                    paths.exact[rule.path] = rule.pool
+                    paths.exact[rule.path] = (rule.pool, _label(route.host, rule.path,
+                                                                rule.type))
                 else:
                     key = _elements(rule.path)
                     if key in paths.prefix:
                         self._conflict(route.host, rule.path, rule.type)
                         continue
-                    paths.prefix[key] = rule.pool
+                    paths.prefix[key] = (rule.pool, _label(route.host, rule.path, rule.type))
         for paths in (*self._exact.values(), *self._wild.values(),
                       *([self._any] if self._any else [])):
             paths.depths = sorted({len(k) for k in paths.prefix}, reverse=True)
@@ -126,12 +132,16 @@ class RouteTable:
                 return paths
         return self._any
 
-    def lookup(self, host: str, path: str) -> str | None:
-        """The pool for a request (host already normalized, path without the query), the
-        default pool when no rule matches, or None for a 404."""
+    def route(self, host: str, path: str) -> tuple[str | None, str]:
+        """(pool, rule label) for a request (host already normalized, path without the
+        query): the default pool when no rule matches, and pool None for a 404."""
         paths = self.host_paths(host)
         if paths is not None:
-            pool = paths.match(path)
-            if pool is not None:
-                return pool
-        return self.default_pool
+            hit = paths.match(path)
+            if hit is not None:
+                return hit
+        return self.default_pool, "default" if self.default_pool else "no route"
+
+    def lookup(self, host: str, path: str) -> str | None:
+        """Only the pool of ``route``."""
+        return self.route(host, path)[0]

@@ -8,20 +8,25 @@ this module only moves bytes and keeps the books.
 from __future__ import annotations
 
 import errno
+import ipaddress
 import logging
 import socket
+import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import trio
 
-from ..model import Backend, Listener, Snapshot
-from . import proxyproto
+from ..model import Backend, BackendTls, Listener, PassiveSpec, Snapshot, TlsCert
+from . import http1, proxyproto
 from .balance import Balancer, make_balancer
 from .flows import BackendStats, Flow, FlowTable, ListenerStats
 from .health import PassiveState
+from .l7 import HttpConnection, IdleUpstream, Site
 from .relay import HAVE_SPLICE, Relay
+from .routing import RouteTable
+from .tls import client_context, server_context
 
 log = logging.getLogger("edgelb.datapath")
 
@@ -43,6 +48,13 @@ class BackendRuntime:
     removed: bool = False
     # Each open flow, so that a removed backend's flows can be drained.
     flows: dict[int, Cuttable] = field(default_factory=dict)
+    # HTTP: keep-alive connections waiting for their next request, most recent last.
+    idle: list[IdleUpstream] = field(default_factory=list)
+
+    def close_idle(self) -> None:
+        for conn in self.idle:
+            conn.wire.close()
+        self.idle.clear()
 
     def usable(self, now: float) -> bool:
         return self.up and not self.removed and not self.passive.ejected(now)
@@ -69,6 +81,8 @@ class Pool:
     balancer: Balancer
     brs: list[BackendRuntime]
     stats: ListenerStats
+    name: str = ""  # the HTTP pool's name; "" for an L4 listener's own backends
+    tls_spec: BackendTls | None = None
     active: _ActiveView = field(init=False)
 
     def __post_init__(self) -> None:
@@ -98,7 +112,7 @@ def open_listener_socket(lst: Listener) -> trio.socket.SocketType:
     """A bound (and for TCP, listening) socket with SO_REUSEPORT, raising OSError."""
     host, port = lst.bind
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    kind = socket.SOCK_STREAM if lst.protocol == "tcp" else socket.SOCK_DGRAM
+    kind = socket.SOCK_STREAM if lst.transport == "tcp" else socket.SOCK_DGRAM
     sock = trio.socket.socket(family, kind)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -136,6 +150,13 @@ class Worker:
         self.health_down: set[tuple[str, str]] = set()
         self.idle = trio.Event()
         self.idle.set()
+        self.sites: dict[tuple[str, str, int], Site] = {}
+        self.http_conns: set[HttpConnection] = set()
+        self.http_open: dict[str, int] = {}
+        self.draining = False
+        # TLS contexts by certificate fingerprints: a reload that keeps the certificates
+        # keeps the contexts (and their session caches).
+        self.tls_contexts: dict[tuple[str, ...], ssl.SSLContext] = {}
 
     # -- Snapshots -----------------------------------------------------------------
 
@@ -146,62 +167,99 @@ class Worker:
         errors: list[str] = []
         now = trio.current_time()
         pools: dict[tuple[str, str, int], Pool] = {}
+        sites: dict[tuple[str, str, int], Site] = {}
         keep: set[tuple[str, str]] = set()
         for lst in snap.listeners:
             stats = self.stats.setdefault(lst.name, ListenerStats())
-            brs = []
-            for b in lst.backends:
-                k = (lst.name, b.key)
-                br = self.backends.get(k)
-                if br is None or br.passive.spec != lst.passive:
-                    old = br
-                    br = BackendRuntime(b, PassiveState(lst.passive),
-                                        stats.backends.setdefault(b.key, BackendStats()))
-                    if old is not None:
-                        br.flows = old.flows
-                br.backend = b
-                br.removed = False
-                br.up = k not in self.health_down
-                self.backends[k] = br
-                brs.append(br)
-                keep.add(k)
-            balancer = make_balancer(lst.balance, [(b.key, b.weight) for b in lst.backends])
-            pools[lst.socket_key] = Pool(lst, balancer, brs, stats)
+            if lst.http is None:
+                brs = self._runtimes(lst.name, "", lst.backends, lst.passive, stats, keep)
+                balancer = make_balancer(lst.balance, [(b.key, b.weight) for b in lst.backends])
+                pools[lst.socket_key] = Pool(lst, balancer, brs, stats)
+                continue
+            site_pools: dict[str, Pool] = {}
+            backend_contexts = {}
+            for p in lst.http.pools:
+                brs = self._runtimes(lst.name, p.name + "/", p.backends, p.passive, stats,
+                                     keep)
+                balancer = make_balancer(p.balance, [(b.key, b.weight) for b in p.backends])
+                site_pools[p.name] = Pool(lst, balancer, brs, stats, p.name, p.tls)
+                if p.tls is not None:
+                    backend_contexts[p.name] = client_context(p.tls)
+            sites[lst.socket_key] = Site(
+                lst, RouteTable(lst.http.routes, lst.http.default_pool), site_pools, stats,
+                self._tls_context(lst.http.tls) if lst.protocol == "https" else None,
+                backend_contexts,
+                tuple(ipaddress.ip_network(n) for n in lst.http.trusted_proxies))
 
         for k, br in list(self.backends.items()):
             if k not in keep:
                 br.removed = True
+                br.close_idle()
                 for flow in br.flows.values():
                     flow.cut_at(now + snap.drain_timeout)
                 if not br.flows:
                     del self.backends[k]
 
+        wanted = {lst.socket_key: lst for lst in snap.listeners}
         for key, bound in list(self.bound.items()):
-            if key not in pools:
+            if key not in wanted:
                 bound.scope.cancel()
                 bound.sock.close()
                 del self.bound[key]
-        for key, pool in pools.items():
+        for key, lst in wanted.items():
             if key in self.bound:
-                self.bound[key].listener = pool.listener
+                self.bound[key].listener = lst
                 continue
             try:
-                sock = open_listener_socket(pool.listener)
+                sock = open_listener_socket(lst)
             except OSError as e:
-                msg = f"listener {pool.listener.name}: cannot bind {pool.listener.bind_text}: " \
-                      f"{e.strerror}"
+                msg = f"listener {lst.name}: cannot bind {lst.bind_text}: {e.strerror}"
                 if strict:
                     raise OSError(e.errno, msg) from e
                 log.error("%s", msg)
                 errors.append(msg)
                 continue
-            bound = _Bound(pool.listener, sock, trio.CancelScope())
+            bound = _Bound(lst, sock, trio.CancelScope())
             self.bound[key] = bound
-            serve = self._serve_tcp if pool.listener.protocol == "tcp" else self._serve_udp
+            serve = self._serve_udp if lst.protocol == "udp" else self._serve_tcp
             self.nursery.start_soon(serve, bound)
         self.pools = pools
+        self.sites = sites
         self.snapshot = snap
         return errors
+
+    def _runtimes(self, listener: str, prefix: str, backends: tuple[Backend, ...],
+                  passive: PassiveSpec, stats: ListenerStats,
+                  keep: set[tuple[str, str]]) -> list[BackendRuntime]:
+        """The runtime state of ``backends``, carried over from the previous Snapshot by
+        (listener, key) where the passive spec is unchanged."""
+        brs = []
+        for b in backends:
+            key = prefix + b.key
+            k = (listener, key)
+            br = self.backends.get(k)
+            if br is None or br.passive.spec != passive:
+                old = br
+                br = BackendRuntime(b, PassiveState(passive),
+                                    stats.backends.setdefault(key, BackendStats()))
+                if old is not None:
+                    br.flows = old.flows
+                    br.idle = old.idle
+            br.backend = b
+            br.removed = False
+            br.up = k not in self.health_down
+            self.backends[k] = br
+            brs.append(br)
+            keep.add(k)
+        return brs
+
+    def _tls_context(self, certs: tuple[TlsCert, ...]) -> ssl.SSLContext:
+        key = tuple(f"{c.fingerprint}:{','.join(c.hosts)}" for c in certs)
+        ctx = self.tls_contexts.get(key)
+        if ctx is None:
+            ctx = server_context(certs)
+            self.tls_contexts[key] = ctx
+        return ctx
 
     def set_health(self, down: set[tuple[str, str]]) -> None:
         """Active health verdicts from the control process: (listener, backend key) down."""
@@ -216,8 +274,14 @@ class Worker:
         self.bound.clear()
 
     async def drain(self, deadline: float) -> None:
-        """Stop accepting and wait for flows to end, cutting them at ``deadline``."""
+        """Stop accepting and wait for flows to end, cutting them at ``deadline``. HTTP
+        connections close between requests: idle ones at once, busy ones after their
+        response (which says ``Connection: close``)."""
         self.stop_accepting()
+        self.draining = True
+        for hc in self.http_conns:
+            if hc.idle_scope is not None:
+                hc.idle_scope.cancel()
         with trio.move_on_at(deadline):
             await self.idle.wait()
         for br in self.backends.values():
@@ -251,11 +315,15 @@ class Worker:
                     await trio.lowlevel.wait_readable(bound.sock)
                     continue
                 conn = trio.socket.from_stdlib_socket(sock)
-                pool = self.pools.get(bound.listener.socket_key)
-                if pool is None:
+                key = bound.listener.socket_key
+                pool = self.pools.get(key)
+                if pool is not None:
+                    self.nursery.start_soon(self._tcp_flow, conn, client, pool)
+                elif (site := self.sites.get(key)) is not None:
+                    self.nursery.start_soon(self._http_flow, conn, client, site)
+                else:
                     conn.close()
                     continue
-                self.nursery.start_soon(self._tcp_flow, conn, client, pool)
                 accepted += 1
                 if accepted >= 64:
                     accepted = 0
@@ -293,6 +361,33 @@ class Worker:
                 with upstream:
                     await self._relay(flow, br, conn, upstream, lst)
             finally:
+                self._end(flow)
+
+    async def _http_flow(self, conn: trio.socket.SocketType, client: tuple[str, int],
+                         site: Site) -> None:
+        lst = site.listener
+        site.stats.accepted += 1
+        with conn:
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            open_now = self.http_open.get(lst.name, 0)
+            if lst.max_connections and open_now >= lst.max_connections:
+                site.stats.over_limit += 1
+                try:
+                    conn._sock.send(http1.error_response(503))  # type: ignore[attr-defined]
+                except OSError:
+                    pass
+                return
+            self.http_open[lst.name] = open_now + 1
+            flow = Flow(lst.name, lst.protocol, (client[0], client[1]), "",
+                        trio.current_time(), state="established")
+            self._begin(flow)
+            hc = HttpConnection(self, site, conn, (client[0], client[1]), flow)
+            self.http_conns.add(hc)
+            try:
+                await hc.serve()
+            finally:
+                self.http_conns.discard(hc)
+                self.http_open[lst.name] -= 1
                 self._end(flow)
 
     async def _connect(self, pool: Pool, client: tuple[str, int],
