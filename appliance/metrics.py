@@ -10,6 +10,8 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from .datapath.flows import ListenerStats
+
 if TYPE_CHECKING:
     from .daemon import Daemon
 
@@ -60,6 +62,38 @@ class StatsCollector(Collector):
                 bout.add_metric([name, key], b.bytes_out)
                 up.add_metric([name, key], 0 if (name, key) in down else 1)
         yield from (acc, nob, over, evi, act, conns, fails, bin_, bout, up)
+        yield from _http_metrics(totals)
+
+
+def _http_metrics(totals: dict[str, ListenerStats]) -> Iterator[Metric]:
+    reqs = CounterMetricFamily("edgelb_http_requests", "HTTP requests received",
+                               labels=["listener"])
+    bad = CounterMetricFamily("edgelb_http_bad_requests", "Requests refused as malformed "
+                              "or over a limit", labels=["listener"])
+    slow = CounterMetricFamily("edgelb_http_timeouts", "Requests ended by a timeout (408, "
+                               "504, stalled bodies)", labels=["listener"])
+    tls = CounterMetricFamily("edgelb_tls_handshake_failures", "TLS handshakes that failed",
+                              labels=["listener"])
+    resp = CounterMetricFamily("edgelb_http_responses", "Responses by status class",
+                               labels=["listener", "class"])
+    route = CounterMetricFamily("edgelb_http_route_requests", "Requests by matched route",
+                                labels=["listener", "route"])
+    breq = CounterMetricFamily("edgelb_backend_requests", "HTTP requests sent to a backend",
+                               labels=["listener", "backend"])
+    for name, st in totals.items():
+        if not st.requests and not st.routes and not st.bad_requests:
+            continue
+        reqs.add_metric([name], st.requests)
+        bad.add_metric([name], st.bad_requests)
+        slow.add_metric([name], st.timeouts)
+        tls.add_metric([name], st.tls_failures)
+        for cls, n in sorted(st.statuses.items()):
+            resp.add_metric([name, cls], n)
+        for label, n in sorted(st.routes.items()):
+            route.add_metric([name, label], n)
+        for key, b in st.backends.items():
+            breq.add_metric([name, key], b.requests)
+    yield from (reqs, bad, slow, tls, resp, route, breq)
 
 
 def start_metrics_server(bind: tuple[str, int], daemon: Daemon) -> None:

@@ -213,6 +213,9 @@ class HttpConnection:
         self.buf = b""
         self.wire: PlainWire | TlsWire = PlainWire(tsock)
         self.idle_scope: trio.CancelScope | None = None
+        self.continued = False  # this request got our 100 Continue
+        self.request_expects_continue = False
+        self.chunks: tuple[http1.ChunkedDecoder, list[bytes]] = (http1.ChunkedDecoder(), [])
 
     # -- the request loop ------------------------------------------------------------
 
@@ -245,7 +248,16 @@ class HttpConnection:
         except _Closing:
             return
         except HttpError as e:
-            self.site.stats.bad_requests += 1
+            st = self.site.stats
+            st.bad_requests += 1
+            cls = f"{e.status // 100}xx"
+            st.statuses[cls] = st.statuses.get(cls, 0) + 1
+            if self.site.listener.http is not None and self.site.listener.http.access_log:
+                access.info('%s %s "-" %d refused: %s', self.site.listener.name,
+                            self.client[0], e.status, e.reason, extra={"access": {
+                                "listener": self.site.listener.name,
+                                "client": self.client[0], "status": e.status,
+                                "refused": e.reason}})
             await self._reply_error(e.status, e.reason)
 
     async def _reply_error(self, status: int, reason: str = "", close: bool = True) -> None:
@@ -351,9 +363,10 @@ class HttpConnection:
         if site.listener.http is not None and site.listener.http.access_log:
             total = (time.monotonic() - ex.started) * 1000
             access.info(
-                "%s %s %s %s %d %d %d %s %.1f %.1f", self.client[0],
-                req.host or "-", req.method.decode(), req.target.decode("latin-1"),
-                ex.status, ex.bytes_in, ex.bytes_out, ex.backend, ex.connect_ms, total,
+                '%s %s "%s %s%s" %d in=%d out=%d backend=%s connect=%.1fms total=%.1fms',
+                site.listener.name, self.client[0], req.method.decode(), req.host or "-",
+                req.target.decode("latin-1"), ex.status, ex.bytes_in, ex.bytes_out,
+                ex.backend, ex.connect_ms, total,
                 extra={"access": {
                     "listener": site.listener.name, "client": self.client[0],
                     "host": req.host, "method": req.method.decode(),
@@ -365,6 +378,10 @@ class HttpConnection:
     # -- one proxied request ---------------------------------------------------------
 
     async def _proxy(self, site: Site, pool: Pool, req: Request, ex: _Exchange) -> bool:
+        self.continued = False
+        self.request_expects_continue = req.expect_continue
+        if req.framing.kind == CHUNKED:
+            await self._first_chunk()
         tried: set[int] = set()
         retried_stale = False
         while True:
@@ -416,7 +433,7 @@ class HttpConnection:
                 await self._own_response(req, ex, status)
                 return None
             br = pool.brs[i]
-            ex.backend = br.backend.key
+            ex.backend = f"{pool.name}/{br.backend.key}"
             while br.idle:
                 idle = br.idle.pop()
                 if now - idle.since < lst.timeouts.keepalive and idle.wire.alive():
@@ -469,7 +486,8 @@ class HttpConnection:
             if kind == NO_BODY:
                 await up.send(head)
             else:
-                if req.expect_continue and not self.buf:
+                if req.expect_continue and not self.buf and not self.continued:
+                    self.continued = True
                     await self.wire.send(http1.CONTINUE)
                 await up.send(head)
                 await self._request_body(req, up, ex)
@@ -519,20 +537,37 @@ class HttpConnection:
                     self.buf = buf
                     return
                 buf = await self._client_read(timeout)
-        decoder = http1.ChunkedDecoder()
-        data = self.buf
+        decoder, pieces = self.chunks
+        data = b""
         while True:
-            if data:
-                pieces = decoder.feed(data)
+            if data or pieces or decoder.done:
+                pieces = pieces + decoder.feed(data) if data else pieces
                 if pieces:
                     out = b"".join(http1.chunk(p) for p in pieces)
                     await up.send(out)
                     ex.bytes_in += sum(len(p) for p in pieces)
+                    pieces = []
                 if decoder.done:
                     await up.send(http1.LAST_CHUNK)
                     self.buf = decoder.rest
                     return
             data = await self._client_read(timeout)
+
+    async def _first_chunk(self) -> None:
+        """Read until the first chunk size line is validated, before any backend is
+        chosen: a body that is broken from its start never reaches a backend."""
+        decoder = http1.ChunkedDecoder()
+        if self.request_expects_continue and not self.buf:
+            self.continued = True
+            await self._send_client(http1.CONTINUE)
+        data, self.buf = self.buf, b""
+        pieces: list[bytes] = []
+        while True:
+            pieces += decoder.feed(data)
+            if pieces or decoder.done:
+                break
+            data = await self._client_read(self.site.listener.timeouts.body)
+        self.chunks = (decoder, pieces)
 
     async def _client_read(self, patience: float) -> bytes:
         with trio.move_on_after(patience):
