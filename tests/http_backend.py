@@ -35,6 +35,8 @@ class Seen:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Head and body go out in separate writes; without this, Nagle holds the body.
+    disable_nagle_algorithm = True
     server: _Server
 
     def log_message(self, format: str, *args: object) -> None:
@@ -141,6 +143,7 @@ class _Handler(BaseHTTPRequestHandler):
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = 1024  # the default of 5 drops connects under load
 
     def __init__(self, port: int, name: str) -> None:
         super().__init__(("127.0.0.1", port), _Handler)
