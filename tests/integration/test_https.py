@@ -87,7 +87,7 @@ def test_sni_chooses_the_certificate(tmp_path: Path, ca: trustme.CA) -> None:
             assert tls_get(port, "bar.example.com", ca)[0] == "*.example.com"
             assert tls_get(port, "a.bar.example.com", ca)[0] == "default.test"
             assert tls_get(port, None, ca)[0] == "default.test"
-            name, resp = tls_get(port, "foo.example.com", ca, "/hello")
+            _, resp = tls_get(port, "foo.example.com", ca, "/hello")
             assert resp.startswith(b"HTTP/1.1 200") and resp.endswith(b"web GET /hello\n")
             assert be.seen[-1].header("X-Forwarded-Proto") == "https"
             with warnings.catch_warnings():
