@@ -152,3 +152,67 @@ def test_addresses() -> None:
 
 def test_empty_file_is_a_valid_config_with_nothing_to_serve() -> None:
     assert load_text("").listeners == ()
+
+
+HTTP = """\
+listeners:
+  - name: web
+    bind: 127.0.0.1:8080
+    protocol: http
+    routes:
+      - host: foo.example.com
+        paths:
+          - {path: /api, type: Prefix, pool: api}
+    default_pool: api
+    pools:
+      api: {balance: least_conn, backends: [127.0.0.1:9001]}
+"""
+
+
+def test_http_listener_builds_routes_and_pools() -> None:
+    snap = load_text(HTTP + "    limits: {max_headers: 50}\n    trusted_proxies: [10.0.0.0/8]\n"
+                            "    timeouts: {request: 5s, response: 30s}\n")
+    lst = snap.listeners[0]
+    assert lst.http is not None and lst.http.default_pool == "api"
+    assert lst.http.routes[0].paths[0].pool == "api"
+    assert lst.http.pools[0].balance == "least_conn"
+    assert lst.http.limits.max_headers == 50 and lst.http.trusted_proxies == ("10.0.0.0/8",)
+    assert (lst.timeouts.request, lst.timeouts.response) == (5.0, 30.0)
+    assert [k for k, *_ in lst.targets()] == ["api/127.0.0.1:9001"]
+
+
+def test_http_shorthand_backends_make_the_default_pool() -> None:
+    snap = load_text("listeners:\n  - {name: w, bind: 127.0.0.1:80, protocol: http, "
+                     "backends: [127.0.0.1:1]}\n")
+    http = snap.listeners[0].http
+    assert http is not None and http.default_pool == "default"
+    assert http.pools[0].backends[0].port == 1
+
+
+@pytest.mark.parametrize(("text", "path", "line", "words"), [
+    (HTTP.replace("pool: api}", "pool: apx}"), "listeners[0].routes[0].paths[0].pool", 8,
+     "no pool named 'apx'"),
+    (HTTP.replace("default_pool: api", "default_pool: nope"), "listeners[0].default_pool", 9,
+     "no pool named"),
+    (HTTP.replace("type: Prefix", "type: Regex"), "listeners[0].routes[0].paths[0].type", 8,
+     "not one of"),
+    (HTTP.replace("path: /api", "path: api"), "listeners[0].routes[0].paths[0].path", 8,
+     "HTTP path"),
+    (HTTP.replace("host: foo.example.com", "host: foo..com"), "listeners[0].routes[0].host",
+     6, "not a host name"),
+    (HTTP.replace("pool: api}\n", "pool: api}\n          - {path: /api/, pool: api}\n", 1),
+     "listeners[0].routes", 6, "given twice"),
+    (HTTP.replace("protocol: http", "protocol: https"), "listeners[0].tls", 4,
+     "needs at least one certificate"),
+    (HTTP + "    tls: [{hosts: [a], cert: /nonexistent.crt, key: /nonexistent.key}]\n",
+     "listeners[0].tls", 12, "only for https"),
+    (HTTP.replace("protocol: http", "protocol: tcp"), "listeners[0].routes", 6,
+     "only for http and https"),
+    (HTTP + "    limits: {max_headers: 0}\n", "listeners[0].limits.max_headers", 12, "not in"),
+    (HTTP + "    trusted_proxies: [10.0.0.300]\n", "listeners[0].trusted_proxies[0]", 12,
+     "not an address"),
+    (HTTP + "    access_log: maybe\n", "listeners[0].access_log", 12, "true or false"),
+])
+def test_broken_http_config(text: str, path: str, line: int, words: str) -> None:
+    errors = _errors(text)
+    assert any(p == path and ln == line and words in m for p, ln, m in errors), errors
