@@ -180,12 +180,13 @@ def iperf(port: int, streams: int, seconds: int) -> float:
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
 
 
-def wrk(port: int, seconds: int, conns: int, close: bool = False) -> dict[str, float]:
+def wrk(port: int, seconds: int, conns: int, close: bool = False,
+        scheme: str = "http") -> dict[str, float]:
     """rps and latency percentiles (ms) of wrk through ``port``."""
     cmd = ["wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--latency"]
     if close:
         cmd += ["-H", "Connection: close"]
-    out = subprocess.run([*cmd, f"http://127.0.0.1:{port}/"], capture_output=True,
+    out = subprocess.run([*cmd, f"{scheme}://127.0.0.1:{port}/"], capture_output=True,
                          text=True, timeout=seconds + 30).stdout
     res: dict[str, float] = {}
     m = re.search(r"Requests/sec:\s+([\d.]+)", out)
@@ -197,6 +198,8 @@ def wrk(port: int, seconds: int, conns: int, close: bool = False) -> dict[str, f
         res[f"p{pct}_ms"] = float(m.group(1)) * _UNITS[m.group(2)] if m else 0.0
     m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     res["errors"] = float(sum(int(x) for x in m.groups())) if m else 0.0
+    m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    res["non2xx"] = float(m.group(1)) if m else 0.0
     return res
 
 

@@ -1,0 +1,238 @@
+"""L7 benchmark: edgelb beside HAProxy and nginx as HTTP reverse proxies, in one run, on
+loopback, in front of the same nginx ``return 200`` backend, keep-alive, wrk -c50.
+
+    python -m tests.bench.l7 [--seconds 5]
+
+For each of plain HTTP and HTTPS (TLS terminated by the proxy): requests/s, p50/p99
+latency, and the proxy's CPU microseconds per request (utime+stime of all its processes
+over the run, divided by the requests served). Then, with two processes each, edgelb
+``workers: 2`` against nginx ``worker_processes 2``. Prints a markdown table with ratios
+and writes JSON to tests/bench/results/. Only ratios within one run mean anything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import trustme
+
+from tests.bench.l4 import RESULTS, cpu_seconds, wrk
+from tests.helpers import EDGELB, can_connect, free_port, wait_for
+
+
+def tree_cpu(pid: int) -> float:
+    """CPU seconds of ``pid`` and its live children (nginx and edgelb workers)."""
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+    return cpu_seconds(pid) + sum(cpu_seconds(int(c)) for c in out.split())
+
+
+def backend_nginx(tmp: Path, port: int) -> subprocess.Popen[bytes]:
+    d = tmp / "backend"
+    d.mkdir()
+    (d / "nginx.conf").write_text(f"""
+worker_processes 1;
+error_log {d}/error.log;
+pid {d}/nginx.pid;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d};
+  uwsgi_temp_path {d}; scgi_temp_path {d};
+  keepalive_requests 1000000;
+  server {{ listen 127.0.0.1:{port} backlog=4096;
+           location / {{ return 200 "ok\\n"; }} }}
+}}
+""")
+    return subprocess.Popen(["nginx", "-c", str(d / "nginx.conf"), "-p", str(d),
+                             "-g", "daemon off;"])
+
+
+def proxy_nginx(tmp: Path, workers: int, http: int, https: int, backend: int,
+                crt: Path, key: Path) -> subprocess.Popen[bytes]:
+    d = tmp / f"nginx{workers}"
+    d.mkdir()
+    (d / "nginx.conf").write_text(f"""
+worker_processes {workers};
+error_log {d}/error.log;
+pid {d}/nginx.pid;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d};
+  uwsgi_temp_path {d}; scgi_temp_path {d};
+  keepalive_requests 1000000;
+  upstream be {{ server 127.0.0.1:{backend}; keepalive 64; }}
+  server {{
+    listen 127.0.0.1:{http} reuseport backlog=4096;
+    listen 127.0.0.1:{https} ssl reuseport backlog=4096;
+    ssl_certificate {crt}; ssl_certificate_key {key};
+    ssl_protocols TLSv1.2 TLSv1.3;
+    location / {{
+      proxy_pass http://be; proxy_http_version 1.1; proxy_set_header Connection "";
+      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+    }}
+  }}
+}}
+""")
+    return subprocess.Popen(["nginx", "-c", str(d / "nginx.conf"), "-p", str(d),
+                             "-g", "daemon off;"])
+
+
+def proxy_haproxy(tmp: Path, http: int, https: int, backend: int,
+                  pem: Path) -> subprocess.Popen[bytes]:
+    cfg = tmp / "haproxy.cfg"
+    cfg.write_text(f"""
+global
+  nbthread 1
+  maxconn 4096
+  ssl-default-bind-options ssl-min-ver TLSv1.2
+defaults
+  mode http
+  option http-keep-alive
+  option forwardfor
+  http-reuse always
+  timeout connect 1s
+  timeout client 60s
+  timeout server 60s
+frontend fe
+  bind 127.0.0.1:{http}
+  bind 127.0.0.1:{https} ssl crt {pem} alpn http/1.1
+  default_backend be
+backend be
+  server s1 127.0.0.1:{backend}
+""")
+    return subprocess.Popen(["haproxy", "-db", "-f", str(cfg)])
+
+
+def proxy_edgelb(tmp: Path, workers: int, http: int, https: int, backend: int,
+                 crt: Path, key: Path) -> subprocess.Popen[bytes]:
+    cfg = tmp / f"edgelb{workers}.yaml"
+    cfg.write_text(f"""
+workers: {workers}
+listeners:
+  - name: web
+    bind: 127.0.0.1:{http}
+    protocol: http
+    access_log: false
+    health: {{type: none}}
+    backends: [127.0.0.1:{backend}]
+  - name: secure
+    bind: 127.0.0.1:{https}
+    protocol: https
+    access_log: false
+    health: {{type: none}}
+    backends: [127.0.0.1:{backend}]
+    tls: [{{hosts: [bench.test], cert: {crt}, key: {key}}}]
+""")
+    return subprocess.Popen([*EDGELB, "run", "-c", str(cfg)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def run_one(name: str, proc: subprocess.Popen[bytes], http: int, https: int,
+            seconds: int, schemes: tuple[str, ...]) -> dict[str, Any]:
+    wait_for(lambda: can_connect(http) and can_connect(https), 20, f"{name} listening")
+    out: dict[str, Any] = {}
+    for scheme in schemes:
+        port = http if scheme == "http" else https
+        wrk(port, 1, 50, scheme=scheme)  # warm up: connections, pools, TLS sessions
+        c0 = tree_cpu(proc.pid)
+        w = wrk(port, seconds, 50, scheme=scheme)
+        cpu = tree_cpu(proc.pid) - c0
+        w["cpu_us_per_req"] = cpu / w["requests"] * 1e6 if w["requests"] else 0.0
+        out[scheme] = w
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--seconds", type=int, default=5)
+    args = ap.parse_args()
+    for tool in ("haproxy", "nginx", "wrk"):
+        if shutil.which(tool) is None:
+            print(f"{tool} is not installed (make deb-deps)", file=sys.stderr)
+            return 2
+    results: dict[str, Any] = {"seconds": args.seconds, "cpus": os.cpu_count()}
+    with tempfile.TemporaryDirectory(prefix="edgelb-bench7-") as t:
+        tmp = Path(t)
+        ca = trustme.CA()
+        cert = ca.issue_cert("bench.test")
+        crt, key, pem = tmp / "c.crt", tmp / "c.key", tmp / "c.pem"
+        cert.private_key_pem.write_to_path(str(key))
+        crt.write_bytes(b"".join(b.bytes() for b in cert.cert_chain_pems))
+        pem.write_bytes(crt.read_bytes() + key.read_bytes())
+        bport = free_port()
+        backend = backend_nginx(tmp, bport)
+        try:
+            wait_for(lambda: can_connect(bport), 10, "backend")
+            runs: list[tuple[str, Any]] = [
+                ("edgelb", lambda h, s: proxy_edgelb(tmp, 1, h, s, bport, crt, key)),
+                ("haproxy", lambda h, s: proxy_haproxy(tmp, h, s, bport, pem)),
+                ("nginx", lambda h, s: proxy_nginx(tmp, 1, h, s, bport, crt, key)),
+                ("edgelb-2", lambda h, s: proxy_edgelb(tmp, 2, h, s, bport, crt, key)),
+                ("nginx-2", lambda h, s: proxy_nginx(tmp, 2, h, s, bport, crt, key)),
+            ]
+            for name, start in runs:
+                http, https = free_port(), free_port()
+                proc = start(http, https)
+                try:
+                    schemes = ("http", "https") if not name.endswith("-2") else ("http",)
+                    results[name] = run_one(name, proc, http, https, args.seconds, schemes)
+                    print(f"{name}: {json.dumps(results[name])}", file=sys.stderr)
+                finally:
+                    stop(proc)
+                time.sleep(0.5)
+        finally:
+            stop(backend)
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / f"l7-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out.write_text(json.dumps(results, indent=2))
+    report(results, args.seconds)
+    print(f"\nraw figures: {out}")
+    return 0
+
+
+def report(r: dict[str, Any], seconds: int) -> None:
+    def ratio(a: float, b: float) -> str:
+        return f"{a / b:.2f}x" if b else "-"
+
+    print(f"\nL7, one run, wrk -t1 -c50 -d{seconds}s keep-alive, nginx `return 200` backend\n")
+    print("| load | figure | edgelb | HAProxy | nginx | edgelb/HAProxy | edgelb/nginx |")
+    print("|---|---|---|---|---|---|---|")
+    for scheme in ("http", "https"):
+        e, h, n = (r[x][scheme] for x in ("edgelb", "haproxy", "nginx"))
+        for label, key, fmt in (("req/s", "rps", "{:.0f}"), ("p50 ms", "p50_ms", "{:.2f}"),
+                                ("p99 ms", "p99_ms", "{:.2f}"),
+                                ("CPU µs/req", "cpu_us_per_req", "{:.1f}")):
+            print(f"| {scheme}, 1 process | {label} | {fmt.format(e[key])} | "
+                  f"{fmt.format(h[key])} | {fmt.format(n[key])} | {ratio(e[key], h[key])} | "
+                  f"{ratio(e[key], n[key])} |")
+    e2, n2 = r["edgelb-2"]["http"], r["nginx-2"]["http"]
+    print(f"| http, 2 processes | req/s | {e2['rps']:.0f} | - | {n2['rps']:.0f} | - | "
+          f"{ratio(e2['rps'], n2['rps'])} |")
+    errs = {k: v[s]["errors"] + v[s]["non2xx"] for k, v in r.items() if isinstance(v, dict)
+            for s in v}
+    print(f"\nerrors (socket + non-2xx) per run: {errs}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
