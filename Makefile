@@ -3,9 +3,9 @@ PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
-DEB_PKGS := haproxy nginx iperf3 wrk curl netcat-openbsd iproute2 procps
+DEB_PKGS := haproxy nginx iperf3 wrk curl netcat-openbsd iproute2 procps openssl
 
-.PHONY: demo test test-unit bench lint deb-deps clean
+.PHONY: demo test test-unit bench bench-l4 bench-l7 lint deb-deps clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -37,6 +37,13 @@ test-unit: $(STAMP)
 
 bench: $(STAMP) deb-deps
 	$(BIN)/python -m tests.bench.l4
+	$(BIN)/python -m tests.bench.l7
+
+bench-l4: $(STAMP) deb-deps
+	$(BIN)/python -m tests.bench.l4
+
+bench-l7: $(STAMP) deb-deps
+	$(BIN)/python -m tests.bench.l7
 
 lint: $(STAMP)
 	$(BIN)/ruff check appliance tui tests

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
 import tempfile
 from importlib import resources
 
@@ -16,19 +17,33 @@ from .sim.backends import serve_http, serve_udp_echo
 log = logging.getLogger("edgelb.demo")
 
 
-def demo_config(web_port: int) -> str:
-    """The bundled demo config with its ports filled in."""
+def demo_config(web_port: int, cert: str, key: str) -> str:
+    """The bundled demo config with its ports and certificate paths filled in."""
     text = resources.files("appliance").joinpath("examples/demo.yaml").read_text()
     return (text.replace("{web_port}", str(web_port))
             .replace("{udp_port}", str(web_port + 1))
-            .replace("{metrics_port}", str(web_port + 2)))
+            .replace("{metrics_port}", str(web_port + 2))
+            .replace("{http_port}", str(web_port + 3))
+            .replace("{https_port}", str(web_port + 4))
+            .replace("{cert}", cert).replace("{key}", key))
+
+
+def self_signed(directory: str, host: str) -> tuple[str, str]:
+    """A throwaway self-signed certificate for ``host``, made with the openssl command."""
+    cert, key = os.path.join(directory, "demo.crt"), os.path.join(directory, "demo.key")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2", "-subj",
+                    f"/CN={host}", "-addext", f"subjectAltName=DNS:{host}",
+                    "-keyout", key, "-out", cert], check=True, capture_output=True)
+    return cert, key
 
 
 async def run_demo(web_port: int = 8080, log_format: str = "text") -> int:
     """Run until Ctrl-C; returns the exit status."""
     with tempfile.TemporaryDirectory(prefix="edgelb-demo-") as tmp:
         path = os.path.join(tmp, "edgelb.yaml")
-        await trio.Path(path).write_text(demo_config(web_port))
+        cert, key = self_signed(tmp, "shop.demo.test")
+        await trio.Path(path).write_text(demo_config(web_port, cert, key))
         async with trio.open_nursery() as nursery:
             for i in (1, 2, 3):
                 await nursery.start(serve_http, "127.0.0.1", 19000 + i, f"web-{i}")
@@ -54,6 +69,13 @@ edgelb demo is running (config: {path})
   for i in 1 2 3 4; do curl -s http://127.0.0.1:{web_port}/; done
   echo hello | nc -u -w1 127.0.0.1 {web_port + 1}  # UDP, Maglev on the client address
   curl -s http://127.0.0.1:{web_port + 2}/metrics | grep edgelb_backend
+
+  # L7: Ingress-style routes by host and path, and HTTPS with SNI
+  curl -s -H 'Host: shop.demo.test' http://127.0.0.1:{web_port + 3}/api/items  # pool api
+  curl -s -H 'Host: shop.demo.test' http://127.0.0.1:{web_port + 3}/cart       # storefront
+  curl -s -H 'Host: blog.demo.test' http://127.0.0.1:{web_port + 3}/           # *.demo.test
+  curl -s -H 'Host: other.test' http://127.0.0.1:{web_port + 3}/               # 404
+  curl -sk --resolve shop.demo.test:{web_port + 4}:127.0.0.1 https://shop.demo.test:{web_port + 4}/
 
 Ctrl-C drains and stops.
 """, flush=True)

@@ -346,10 +346,10 @@ class HttpConnection:
         body we would have to read and discard."""
         keep = req.keep_alive and req.framing.kind == NO_BODY and req.upgrade is None
         ex.status = status
-        body = http1.error_response(status, close=not keep)
-        ex.bytes_out = len(body)
+        response = http1.error_response(status, close=not keep)
+        ex.bytes_out = len(response.partition(b"\r\n\r\n")[2])
         try:
-            await self.wire.send(body)
+            await self.wire.send(response)
         except OSError:
             return False
         return keep
@@ -363,10 +363,10 @@ class HttpConnection:
         if site.listener.http is not None and site.listener.http.access_log:
             total = (time.monotonic() - ex.started) * 1000
             access.info(
-                '%s %s "%s %s%s" %d in=%d out=%d backend=%s connect=%.1fms total=%.1fms',
+                '%s %s "%s %s%s" %d in=%d out=%d backend=%s connect=%s total=%.1fms',
                 site.listener.name, self.client[0], req.method.decode(), req.host or "-",
                 req.target.decode("latin-1"), ex.status, ex.bytes_in, ex.bytes_out,
-                ex.backend, ex.connect_ms, total,
+                ex.backend, f"{ex.connect_ms:.1f}ms" if ex.connect_ms >= 0 else "-", total,
                 extra={"access": {
                     "listener": site.listener.name, "client": self.client[0],
                     "host": req.host, "method": req.method.decode(),

@@ -115,6 +115,13 @@ def test_demo_runs_and_stops_on_ctrl_c(tmp_path: Path) -> None:
             assert u.recvfrom(100)[0].endswith(b": hello")
         assert "edgelb_backend_connections_total" in urllib.request.urlopen(
             f"http://127.0.0.1:{port + 2}/metrics", timeout=5).read().decode()
+        routed = subprocess.run(
+            ["curl", "-sS", "-H", "Host: shop.demo.test", f"http://127.0.0.1:{port + 3}/api/x",
+             "-k", "--resolve", f"shop.demo.test:{port + 4}:127.0.0.1",
+             f"https://shop.demo.test:{port + 4}/cart"],
+            capture_output=True, text=True, timeout=10).stdout
+        assert routed.startswith("backend web-1: GET /api/x HTTP/1.1\n"), routed
+        assert "GET /cart HTTP/1.1" in routed.splitlines()[1]
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=20)
         assert proc.returncode == 0, out
