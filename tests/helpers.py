@@ -62,11 +62,12 @@ class Edgelb:
         self.path.write_text(textwrap.dedent(config))
         self.log = tmp / "edgelb.log"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.start_args: list[str] = []
 
     def start(self, wait_port: int | None = None) -> Edgelb:
         self._logf = open(self.log, "wb")
         self.proc = subprocess.Popen(
-            [*EDGELB, "run", "-c", str(self.path)],
+            [*EDGELB, *self.start_args, "run", "-c", str(self.path)],
             stdout=self._logf, stderr=subprocess.STDOUT, cwd=ROOT)
         wait_for(lambda: b"serving snapshot" in self.log.read_bytes()
                  or self.proc is None or self.proc.poll() is not None, 20, "edgelb start")
