@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import math
 import socket
 import ssl
 import time
@@ -40,6 +41,7 @@ class Wire(Protocol):
     """A byte stream: a plain socket or TLS over one."""
 
     async def recv(self) -> bytes: ...
+    def try_recv(self) -> bytes | None: ...
     async def send(self, data: bytes | bytearray | memoryview) -> None: ...
     async def send_eof(self) -> None: ...
     def close(self) -> None: ...
@@ -63,6 +65,13 @@ class PlainWire:
                 pass
             # Outside the except block, so no exception stays referenced while we wait.
             await trio.lowlevel.wait_readable(self.sock)
+
+    def try_recv(self) -> bytes | None:
+        """What is readable now without waiting, or None; b"" at EOF."""
+        try:
+            return self.sock.recv(READ_SIZE)
+        except BlockingIOError:
+            return None
 
     async def send(self, data: bytes | bytearray | memoryview) -> None:
         view = memoryview(data)
@@ -126,6 +135,9 @@ class TlsWire:
 
     async def send_eof(self) -> None:
         pass  # TLS 1.2 has no half-close; the relay ends when either side closes
+
+    def try_recv(self) -> bytes | None:
+        return None  # TLS records need the stream's machinery: always wait
 
     def alive(self) -> bool:
         return True
@@ -213,6 +225,7 @@ class HttpConnection:
         self.buf = b""
         self.wire: PlainWire | TlsWire = PlainWire(tsock)
         self.idle_scope: trio.CancelScope | None = None
+        self.cut = Cut(trio.CancelScope())
         self.continued = False  # this request got our 100 Continue
         self.request_expects_continue = False
         self.chunks: tuple[http1.ChunkedDecoder, list[bytes]] = (http1.ChunkedDecoder(), [])
@@ -235,30 +248,40 @@ class HttpConnection:
                 return
         first = True
         try:
-            while True:
-                site = self.worker.sites.get(self.key, self.site)
-                self.site = site
-                head = await self._read_head(first)
-                if head is None:
-                    return
-                first = False
-                keep = await self._exchange(site, head)
-                if not keep:
-                    return
+            # One scope for the connection's life: a backend removed by a reload cuts
+            # the connections in a request to it when its drain time is up.
+            with self.cut.scope:
+                await self._serve_requests(first)
         except _Closing:
             return
         except HttpError as e:
-            st = self.site.stats
-            st.bad_requests += 1
-            cls = f"{e.status // 100}xx"
-            st.statuses[cls] = st.statuses.get(cls, 0) + 1
-            if self.site.listener.http is not None and self.site.listener.http.access_log:
-                access.info('%s %s "-" %d refused: %s', self.site.listener.name,
-                            self.client[0], e.status, e.reason, extra={"access": {
-                                "listener": self.site.listener.name,
-                                "client": self.client[0], "status": e.status,
-                                "refused": e.reason}})
-            await self._reply_error(e.status, e.reason)
+            await self._refuse(e)
+
+    async def _serve_requests(self, first: bool) -> None:
+        while True:
+            site = self.worker.sites.get(self.key, self.site)
+            self.site = site
+            head = await self._read_head(first)
+            if head is None:
+                return
+            first = False
+            keep = await self._exchange(site, head)
+            if not keep:
+                return
+
+    async def _refuse(self, e: HttpError) -> None:
+        """A request refused before it was routed: counted, logged, answered, closed."""
+        st = self.site.stats
+        st.bad_requests += 1
+        cls = f"{e.status // 100}xx"
+        st.statuses[cls] = st.statuses.get(cls, 0) + 1
+        if self.site.listener.http is not None and self.site.listener.http.access_log:
+            access.info('%s %s "-" %d refused: %s', self.site.listener.name,
+                        self.client[0], e.status, e.reason, extra={"access": {
+                            "listener": self.site.listener.name,
+                            "client": self.client[0], "status": e.status,
+                            "refused": e.reason}})
+        await self._reply_error(e.status, e.reason)
 
     async def _reply_error(self, status: int, reason: str = "", close: bool = True) -> None:
         try:
@@ -279,6 +302,21 @@ class HttpConnection:
         if end >= 0:
             self.buf = buf[end + 4:]
             return buf[:end]
+        if not buf:
+            # Data already waiting needs no timeout (and no cancel scope, which costs
+            # more than the read): the common case under load.
+            try:
+                ready = self.wire.try_recv()
+            except OSError:
+                return None
+            if ready is not None:
+                if not ready:
+                    return None
+                buf = ready
+                end = buf.find(b"\r\n\r\n")
+                if end >= 0:
+                    self.buf = buf[end + 4:]
+                    return buf[:end]
         if not buf:
             # Between requests the client may idle up to the keep-alive timeout; the
             # request timeout starts with its first byte.
@@ -389,16 +427,14 @@ class HttpConnection:
             if got is None:
                 return False
             br, up, reused = got
-            cut = Cut(trio.CancelScope())
+            cut = self.cut
             br.flows[id(cut)] = cut
             if br.removed and self.worker.snapshot is not None:
                 cut.cut_at(trio.current_time() + self.worker.snapshot.drain_timeout)
             br.stats.active += 1
             br.stats.requests += 1
             try:
-                with cut.scope:
-                    return await self._forward(site, pool, br, up, req, ex, reused)
-                raise _Closing  # cut: the backend was removed and its drain time is up
+                return await self._forward(site, pool, br, up, req, ex, reused)
             except _Stale:
                 up.close()
                 # A keep-alive connection the backend had closed: the request never got
@@ -413,6 +449,10 @@ class HttpConnection:
             finally:
                 br.stats.active -= 1
                 br.flows.pop(id(cut), None)
+                # The request is over: a drain deadline applies to it, not to the
+                # connection's next requests (which go to backends still in the pool).
+                if cut.scope.deadline != math.inf:
+                    cut.scope.deadline = math.inf
 
     async def _upstream(self, site: Site, pool: Pool, req: Request, ex: _Exchange,
                         tried: set[int]) -> tuple[BackendRuntime, PlainWire | TlsWire,
@@ -591,6 +631,19 @@ class HttpConnection:
                 if len(buf) > MAX_RESPONSE_HEAD:
                     up.close()
                     raise HttpError(502, "response head too large")
+                try:
+                    ready = up.try_recv()
+                except OSError:
+                    ready = b""
+                if ready:
+                    buf += ready
+                    end = buf.find(b"\r\n\r\n")
+                    continue
+                if ready is not None:
+                    up.close()
+                    if may_be_stale and not buf:
+                        raise _Stale
+                    raise HttpError(502, "backend closed before responding")
                 with trio.move_on_at(deadline):
                     try:
                         data = await up.recv()
