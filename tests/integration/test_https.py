@@ -249,11 +249,14 @@ listeners:
             block = hashlib.sha256(b"seed").digest() * 2048  # 64 KiB
             digest = hashlib.sha256()
             with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
-                s.sendall(b"POST /sha HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % size)
+                s.sendall(b"POST /sha HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n"
+                          b"Connection: close\r\n\r\n" % size)
                 for _ in range(size // len(block)):
                     s.sendall(block)
                     digest.update(block)
-                resp = s.recv(4096)
+                resp = b""
+                while chunk := s.recv(4096):
+                    resp += chunk
             assert resp.endswith(f"{size} {digest.hexdigest()}\n".encode()), resp
             status = Path(f"/proc/{e.proc.pid}/status").read_text()
             peak_kb = int(next(ln for ln in status.splitlines()
