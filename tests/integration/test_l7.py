@@ -264,6 +264,19 @@ def test_keep_alive_and_pipelining_in_order(rig: Rig) -> None:
         assert b"auth GET /login" in f.read()
 
 
+def test_pipelined_requests_with_bodies(rig: Rig) -> None:
+    reqs = (b"POST /api/a HTTP/1.1\r\nHost: foo.example.com\r\nContent-Length: 3\r\n\r\nabc"
+            b"POST /api/b HTTP/1.1\r\nHost: foo.example.com\r\nTransfer-Encoding: chunked\r\n"
+            b"\r\n2\r\nde\r\n0\r\n\r\n"
+            b"GET /api/c HTTP/1.1\r\nHost: foo.example.com\r\nConnection: close\r\n\r\n")
+    resp = raw(rig.port, reqs)
+    assert resp.count(b"HTTP/1.1 200") == 3
+    assert resp.index(b"api POST /api/a") < resp.index(b"api POST /api/b") < resp.index(
+        b"api GET /api/c")
+    bodies = {s.target: s.body for s in rig.b["api"].seen[-3:]}
+    assert bodies == {"/api/a": b"abc", "/api/b": b"de", "/api/c": b""}
+
+
 def test_backend_connections_are_reused(rig: Rig) -> None:
     api = rig.b["api"]
     get(rig.port, "/api/warm")
