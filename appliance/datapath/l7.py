@@ -224,11 +224,36 @@ class HttpConnection:
         self.proto = "https" if site.listener.protocol == "https" else "http"
         self.buf = b""
         self.wire: PlainWire | TlsWire = PlainWire(tsock)
-        self.idle_scope: trio.CancelScope | None = None
         self.cut = Cut(trio.CancelScope())
+        # Timeouts: the phase the connection waits in and when that wait expires, read
+        # by the worker's timer task (``expire``). A float store per wait instead of a
+        # cancel scope per wait, which costs more than the read it guards.
+        self.phase = ""
+        self.deadline = math.inf
+        self.expired = ""
+        self.exchange: _Exchange | None = None
         self.continued = False  # this request got our 100 Continue
         self.request_expects_continue = False
         self.chunks: tuple[http1.ChunkedDecoder, list[bytes]] = (http1.ChunkedDecoder(), [])
+
+    # -- timeouts --------------------------------------------------------------------
+
+    def _arm(self, phase: str, seconds: float) -> None:
+        self.phase = phase
+        self.deadline = time.monotonic() + seconds
+
+    def _disarm(self) -> None:
+        self.deadline = math.inf
+
+    def expire(self, why: str = "") -> None:
+        """End the connection: its wait timed out (``why`` defaults to the phase it was
+        in), or the worker drains. Called by the worker, never by the connection."""
+        self.expired = why or self.phase
+        self.deadline = math.inf
+        ex = self.exchange
+        if ex is not None and not ex.status:
+            ex.status = {"response": 504, "body": 408}.get(self.expired, 0)
+        self.cut.scope.cancel()
 
     # -- the request loop ------------------------------------------------------------
 
@@ -248,14 +273,36 @@ class HttpConnection:
                 return
         first = True
         try:
-            # One scope for the connection's life: a backend removed by a reload cuts
-            # the connections in a request to it when its drain time is up.
+            # One scope for the connection's life: timeouts and the drain of a removed
+            # backend cancel it, and the connection closes.
             with self.cut.scope:
                 await self._serve_requests(first)
         except _Closing:
             return
         except HttpError as e:
             await self._refuse(e)
+            return
+        if self.cut.scope.cancelled_caught and self.expired:
+            await self._expired()
+
+    async def _expired(self) -> None:
+        """After a timeout: 408 for a client too slow with its request, 504 for a
+        backend too slow to start its response (if nothing was sent yet), else close."""
+        why = self.expired
+        if why == "drain":
+            return
+        self.site.stats.timeouts += 1
+        ex = self.exchange
+        started = ex is not None and ex.bytes_out > 0
+        if why in ("first", "head", "body"):
+            status = 408
+        elif why == "response" and not started:
+            status = 504
+        else:
+            return
+        self.site.stats.statuses[f"{status // 100}xx"] = \
+            self.site.stats.statuses.get(f"{status // 100}xx", 0) + 1
+        await self._reply_error(status, f"timeout in {why}")
 
     async def _serve_requests(self, first: bool) -> None:
         while True:
@@ -320,47 +367,38 @@ class HttpConnection:
         if not buf:
             # Between requests the client may idle up to the keep-alive timeout; the
             # request timeout starts with its first byte.
-            with trio.CancelScope(deadline=trio.current_time() + (
-                    lst.timeouts.request if first else lst.timeouts.keepalive)) as scope:
-                self.idle_scope = scope
-                try:
-                    data = await self.wire.recv()
-                except OSError:
-                    return None
-                finally:
-                    self.idle_scope = None
-            if scope.cancelled_caught:
-                if first:
-                    await self._reply_error(408, "no request")
+            self._arm("first" if first else "idle",
+                      lst.timeouts.request if first else lst.timeouts.keepalive)
+            try:
+                data = await self.wire.recv()
+            except OSError:
                 return None
             if not data:
                 return None
             buf = data
-        deadline = trio.current_time() + lst.timeouts.request
+        self._arm("head", lst.timeouts.request)
         while True:
             end = buf.find(b"\r\n\r\n")
             if end >= 0:
+                self._disarm()
                 self.buf = buf[end + 4:]
                 return buf[:end]
             http1.request_line_end(buf, limits)
             if len(buf) > limits.max_header_bytes + 4:
                 raise HttpError(431, "request header too large")
-            with trio.move_on_at(deadline):
-                try:
-                    data = await self.wire.recv()
-                except OSError:
-                    return None
-                if not data:
-                    # A client that closes mid-head gets nothing: there is no one to read it.
-                    return None
-                buf += data
-                continue
-            self.site.stats.timeouts += 1
-            raise HttpError(408, "request head not complete in time")
+            try:
+                data = await self.wire.recv()
+            except OSError:
+                return None
+            if not data:
+                # A client that closes mid-head gets nothing: there is no one to read it.
+                return None
+            buf += data
 
     async def _exchange(self, site: Site, head: bytes) -> bool:
         """Serve one request; True to keep the client connection open."""
         ex = _Exchange()
+        self.exchange = ex
         req = http1.parse_request(head, site.http_limits)
         site.stats.requests += 1
         pool_name, route = site.table.route(req.host, req.path)
@@ -610,20 +648,19 @@ class HttpConnection:
         self.chunks = (decoder, pieces)
 
     async def _client_read(self, patience: float) -> bytes:
-        with trio.move_on_after(patience):
-            try:
-                data = await self.wire.recv()
-            except OSError:
-                raise _Closing from None
-            if not data:
-                raise _Closing  # the client went away mid-body: nothing to answer
-            return data
-        self.site.stats.timeouts += 1
-        raise HttpError(408, "request body stalled")
+        self._arm("body", patience)
+        try:
+            data = await self.wire.recv()
+        except OSError:
+            raise _Closing from None
+        self._disarm()
+        if not data:
+            raise _Closing  # the client went away mid-body: nothing to answer
+        return data
 
     async def _response_head(self, req: Request, up: PlainWire | TlsWire, ex: _Exchange,
                              may_be_stale: bool) -> tuple[Response, bytes]:
-        deadline = trio.current_time() + self.site.listener.timeouts.response
+        self._arm("response", self.site.listener.timeouts.response)
         buf = b""
         while True:
             end = buf.find(b"\r\n\r\n")
@@ -632,35 +669,17 @@ class HttpConnection:
                     up.close()
                     raise HttpError(502, "response head too large")
                 try:
-                    ready = up.try_recv()
+                    data = await up.recv()
                 except OSError:
-                    ready = b""
-                if ready:
-                    buf += ready
-                    end = buf.find(b"\r\n\r\n")
-                    continue
-                if ready is not None:
+                    data = b""
+                if not data:
                     up.close()
                     if may_be_stale and not buf:
                         raise _Stale
                     raise HttpError(502, "backend closed before responding")
-                with trio.move_on_at(deadline):
-                    try:
-                        data = await up.recv()
-                    except OSError:
-                        data = b""
-                    if not data:
-                        up.close()
-                        if may_be_stale and not buf:
-                            raise _Stale
-                        ex.status = 502
-                        raise HttpError(502, "backend closed before responding")
-                    buf += data
-                    end = buf.find(b"\r\n\r\n")
-                    continue
-                up.close()
-                self.site.stats.timeouts += 1
-                raise HttpError(504, "backend did not respond in time")
+                buf += data
+                end = buf.find(b"\r\n\r\n")
+            self._disarm()
             try:
                 resp = http1.parse_response(buf[:end], req.method)
             except HttpError:
@@ -677,7 +696,6 @@ class HttpConnection:
                              head: bytes, chunked: bool, ex: _Exchange) -> bool:
         """Stream the body to the client; False when it could not be delivered whole (the
         client connection must then close without a proper end)."""
-        wire = self.wire
         timeout = self.site.listener.timeouts.response
         kind = resp.framing.kind
         if kind == NO_BODY:
@@ -730,23 +748,26 @@ class HttpConnection:
                 if chunked:
                     await self._send_client(http1.LAST_CHUNK)
                 return True
-            await wire.send(http1.chunk(data) if chunked else data)
+            await self._send_client(http1.chunk(data) if chunked else data)
             ex.bytes_out += len(data)
 
     async def _send_client(self, data: bytes) -> None:
+        # A client that stops reading may stall a send for as long as a body may stall.
+        self._arm("send", self.site.listener.timeouts.body)
         try:
             await self.wire.send(data)
         except OSError:
             raise _Closing from None
+        self._disarm()
 
     async def _backend_read(self, up: PlainWire | TlsWire, patience: float) -> bytes:
-        with trio.move_on_after(patience):
-            try:
-                return await up.recv()
-            except OSError:
-                return b""
-        self.site.stats.timeouts += 1
-        return b""
+        self._arm("response_body", patience)
+        try:
+            data = await up.recv()
+        except OSError:
+            data = b""
+        self._disarm()
+        return data
 
     async def _tunnel(self, up: PlainWire | TlsWire, rbuf: bytes, idle: float,
                       ex: _Exchange) -> None:

@@ -10,8 +10,10 @@ from __future__ import annotations
 import errno
 import ipaddress
 import logging
+import math
 import socket
 import ssl
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -29,6 +31,8 @@ from .routing import RouteTable
 from .tls import client_context, server_context
 
 log = logging.getLogger("edgelb.datapath")
+
+TIMER_TICK = 0.1  # the granularity of HTTP timeouts, in seconds
 
 
 class Cuttable(Protocol):
@@ -154,6 +158,7 @@ class Worker:
         self.http_conns: set[HttpConnection] = set()
         self.http_open: dict[str, int] = {}
         self.draining = False
+        self.http_timer = False
         # TLS contexts by certificate fingerprints: a reload that keeps the certificates
         # keeps the contexts (and their session caches).
         self.tls_contexts: dict[tuple[str, ...], ssl.SSLContext] = {}
@@ -221,6 +226,9 @@ class Worker:
                 continue
             bound = _Bound(lst, sock, trio.CancelScope())
             self.bound[key] = bound
+            if lst.http is not None and not self.http_timer:
+                self.http_timer = True
+                self.nursery.start_soon(self._expire_http)
             serve = self._serve_udp if lst.protocol == "udp" else self._serve_tcp
             self.nursery.start_soon(serve, bound)
         self.pools = pools
@@ -279,9 +287,9 @@ class Worker:
         response (which says ``Connection: close``)."""
         self.stop_accepting()
         self.draining = True
-        for hc in self.http_conns:
-            if hc.idle_scope is not None:
-                hc.idle_scope.cancel()
+        for hc in list(self.http_conns):
+            if hc.phase in ("idle", "first") and hc.deadline != math.inf:
+                hc.expire("drain")
         with trio.move_on_at(deadline):
             await self.idle.wait()
         for br in self.backends.values():
@@ -362,6 +370,16 @@ class Worker:
                     await self._relay(flow, br, conn, upstream, lst)
             finally:
                 self._end(flow)
+
+    async def _expire_http(self) -> None:
+        """The HTTP timeouts, for every connection at once: a tick scans the waits that
+        connections registered and ends those past their deadline (nginx and HAProxy
+        keep timers the same way, off the per-request path)."""
+        while True:
+            await trio.sleep(TIMER_TICK)
+            now = time.monotonic()
+            for hc in [hc for hc in self.http_conns if hc.deadline <= now]:
+                hc.expire()
 
     async def _http_flow(self, conn: trio.socket.SocketType, client: tuple[str, int],
                          site: Site) -> None:

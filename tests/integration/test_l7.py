@@ -552,3 +552,26 @@ listeners:
             assert rec["bytes_out"] == len("one GET /json?q=1\n") and rec["total_ms"] > 0
         finally:
             e.stop()
+
+
+def test_idle_keep_alive_connection_is_closed_after_the_keepalive_timeout(
+        tmp_path: Path) -> None:
+    port = free_port()
+    with HttpBackend("one") as be:
+        e = Edgelb(tmp_path, f"""\
+listeners:
+  - name: web
+    bind: 127.0.0.1:{port}
+    protocol: http
+    timeouts: {{keepalive: 500ms}}
+    backends: [127.0.0.1:{be.port}]
+""").start(port)
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+                s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                assert s.recv(4096).startswith(b"HTTP/1.1 200")
+                t0 = time.monotonic()
+                assert s.recv(4096) == b""  # closed quietly, no 408 between requests
+                assert 0.4 < time.monotonic() - t0 < 3
+        finally:
+            e.stop()
