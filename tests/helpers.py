@@ -232,3 +232,15 @@ def ask(port: int, host: str = "127.0.0.1", timeout: float = 5) -> bytes:
 def closed_port() -> int:
     """A loopback port where nothing listens (connects are refused)."""
     return free_port()
+
+
+def read_response(s: socket.socket) -> bytes:
+    """One response with a Content-Length body, however the reads split it."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += s.recv(4096)
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+    while len(body) < length:
+        body += s.recv(4096)
+    return head + b"\r\n\r\n" + body

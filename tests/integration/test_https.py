@@ -20,7 +20,7 @@ import trustme
 from websockets.sync.client import connect as ws_connect
 from websockets.sync.server import serve as ws_serve
 
-from ..helpers import EDGELB, Edgelb, free_port, wait_for
+from ..helpers import EDGELB, Edgelb, free_port, read_response, wait_for
 from ..http_backend import HttpBackend
 
 
@@ -107,19 +107,18 @@ def test_certificate_reload_keeps_open_connections(tmp_path: Path, ca: trustme.C
             ctx = ssl.create_default_context()
             ca.configure_trust(ctx)
             ctx.check_hostname = False
-            held = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=5),
-                                   server_hostname="a.test")
-            held.sendall(b"GET /1 HTTP/1.1\r\nHost: a.test\r\n\r\n")
-            assert held.recv(4096).startswith(b"HTTP/1.1 200")
-            # Same path, new content: the fingerprint changes, so the reload applies it.
-            new = write_cert(ca, tmp_path, "new", "new.test")
-            shutil.copy(new[0], old[0])
-            shutil.copy(new[1], old[1])
-            e.reload()
-            wait_for(lambda: tls_get(port, "a.test", ca)[0] == "new.test", 10, "new cert")
-            held.sendall(b"GET /2 HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
-            assert held.recv(4096).startswith(b"HTTP/1.1 200")
-            held.close()
+            with ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=5),
+                                 server_hostname="a.test") as held:
+                held.sendall(b"GET /1 HTTP/1.1\r\nHost: a.test\r\n\r\n")
+                assert read_response(held).endswith(b"web GET /1\n")
+                # Same path, new content: the fingerprint changes, so the reload applies it.
+                new = write_cert(ca, tmp_path, "new", "new.test")
+                shutil.copy(new[0], old[0])
+                shutil.copy(new[1], old[1])
+                e.reload()
+                wait_for(lambda: tls_get(port, "a.test", ca)[0] == "new.test", 10, "new cert")
+                held.sendall(b"GET /2 HTTP/1.1\r\nHost: a.test\r\n\r\n")
+                assert read_response(held).endswith(b"web GET /2\n")
         finally:
             e.stop()
 

@@ -16,7 +16,15 @@ from pathlib import Path
 
 import pytest
 
-from ..helpers import Edgelb, Server, closed_port, free_port, metrics, wait_for
+from ..helpers import (
+    Edgelb,
+    Server,
+    closed_port,
+    free_port,
+    metrics,
+    read_response,
+    wait_for,
+)
 from ..http_backend import HttpBackend
 
 POOLS = ("api", "auth", "wild", "web", "any")
@@ -486,7 +494,7 @@ listeners:
         try:
             idle = socket.create_connection(("127.0.0.1", port), timeout=5)
             idle.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-            assert idle.recv(4096).startswith(b"HTTP/1.1 200")
+            assert read_response(idle).startswith(b"HTTP/1.1 200")
             busy = socket.create_connection(("127.0.0.1", port), timeout=5)
             busy.sendall(b"GET /slow/1 HTTP/1.1\r\nHost: x\r\n\r\n")
             time.sleep(0.3)
@@ -569,7 +577,7 @@ listeners:
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
                 s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-                assert s.recv(4096).startswith(b"HTTP/1.1 200")
+                assert read_response(s).startswith(b"HTTP/1.1 200")
                 t0 = time.monotonic()
                 assert s.recv(4096) == b""  # closed quietly, no 408 between requests
                 assert 0.4 < time.monotonic() - t0 < 3
