@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import subprocess
 import tempfile
 from importlib import resources
 
@@ -13,6 +12,7 @@ import trio
 from .config import ConfigError
 from .daemon import Daemon
 from .sim.backends import serve_http, serve_udp_echo
+from .sim.certs import self_signed
 
 log = logging.getLogger("edgelb.demo")
 
@@ -28,21 +28,11 @@ def demo_config(web_port: int, cert: str, key: str) -> str:
             .replace("{cert}", cert).replace("{key}", key))
 
 
-def self_signed(directory: str, host: str) -> tuple[str, str]:
-    """A throwaway self-signed certificate for ``host``, made with the openssl command."""
-    cert, key = os.path.join(directory, "demo.crt"), os.path.join(directory, "demo.key")
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
-                    "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2", "-subj",
-                    f"/CN={host}", "-addext", f"subjectAltName=DNS:{host}",
-                    "-keyout", key, "-out", cert], check=True, capture_output=True)
-    return cert, key
-
-
 async def run_demo(web_port: int = 8080, log_format: str = "text") -> int:
     """Run until Ctrl-C; returns the exit status."""
     with tempfile.TemporaryDirectory(prefix="edgelb-demo-") as tmp:
         path = os.path.join(tmp, "edgelb.yaml")
-        cert, key = self_signed(tmp, "shop.demo.test")
+        cert, key = self_signed(tmp, "demo", dns=("shop.demo.test",))
         await trio.Path(path).write_text(demo_config(web_port, cert, key))
         async with trio.open_nursery() as nursery:
             for i in (1, 2, 3):
