@@ -41,6 +41,7 @@ class HealthSpec:
     fall: int = 3
     path: str = "/"
     expect_status: int = 200
+    port: int = 0  # probe this port of the backend's host instead of its own port
 
 
 @dataclass(frozen=True)
@@ -190,6 +191,25 @@ class Listener:
 
 
 @dataclass(frozen=True)
+class ClusterSpec:
+    """Where and how to learn from a Kubernetes cluster (the ``cluster:`` section)."""
+
+    kubeconfig: str | None = None  # None: in-cluster service account
+    context: str | None = None
+    namespaces: tuple[str, ...] = ()  # empty: all namespaces
+    load_balancer_class: str = "edgelb.io/slb"
+    default_class: bool = False  # also serve LoadBalancer services without a class
+    ingress_class: str = "edgelb"
+    address_pools: tuple[str, ...] = ()
+    ingress_http: tuple[str, int] | None = None
+    ingress_https: tuple[str, int] | None = None
+    direct_endpoints: bool = False
+    tls_dir: str = "/run/edgelb/tls"
+    debounce: float = 0.1
+    resync: float = 0.0  # 0: never re-list unless a watch fails
+
+
+@dataclass(frozen=True)
 class Snapshot:
     """Everything the datapath needs, immutable, versioned and content-hashed."""
 
@@ -198,11 +218,13 @@ class Snapshot:
     workers: int = 1
     drain_timeout: float = 30.0
     metrics_bind: tuple[str, int] | None = None
+    cluster: ClusterSpec | None = None
 
     @property
     def digest(self) -> str:
         """A short hash of the content (not the version): equal digests forward alike."""
-        text = repr((self.listeners, self.workers, self.drain_timeout, self.metrics_bind))
+        text = repr((self.listeners, self.workers, self.drain_timeout, self.metrics_bind,
+                     self.cluster))
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
     def listener(self, name: str) -> Listener | None:

@@ -24,11 +24,11 @@ async def probe(backend: Backend, spec: HealthSpec) -> tuple[bool, str]:
     sock = trio.socket.socket(family, socket.SOCK_STREAM)
     try:
         with trio.fail_after(spec.timeout):
-            await sock.connect(backend.address)
+            await sock.connect((backend.host, spec.port or backend.port))
             if spec.type != "http":
                 return True, ""
             host = f"[{backend.host}]" if family == socket.AF_INET6 else backend.host
-            req = (f"GET {spec.path} HTTP/1.1\r\nHost: {host}:{backend.port}\r\n"
+            req = (f"GET {spec.path} HTTP/1.1\r\nHost: {host}:{spec.port or backend.port}\r\n"
                    "User-Agent: edgelb-health\r\nConnection: close\r\n\r\n").encode()
             await sock.send(req)
             head = b""

@@ -1,0 +1,1 @@
+"""Learning what to forward from a Kubernetes cluster: list+watch, translation, IPAM."""

@@ -1,0 +1,145 @@
+"""VIP address management for LoadBalancer Services: pure, deterministic, never
+double-allocating, and rebuilt from what the cluster's status already says after a restart.
+
+A service gets its requested address if it is in a pool and free (or shared with a
+compatible service), else the lowest free address of the pools in order. Services that
+carry the same sharing key may share one address when their ports do not collide.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+Port = tuple[str, int]  # (protocol, port)
+
+
+class PoolExhausted(Exception):
+    pass
+
+
+class AddressTaken(Exception):
+    pass
+
+
+class NotInPool(Exception):
+    pass
+
+
+@dataclass
+class _Holder:
+    sharing: str  # "" = not shareable
+    ports: dict[str, frozenset[Port]] = field(default_factory=dict)  # service -> ports
+
+
+def parse_pool(text: str) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    """``192.0.2.0/28`` (all its addresses but network and broadcast for IPv4 wider than
+    /31), ``192.0.2.10-192.0.2.20``, or one address."""
+    text = text.strip()
+    if "-" in text:
+        lo_text, hi_text = (t.strip() for t in text.split("-", 1))
+        lo, hi = ipaddress.ip_address(lo_text), ipaddress.ip_address(hi_text)
+        if lo.version != hi.version or int(hi) < int(lo):
+            raise ValueError(f"{text!r} is not a range low-high of one IP version")
+        if int(hi) - int(lo) > 1 << 20:
+            raise ValueError(f"{text!r} is too large a range")
+        return [ipaddress.ip_address(int(lo) + i) for i in range(int(hi) - int(lo) + 1)]
+    net = ipaddress.ip_network(text, strict=False)
+    if net.num_addresses > 1 << 20:
+        raise ValueError(f"{text!r} is too large a pool")
+    if net.version == 4 and net.prefixlen < 31:
+        return list(net.hosts())
+    return list(net)
+
+
+class Ipam:
+    """Addresses of ``pools`` (texts as ``parse_pool`` reads them), handed to services."""
+
+    def __init__(self, pools: Iterable[str]) -> None:
+        self.order: list[str] = []
+        seen: set[str] = set()
+        for pool in pools:
+            for ip in parse_pool(pool):
+                text = str(ip)
+                if text not in seen:
+                    seen.add(text)
+                    self.order.append(text)
+        self.pool = seen
+        self.holders: dict[str, _Holder] = {}  # address -> holder
+        self.by_service: dict[str, str] = {}  # service -> address
+
+    def address_of(self, service: str) -> str | None:
+        return self.by_service.get(service)
+
+    def _fits(self, addr: str, service: str, sharing: str, ports: frozenset[Port]) -> bool:
+        h = self.holders.get(addr)
+        if h is None:
+            return True
+        if not sharing or h.sharing != sharing:
+            return set(h.ports) == {service}
+        return all(not (ports & p) for s, p in h.ports.items() if s != service)
+
+    def allocate(self, service: str, ports: Iterable[Port], requested: str | None = None,
+                 sharing: str = "") -> str:
+        """The address of ``service`` (kept if it has one that still fits). Raises
+        NotInPool, AddressTaken or PoolExhausted, with the service left without one."""
+        ports = frozenset(ports)
+        current = self.by_service.get(service)
+        if current is not None and (requested is None or requested == current) and \
+                self._fits(current, service, sharing, ports):
+            self._hold(current, service, sharing, ports)
+            return current
+        if current is not None:
+            self.release(service)
+        if requested is not None:
+            requested = str(ipaddress.ip_address(requested))
+            if requested not in self.pool:
+                raise NotInPool(f"{requested} is in no address pool")
+            if not self._fits(requested, service, sharing, ports):
+                raise AddressTaken(f"{requested} is taken by {self._who(requested)}")
+            self._hold(requested, service, sharing, ports)
+            return requested
+        if sharing:
+            for addr, h in self.holders.items():
+                if h.sharing == sharing and self._fits(addr, service, sharing, ports):
+                    self._hold(addr, service, sharing, ports)
+                    return addr
+        for addr in self.order:
+            if addr not in self.holders:
+                self._hold(addr, service, sharing, ports)
+                return addr
+        raise PoolExhausted(f"no free address in the pools ({len(self.order)} addresses)")
+
+    def _who(self, addr: str) -> str:
+        return ", ".join(sorted(self.holders[addr].ports))
+
+    def _hold(self, addr: str, service: str, sharing: str, ports: frozenset[Port]) -> None:
+        h = self.holders.setdefault(addr, _Holder(sharing))
+        if set(h.ports) <= {service}:
+            # The only holder decides whether (and with whom) the address is shared; a
+            # service that changed its key must not keep the old one for others to join.
+            h.sharing = sharing
+        h.ports[service] = ports
+        self.by_service[service] = addr
+
+    def release(self, service: str) -> None:
+        """Free ``service``'s address (once no other service shares it)."""
+        addr = self.by_service.pop(service, None)
+        if addr is None:
+            return
+        h = self.holders[addr]
+        h.ports.pop(service, None)
+        if not h.ports:
+            del self.holders[addr]
+
+    def retain(self, services: Iterable[str]) -> list[str]:
+        """Release every service not in ``services``; returns those released."""
+        keep = set(services)
+        gone = [s for s in self.by_service if s not in keep]
+        for s in gone:
+            self.release(s)
+        return gone
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        return iter(sorted(self.by_service.items()))

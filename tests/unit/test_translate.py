@@ -1,0 +1,121 @@
+"""Translation of cluster objects into listeners, VIPs, status and problems (pure)."""
+
+from __future__ import annotations
+
+from appliance.model import ClusterSpec
+from appliance.sim import objects as k8s
+from appliance.sync.ipam import Ipam
+from appliance.sync.translate import Cluster, key, translate
+
+SPEC = ClusterSpec(address_pools=("192.0.2.10-192.0.2.12",),
+                   ingress_http=("192.0.2.100", 80), ingress_https=("192.0.2.100", 443),
+                   tls_dir="/run/t")
+
+
+def cluster(*objs: dict) -> Cluster:  # type: ignore[type-arg]
+    c = Cluster()
+    table = {"Node": c.nodes, "Service": c.services, "EndpointSlice": c.slices,
+             "Ingress": c.ingresses, "IngressClass": c.classes, "Secret": c.secrets}
+    for o in objs:
+        table[o["kind"]][key(o)] = o
+    return c
+
+
+NODES = [k8s.node("n1", "10.0.0.1"), k8s.node("n2", "10.0.0.2"),
+         k8s.node("n3", "10.0.0.3", ready=False), k8s.node("n4", "10.0.0.4", unschedulable=True)]
+
+
+def test_load_balancer_service_gets_a_vip_and_ready_nodes() -> None:
+    c = cluster(*NODES, k8s.service("web", [(80, 30080), (53, 30053, "UDP")]))
+    t = translate(c, SPEC, Ipam(SPEC.address_pools))
+    assert t.addresses == {"default/web": "192.0.2.10"}
+    tcp, udp = (lst for lst in t.listeners if lst.http is None)
+    assert tcp.bind == ("192.0.2.10", 80) and tcp.protocol == "tcp"
+    assert [b.key for b in tcp.backends] == ["10.0.0.1:30080", "10.0.0.2:30080"]
+    assert udp.protocol == "udp" and udp.backends[0].port == 30053
+    assert t.status[("Service", "default", "web")] == ["192.0.2.10"]
+
+
+def test_class_selection() -> None:
+    c = cluster(*NODES, k8s.service("other", [(80, 30080)], lb_class="x.io/lb"),
+                k8s.service("noclass", [(81, 30081)], lb_class=None),
+                k8s.service("np", [(82, 30082)], kind="NodePort"))
+    assert translate(c, SPEC, Ipam(SPEC.address_pools)).addresses == {}
+    spec = ClusterSpec(address_pools=SPEC.address_pools, default_class=True)
+    assert list(translate(c, spec, Ipam(spec.address_pools)).addresses) == ["default/noclass"]
+
+
+def test_external_traffic_policy_local() -> None:
+    c = cluster(*NODES, k8s.service("loc", [(80, 30080)], local=True, health_port=32000),
+                k8s.endpoint_slice("loc", [("10.1.0.5", "n2", True), ("10.1.0.6", "n1", False)]))
+    (lst,) = (lst for lst in translate(c, SPEC, Ipam(SPEC.address_pools)).listeners
+              if lst.http is None)
+    assert [b.host for b in lst.backends] == ["10.0.0.2"]
+    assert (lst.health.type, lst.health.port, lst.health.path) == ("http", 32000, "/healthz")
+
+
+def test_requested_address_shared_vip_and_exhaustion() -> None:
+    c = cluster(*NODES,
+                k8s.service("a", [(80, 30080)], annotations={"edgelb.io/shared-vip": "s"}),
+                k8s.service("b", [(443, 30443)], annotations={"edgelb.io/shared-vip": "s"}),
+                k8s.service("c", [(80, 30081)], address="192.0.2.12"),
+                k8s.service("d", [(80, 30082)], address="192.0.2.12"),
+                k8s.service("e", [(80, 30083)]), k8s.service("f", [(80, 30084)]))
+    t = translate(c, SPEC, Ipam(SPEC.address_pools))
+    assert t.addresses["default/a"] == t.addresses["default/b"] == "192.0.2.10"
+    assert t.addresses["default/c"] == "192.0.2.12"
+    assert t.addresses["default/e"] == "192.0.2.11"
+    reasons = {(p.name, p.reason) for p in t.problems}
+    assert reasons == {("d", "AddressTaken"), ("f", "AllocationFailed")}
+
+
+def test_deleted_service_releases_its_address_and_ipam_is_stable() -> None:
+    ipam = Ipam(SPEC.address_pools)
+    c = cluster(*NODES, k8s.service("a", [(80, 30080)]), k8s.service("b", [(80, 30081)]))
+    first = translate(c, SPEC, ipam).addresses
+    del c.services["default/a"]
+    again = translate(c, SPEC, ipam).addresses
+    assert again == {"default/b": first["default/b"]}
+    c.services["default/z"] = k8s.service("z", [(80, 30089)])
+    assert translate(c, SPEC, ipam).addresses["default/z"] == first["default/a"]
+
+
+def test_ingress_routes_pools_tls_and_conflicts() -> None:
+    c = cluster(
+        *NODES, k8s.ingress_class(),
+        k8s.service("api", [(80, 31080)], kind="NodePort"),
+        k8s.service("web", [(80, 31081)], kind="NodePort"),
+        k8s.tls_secret("foo-tls", b"CERT", b"KEY"),
+        k8s.ingress("first", [("foo.example.com", "/api", "Prefix", "api", 80),
+                              ("", "/", "Prefix", "web", 80)],
+                    tls=[(["foo.example.com"], "foo-tls")], default_backend=("web", 80),
+                    created="2026-01-01T00:00:00Z"),
+        k8s.ingress("second", [("foo.example.com", "/api/", "Prefix", "web", 80)],
+                    created="2026-02-01T00:00:00Z"),
+        k8s.ingress("foreign", [("bar.com", "/", "Prefix", "web", 80)], cls="nginx"))
+    t = translate(c, SPEC, Ipam(SPEC.address_pools))
+    http, https = t.listeners
+    assert http.bind == ("192.0.2.100", 80) and https.bind == ("192.0.2.100", 443)
+    assert http.http is not None and https.http is not None
+    routes = {(r.host, p.path): p.pool for r in http.http.routes for p in r.paths}
+    assert routes == {("foo.example.com", "/api"): "default/api:80", ("", "/"): "default/web:80"}
+    assert http.http.default_pool == "default/web:80"
+    pool = http.http.pool("default/api:80")
+    assert pool is not None and [b.key for b in pool.backends] == ["10.0.0.1:31080",
+                                                                   "10.0.0.2:31080"]
+    assert https.http.tls[0].hosts == ("foo.example.com",)
+    assert t.tls_files[https.http.tls[0].cert] == b"CERT"
+    assert [(p.name, p.reason) for p in t.problems] == [("second", "RuleConflict")]
+    assert ("Ingress", "default", "foreign") not in t.status
+    assert t.status[("Ingress", "default", "first")] == ["192.0.2.100", "192.0.2.100"]
+
+
+def test_default_ingress_class_takes_classless_ingresses_and_direct_endpoints() -> None:
+    spec = ClusterSpec(ingress_http=("192.0.2.100", 80), direct_endpoints=True)
+    c = cluster(*NODES, k8s.ingress_class("lb", default=True),
+                k8s.service("api", [(80, 31080)], kind="ClusterIP"),
+                k8s.endpoint_slice("api", [("10.1.0.5", "n1", True)], port=8080),
+                k8s.ingress("i", [("", "/", "Prefix", "api", 80)], cls=None))
+    (http,) = translate(c, spec, Ipam(())).listeners
+    assert http.http is not None
+    assert [b.key for b in http.http.pools[0].backends] == ["10.1.0.5:8080"]
