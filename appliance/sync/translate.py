@@ -108,7 +108,7 @@ def node_usable(node: Obj) -> bool:
         return False
     for c in (node.get("status") or {}).get("conditions") or []:
         if c.get("type") == "Ready":
-            return c.get("status") == "True"
+            return bool(c.get("status") == "True")
     return False
 
 

@@ -118,7 +118,9 @@ def reference(routes: list[Route], default: str | None, host: str, path: str) ->
                 if got and got[-1] == "":
                     got.pop()
                 if got[: len(want)] == want:
-                    candidates.append((len("/".join(want)), 0, -order, rule.pool))
+                    # Length of the rule without its trailing slash ("//" is longer than "/").
+                    length = len(rule.path) - (1 if rule.path.endswith("/") else 0)
+                    candidates.append((length, 0, -order, rule.pool))
     if not candidates:
         return default
     # Longest first; Exact beats Prefix; among equals (the same rule given twice), the first.
