@@ -24,6 +24,7 @@ from .model import (
     PATH_TYPES,
     Backend,
     BackendTls,
+    ClusterSpec,
     HealthSpec,
     HttpLimits,
     HttpSpec,
@@ -36,6 +37,7 @@ from .model import (
     Timeouts,
     TlsCert,
 )
+from .sync.ipam import parse_pool
 
 
 @dataclass(frozen=True)
@@ -235,7 +237,11 @@ def _http_path(v: Any) -> str:
     return v
 
 
-_TOP = {"workers", "drain_timeout", "metrics", "listeners"}
+_TOP = {"workers", "drain_timeout", "metrics", "listeners", "cluster"}
+_CLUSTER = {"kubeconfig", "context", "namespaces", "load_balancer_class", "default_class",
+            "ingress_class", "address_pools", "ingress", "direct_endpoints", "tls_dir",
+            "debounce"}
+_INGRESS = {"http", "https"}
 _HTTP_ONLY = {"routes", "pools", "default_pool", "tls", "limits", "trusted_proxies",
               "access_log", "backend_keepalive"}
 _LISTENER = {"name", "bind", "protocol", "balance", "backends", "health", "passive", "timeouts",
@@ -267,6 +273,10 @@ def build_snapshot(root: Node, version: int = 1, source: str = "") -> Snapshot:
         if mm is not None:
             metrics_bind = c.get(mm, "bind", "metrics", parse_address, _REQUIRED)
 
+    cluster = None
+    if "cluster" in top and top["cluster"].value is not None:
+        cluster = _cluster(c, top["cluster"])
+
     listeners: list[Listener] = []
     lnode = top.get("listeners")
     if lnode is not None and not isinstance(lnode.value, list):
@@ -293,7 +303,54 @@ def build_snapshot(root: Node, version: int = 1, source: str = "") -> Snapshot:
     if c.issues:
         raise ConfigError(c.issues, source)
     return Snapshot(version=version, workers=workers, drain_timeout=drain,
-                    metrics_bind=metrics_bind, listeners=tuple(listeners))
+                    metrics_bind=metrics_bind, listeners=tuple(listeners), cluster=cluster)
+
+
+def _cluster(c: _Checker, node: Node) -> ClusterSpec | None:
+    m = c.mapping(node, "cluster", _CLUSTER)
+    if m is None:
+        return None
+    d = ClusterSpec()
+    kubeconfig = c.get(m, "kubeconfig", "cluster", str, None)
+    if kubeconfig is not None and not os.path.isfile(kubeconfig):
+        c.fail("cluster.kubeconfig", m.get("kubeconfig"), f"{kubeconfig}: no such file")
+    pools: list[str] = []
+    pnode = m.get("address_pools")
+    if pnode is not None and pnode.value is not None:
+        if not isinstance(pnode.value, list):
+            c.fail("cluster.address_pools", pnode, "expected a list of CIDRs or ranges")
+        else:
+            for i, item in enumerate(pnode.value):
+                try:
+                    parse_pool(str(item.value))
+                    pools.append(str(item.value))
+                except ValueError as e:
+                    c.fail(f"cluster.address_pools[{i}]", item, str(e))
+    namespaces: list[str] = []
+    nnode = m.get("namespaces")
+    if nnode is not None and nnode.value is not None:
+        if not isinstance(nnode.value, list):
+            c.fail("cluster.namespaces", nnode, "expected a list of namespace names")
+        else:
+            namespaces = [str(n.value) for n in nnode.value]
+    http = https = None
+    if "ingress" in m and m["ingress"].value is not None:
+        im = c.mapping(m["ingress"], "cluster.ingress", _INGRESS)
+        if im is not None:
+            http = c.get(im, "http", "cluster.ingress", parse_address, None)
+            https = c.get(im, "https", "cluster.ingress", parse_address, None)
+    return ClusterSpec(
+        kubeconfig=kubeconfig, context=c.get(m, "context", "cluster", str, None),
+        namespaces=tuple(namespaces),
+        load_balancer_class=c.get(m, "load_balancer_class", "cluster", str,
+                                  d.load_balancer_class),
+        default_class=c.get(m, "default_class", "cluster", _bool, False),
+        ingress_class=c.get(m, "ingress_class", "cluster", str, d.ingress_class),
+        address_pools=tuple(pools), ingress_http=http, ingress_https=https,
+        direct_endpoints=c.get(m, "direct_endpoints", "cluster", _bool, False),
+        tls_dir=c.get(m, "tls_dir", "cluster", str, d.tls_dir),
+        debounce=c.get(m, "debounce", "cluster", parse_duration, d.debounce),
+    )
 
 
 def _backends(c: _Checker, m: dict[str, Node], node: Node, path: str,

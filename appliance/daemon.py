@@ -17,6 +17,8 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Callable
+from typing import Any
 
 import trio
 
@@ -26,7 +28,7 @@ from .datapath.checks import HealthChecker
 from .datapath.flows import ListenerStats, merge
 from .datapath.worker import Worker
 from .ipc import Channel
-from .model import Snapshot
+from .model import ClusterSpec, Listener, Snapshot
 
 log = logging.getLogger("edgelb")
 
@@ -51,6 +53,18 @@ def raise_fd_limit(want: int = 1 << 20) -> int:
         except (ValueError, OSError):
             pass
     return soft
+
+
+def _write_secret_file(path: str, content: bytes) -> None:
+    """Write a certificate or key from a Secret, readable by edgelb only."""
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    if os.path.exists(path):
+        return  # named by content hash: the same name is the same content
+    tmp = f"{path}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(content)
+    os.replace(tmp, path)
 
 
 def sd_notify(state: str) -> None:
@@ -87,6 +101,17 @@ class Daemon:
         # Counters of workers that died, so that totals never go backwards.
         self.retired: dict[str, ListenerStats] = {}
         self._nursery: trio.Nursery | None = None
+        # The config's own listeners, and those learned from the cluster.
+        self.static: Snapshot | None = None
+        self.dynamic: tuple[Listener, ...] = ()
+        self.sync: Any = None  # ClusterSync, imported only when a cluster is configured
+        self.ipam: Any = None
+        self.sync_api: Any = None
+        self.seeded = False
+        self.problems_seen: set[Any] = set()
+        self.is_leader: Callable[[], bool] = lambda: True  # until HA elects one
+        self.applying = trio.Lock()
+        self.status_writes = 0
 
     # -- start and stop ------------------------------------------------------------
 
@@ -100,7 +125,10 @@ class Daemon:
                 self._nursery = nursery
                 await self._start_datapath(nursery, snap)
                 self.snapshot = snap
+                self.static = snap
                 await nursery.start(self.health.run, snap)
+                if snap.cluster is not None:
+                    await nursery.start(self._run_sync, snap.cluster)
                 if snap.metrics_bind:
                     self._start_metrics(snap.metrics_bind)
                 log.info("edgelb %s serving snapshot v%d (%s): %d listeners, %d workers",
@@ -215,15 +243,91 @@ class Daemon:
                         self.snapshot.workers, snap.workers)
         if snap.metrics_bind != self.snapshot.metrics_bind:
             log.warning("metrics.bind changed: takes effect on restart")
-        if self.local is not None:
-            self.local.apply(snap)
-        for wp in self.procs:
-            await wp.channel.send("snapshot", snap)
-        self.snapshot = snap
-        await self._nursery.start(self.health.run, snap)
-        log.info("reloaded: serving snapshot v%d (%s)", snap.version, snap.digest)
+        if snap.cluster != self.snapshot.cluster:
+            log.warning("the cluster section changed: takes effect on restart")
+        self.static = snap
+        await self._put_in_force(self._compose(snap.version))
+        log.info("reloaded: serving snapshot v%d (%s)", self.snapshot.version,
+                 self.snapshot.digest)
         sd_notify("READY=1")
         return True
+
+    def _compose(self, version: int) -> Snapshot:
+        """The static config plus the listeners learned from the cluster."""
+        assert self.static is not None
+        st = self.static
+        return Snapshot(version=version, listeners=st.listeners + self.dynamic,
+                        workers=st.workers, drain_timeout=st.drain_timeout,
+                        metrics_bind=st.metrics_bind, cluster=st.cluster)
+
+    async def _put_in_force(self, snap: Snapshot) -> None:
+        async with self.applying:
+            if self.local is not None:
+                self.local.apply(snap)
+            for wp in self.procs:
+                await wp.channel.send("snapshot", snap)
+            self.snapshot = snap
+            assert self._nursery is not None
+            await self._nursery.start(self.health.run, snap)
+
+    # -- the cluster ---------------------------------------------------------------------
+
+    async def _run_sync(self, spec: ClusterSpec,
+                        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        from .sync.ipam import Ipam
+        from .sync.kube import ClusterSync, api_client
+
+        self.ipam = Ipam(spec.address_pools)
+        self.sync_api = await trio.to_thread.run_sync(api_client, spec)
+        self.sync = ClusterSync(spec, self._cluster_changed)
+        log.info("following the cluster (%s)", spec.kubeconfig or "in-cluster")
+        await self.sync.run(task_status=task_status)
+
+    def _cluster_changed(self, cluster: Any) -> None:
+        """A debounced change of the cluster: translate, put the new Snapshot in force,
+        then write status and events (only the leader writes)."""
+        from .sync.translate import seed_ipam, translate
+
+        assert self.static is not None
+        assert self.static.cluster is not None
+        spec = self.static.cluster
+        if not self.seeded:
+            seed_ipam(cluster, spec, self.ipam)
+            self.seeded = True
+        t = translate(cluster, spec, self.ipam)
+        for path, content in t.tls_files.items():
+            _write_secret_file(path, content)
+        self.dynamic = tuple(t.listeners)
+        assert self.snapshot is not None
+        assert self._nursery is not None
+        snap = self._compose(self.snapshot.version + 1)
+        if snap.digest != self.snapshot.digest:
+            self._nursery.start_soon(self._apply_learned, snap)
+        new = set(t.problems) - self.problems_seen
+        for p in sorted(new, key=str):
+            log.warning("%s %s/%s: %s: %s", p.kind, p.namespace, p.name, p.reason, p.message)
+        self.problems_seen = set(t.problems)
+        if self.is_leader():
+            self._nursery.start_soon(self._write_back, cluster, t, sorted(new, key=str))
+
+    async def _apply_learned(self, snap: Snapshot) -> None:
+        await self._put_in_force(snap)
+        log.info("cluster change: serving snapshot v%d (%s): %d listeners from the cluster",
+                 snap.version, snap.digest, len(self.dynamic))
+
+    async def _write_back(self, cluster: Any, t: Any, problems: list[Any]) -> None:
+        from .sync.status import post_events, status_changes, write_status
+
+        pool = set(self.ipam.pool)
+        if self.static is not None and self.static.cluster is not None:
+            pool |= {a[0] for a in (self.static.cluster.ingress_http,
+                                    self.static.cluster.ingress_https) if a}
+        changes = status_changes(cluster, t, pool)
+        if changes:
+            self.status_writes += await trio.to_thread.run_sync(write_status, self.sync_api,
+                                                                changes)
+        if problems:
+            await trio.to_thread.run_sync(post_events, self.sync_api, problems, "edgelb")
 
     async def drain(self) -> None:
         """Stop accepting, let flows finish until the drain deadline, stop the workers."""

@@ -223,6 +223,25 @@ def translate(cluster: Cluster, spec: ClusterSpec, ipam: Ipam) -> Translation:
     return Translation(listeners, dict(ipam), status, problems, tls_files)
 
 
+def seed_ipam(cluster: Cluster, spec: ClusterSpec, ipam: Ipam) -> None:
+    """Give each of our services the address its status already shows (when it is in a
+    pool), so that a restart hands out exactly what the previous run did."""
+    for svc in sorted(cluster.services.values(), key=_created):
+        if not ours(svc, spec):
+            continue
+        lb = ((svc.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []
+        ips = [i.get("ip") for i in lb if i.get("ip")]
+        if not ips:
+            continue
+        s, ann = svc.get("spec") or {}, _meta(svc).get("annotations") or {}
+        pset = [(str(p.get("protocol", "TCP")).lower(), int(p["port"]))
+                for p in s.get("ports") or [] if p.get("nodePort")]
+        try:
+            ipam.allocate(key(svc), pset, ips[0], ann.get(SHARED_ANNOTATION, ""))
+        except (PoolExhausted, AddressTaken, NotInPool):
+            continue
+
+
 def _our_classes(cluster: Cluster, spec: ClusterSpec) -> tuple[set[str], bool]:
     """Names of IngressClasses of our controller, and whether one of them is the default."""
     names: set[str] = set()

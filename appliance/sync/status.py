@@ -1,0 +1,77 @@
+"""Writing back to the cluster: ``status.loadBalancer.ingress`` of the Services and
+Ingresses edgelb serves (only while it leads), and Kubernetes Events for what it cannot do.
+Blocking client calls; the daemon runs them in a thread."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, cast
+
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from .translate import Cluster, Problem, Translation
+
+log = logging.getLogger("edgelb.sync")
+
+
+def current_ingress(obj: dict[str, Any]) -> list[str]:
+    lb = ((obj.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []
+    return [str(i.get("ip")) for i in lb if i.get("ip")]
+
+
+def status_changes(cluster: Cluster, t: Translation, pool: set[str]
+                   ) -> list[tuple[str, str, str, list[str]]]:
+    """(kind, namespace, name, ips) to write: ours whose status differs, and services no
+    longer ours that still show one of our addresses (so it is taken back)."""
+    out = []
+    tables = {"Service": cluster.services, "Ingress": cluster.ingresses}
+    for (kind, ns, name), ips in sorted(t.status.items()):
+        obj = tables[kind].get(f"{ns}/{name}")
+        if obj is not None and current_ingress(obj) != list(dict.fromkeys(ips)):
+            out.append((kind, ns, name, list(dict.fromkeys(ips))))
+    for k, svc in sorted(cluster.services.items()):
+        ns, _, name = k.partition("/")
+        if ("Service", ns, name) not in t.status and set(current_ingress(svc)) & pool:
+            out.append(("Service", ns, name, []))
+    return out
+
+
+def write_status(api: client.ApiClient, changes: list[tuple[str, str, str, list[str]]]) -> int:
+    """Patch each status; returns how many were written."""
+    core, net = client.CoreV1Api(api), client.NetworkingV1Api(api)
+    written = 0
+    for kind, ns, name, ips in changes:
+        body = {"status": {"loadBalancer": {"ingress": [{"ip": ip} for ip in ips]}}}
+        try:
+            if kind == "Service":
+                core.patch_namespaced_service_status(name, ns, body)
+            else:
+                net.patch_namespaced_ingress_status(name, ns, body)
+            written += 1
+            log.info("status of %s %s/%s: %s", kind, ns, name, ", ".join(ips) or "cleared")
+        except ApiException as e:
+            if e.status != 404:  # gone meanwhile: nothing to write
+                log.warning("status of %s %s/%s not written: %s %s", kind, ns, name, e.status,
+                            e.reason)
+    return written
+
+
+def post_events(api: client.ApiClient, problems: list[Problem], source: str) -> None:
+    """One Warning Event per new problem, on the object it concerns."""
+    core = client.CoreV1Api(api)
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    for p in problems:
+        ns = p.namespace or "default"
+        api_version = "v1" if p.kind == "Service" else "networking.k8s.io/v1"
+        body = {"metadata": {"generateName": f"{p.name}.", "namespace": ns},
+                "involvedObject": {"kind": p.kind, "namespace": p.namespace,
+                                   "name": p.name, "apiVersion": api_version},
+                "reason": p.reason, "message": p.message, "type": "Warning",
+                "source": {"component": source}, "firstTimestamp": now,
+                "lastTimestamp": now, "count": 1}
+        try:
+            core.create_namespaced_event(ns, cast(Any, body))  # a dict serializes as is
+        except ApiException as e:
+            log.warning("event for %s %s/%s not posted: %s", p.kind, ns, p.name, e.status)

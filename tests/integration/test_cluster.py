@@ -1,0 +1,188 @@
+"""Cluster sync end to end: ``edgelb run`` with the official client against the simulated
+API server, traffic through the VIPs to the simulated nodes' nodePorts."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from appliance.sim import objects as k8s
+from appliance.sim.cluster import SimCluster
+
+from ..helpers import Edgelb, free_port, wait_for
+
+VIPS = "127.0.0.100-127.0.0.109"
+NODES = {"n1": "127.0.0.11", "n2": "127.0.0.12", "n3": "127.0.0.13"}
+
+
+@dataclass
+class Rig:
+    sim: SimCluster
+    edgelb: Edgelb
+    ingress_port: int
+
+
+@pytest.fixture
+def rig(tmp_path: Path) -> Iterator[Rig]:
+    with SimCluster(str(tmp_path)) as sim:
+        for name, ip in NODES.items():
+            sim.add_node(name, ip)
+        ingress_port = free_port()
+        e = Edgelb(tmp_path, f"""\
+cluster:
+  kubeconfig: {sim.kubeconfig_path}
+  address_pools: ["{VIPS}"]
+  ingress: {{http: "127.0.0.120:{ingress_port}"}}
+  tls_dir: {tmp_path}/tls
+  debounce: 50ms
+listeners: []
+""").start()
+        try:
+            yield Rig(sim, e, ingress_port)
+        finally:
+            e.stop()
+
+
+def get(ip: str, port: int, path: str = "/", host: str = "x", timeout: float = 2) -> str:
+    with socket.create_connection((ip, port), timeout=timeout) as s:
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        out = b""
+        while chunk := s.recv(65536):
+            out += chunk
+    return out.decode()
+
+
+def try_get(ip: str, port: int, path: str = "/", host: str = "x") -> str:
+    try:
+        return get(ip, port, path, host)
+    except OSError:
+        return ""
+
+
+def vip_of(sim: SimCluster, name: str) -> str | None:
+    svc = sim.api.get("Service", name)
+    ingress = ((svc or {}).get("status") or {}).get("loadBalancer", {}).get("ingress") or []
+    return ingress[0]["ip"] if ingress else None
+
+
+def answers(ip: str, port: int, n: int = 12) -> list[str]:
+    """The `svc pod node` lines of ``n`` requests (errors as "ERR")."""
+    out = []
+    for _ in range(n):
+        try:
+            body = get(ip, port).split("\r\n\r\n", 1)[1]
+            out.append(body.split(":")[0])
+        except (OSError, IndexError):
+            out.append("ERR")
+    return out
+
+
+def nodes_in(lines: list[str]) -> set[str]:
+    return {ln.split(" node ")[1] for ln in lines if " node " in ln}
+
+
+def test_service_lifecycle_follows_the_cluster(rig: Rig) -> None:
+    sim = rig.sim
+    port, node_port = free_port(), 30000 + free_port() % 2000
+    sim.add_service("web", [(port, node_port)], {"web-a": "n1", "web-b": "n2"})
+    wait_for(lambda: vip_of(sim, "web") is not None, 10, "status written")
+    vip = vip_of(sim, "web")
+    assert vip is not None and vip.startswith("127.0.0.10")
+    wait_for(lambda: "ERR" not in answers(vip, port, 3), 10, "traffic through the VIP")
+    lines = answers(vip, port, 30)
+    assert {ln.split(" pod ")[1].split()[0] for ln in lines} == {"web-a", "web-b"}
+    assert nodes_in(lines) == {"n1", "n2", "n3"}  # every ready node forwards (kube-proxy)
+
+    # Scale: a new pod answers.
+    sim.set_pods("web", {"web-a": "n1", "web-b": "n2", "web-c": "n3"})
+    wait_for(lambda: any("web-c" in ln for ln in answers(vip, port, 9)), 10, "new pod")
+
+    # Cordon n1: edgelb stops sending to it.
+    sim.add_node("n1", NODES["n1"], unschedulable=True)
+    wait_for(lambda: "n1" not in nodes_in(answers(vip, port, 12)), 10, "n1 drained")
+
+    # externalTrafficPolicy: Local: only nodes with a local pod (health-checked).
+    hc = 31000 + free_port() % 1000
+    sim.api.apply(k8s.service("web", [(port, node_port)], local=True, health_port=hc))
+    sim.set_pods("web", {"web-b": "n2"})
+    wait_for(lambda: nodes_in(answers(vip, port, 9)) == {"n2"}, 15, "only n2")
+
+    # Delete: the VIP stops answering and its address is free again.
+    sim.api.remove("Service", "web")
+    wait_for(lambda: "ERR" in answers(vip, port, 2), 10, "listener removed")
+    sim.add_service("next", [(port, node_port + 1)], {"n-a": "n2"})
+    wait_for(lambda: vip_of(sim, "next") == vip, 10, "address reused")
+
+
+def test_api_faults_keep_traffic_flowing(rig: Rig) -> None:
+    sim = rig.sim
+    port, node_port = free_port(), 30000 + free_port() % 2000
+    sim.add_service("web", [(port, node_port)], {"web-a": "n1"})
+    wait_for(lambda: vip_of(sim, "web") is not None, 10, "status written")
+    vip = vip_of(sim, "web")
+    assert vip is not None
+    wait_for(lambda: "ERR" not in answers(vip, port, 3), 10, "traffic")
+    for fault in ("pause", "drop", "500", "429", "401", "compact"):
+        if fault == "pause":
+            sim.api.pause()
+        elif fault == "drop":
+            sim.api.drop_watches()
+        elif fault in ("500", "429", "401"):
+            sim.api.fail(int(fault), retry_after=1)
+            sim.api.drop_watches()
+        else:
+            sim.api.compact()
+            sim.api.drop_watches()
+        time.sleep(0.8)
+        assert "ERR" not in answers(vip, port, 5), fault
+        sim.api.resume()
+        sim.api.fail(0)
+    # After all that, changes still arrive: a new pod is served.
+    sim.set_pods("web", {"web-a": "n1", "web-z": "n2"})
+    wait_for(lambda: any("web-z" in ln for ln in answers(vip, port, 8)), 20, "recovered")
+    logs = rig.edgelb.logs()
+    assert "still serving the last good state" in logs and "re-listing" in logs
+
+
+def test_ingress_routes_to_services(rig: Rig) -> None:
+    sim = rig.sim
+    np1, np2 = 30000 + free_port() % 1000, 31000 + free_port() % 1000
+    sim.api.apply(k8s.ingress_class())
+    sim.add_service("api", [(80, np1)], {"api-1": "n1"}, kind="NodePort")
+    sim.add_service("web", [(80, np2)], {"web-1": "n2"}, kind="NodePort")
+    sim.api.apply(k8s.ingress("shop", [("shop.test", "/api", "Prefix", "api", 80),
+                                       ("shop.test", "/", "Prefix", "web", 80)]))
+    wait_for(lambda: "svc api" in try_get("127.0.0.120", rig.ingress_port, "/api/x",
+                                          "shop.test"), 10, "ingress route")
+    assert "svc web" in get("127.0.0.120", rig.ingress_port, "/cart", "shop.test")
+    assert " 404 " in get("127.0.0.120", rig.ingress_port, "/", "other.test")
+    ing = sim.api.get("Ingress", "shop")
+    assert ing is not None
+    wait_for(lambda: (sim.api.get("Ingress", "shop") or {}).get("status", {}).get(
+        "loadBalancer", {}).get("ingress") == [{"ip": "127.0.0.120"}], 10, "ingress status")
+
+
+def test_allocation_failures_become_events(rig: Rig) -> None:
+    sim = rig.sim
+    sim.add_service("outside", [(free_port(), 30500)], {}, address="10.9.9.9")
+    wait_for(lambda: any(e.get("reason") == "AddressNotInPool"
+                         for e in sim.api.list("Event")), 10, "an event")
+    assert "AddressNotInPool" in rig.edgelb.logs()
+
+
+def test_kubectl_sees_the_status(rig: Rig, tmp_path: Path) -> None:
+    sim = rig.sim
+    sim.add_service("web", [(free_port(), 30600)], {"a": "n1"})
+    wait_for(lambda: vip_of(sim, "web") is not None, 10, "status")
+    out = subprocess.run(["kubectl", "--kubeconfig", sim.kubeconfig_path, "get", "svc",
+                          "web", "-o", "json"], capture_output=True, text=True, timeout=30,
+                         env={"HOME": str(tmp_path), "PATH": "/usr/bin:/bin"})
+    assert json.loads(out.stdout)["status"]["loadBalancer"]["ingress"][0]["ip"] == \
+        vip_of(sim, "web")
