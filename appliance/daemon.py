@@ -112,6 +112,7 @@ class Daemon:
         self.is_leader: Callable[[], bool] = lambda: True  # until HA elects one
         self.applying = trio.Lock()
         self.status_writes = 0
+        self.pending_status: dict[tuple[str, str, str], list[str]] = {}
 
     # -- start and stop ------------------------------------------------------------
 
@@ -322,10 +323,12 @@ class Daemon:
         if self.static is not None and self.static.cluster is not None:
             pool |= {a[0] for a in (self.static.cluster.ingress_http,
                                     self.static.cluster.ingress_https) if a}
-        changes = status_changes(cluster, t, pool)
+        changes = status_changes(cluster, t, pool, self.pending_status)
         if changes:
-            self.status_writes += await trio.to_thread.run_sync(write_status, self.sync_api,
-                                                                changes)
+            failed = await trio.to_thread.run_sync(write_status, self.sync_api, changes)
+            self.status_writes += len(changes) - len(failed)
+            for k in failed:
+                self.pending_status.pop(k, None)
         if problems:
             await trio.to_thread.run_sync(post_events, self.sync_api, problems, "edgelb")
 

@@ -11,21 +11,53 @@ import trio
 
 from .config import ConfigError
 from .daemon import Daemon
+from .sim import objects as k8s
 from .sim.backends import serve_http, serve_udp_echo
 from .sim.certs import self_signed
+from .sim.cluster import SimCluster
 
 log = logging.getLogger("edgelb.demo")
 
 
-def demo_config(web_port: int, cert: str, key: str) -> str:
-    """The bundled demo config with its ports and certificate paths filled in."""
+def demo_config(web_port: int, cert: str, key: str, kubeconfig: str, tls_dir: str) -> str:
+    """The bundled demo config with its ports and paths filled in."""
     text = resources.files("appliance").joinpath("examples/demo.yaml").read_text()
     return (text.replace("{web_port}", str(web_port))
             .replace("{udp_port}", str(web_port + 1))
             .replace("{metrics_port}", str(web_port + 2))
             .replace("{http_port}", str(web_port + 3))
             .replace("{https_port}", str(web_port + 4))
+            .replace("{ingress_http}", str(web_port + 8))
+            .replace("{ingress_https}", str(web_port + 9))
+            .replace("{kubeconfig}", kubeconfig).replace("{tls_dir}", tls_dir)
             .replace("{cert}", cert).replace("{key}", key))
+
+
+def demo_cluster(directory: str, web_port: int) -> SimCluster:
+    """Three nodes; a TCP service, a UDP one and an externalTrafficPolicy: Local one, each
+    with a fixed VIP; an Ingress with two hosts, one of them over TLS."""
+    sim = SimCluster(directory).start()
+    for i in (1, 2, 3):
+        sim.add_node(f"node-{i}", f"127.0.0.1{i}")
+    sim.add_service("shop", [(web_port + 5, 30080)], {"shop-1": "node-1", "shop-2": "node-2",
+                                                      "shop-3": "node-3"},
+                    address="127.0.0.100")
+    sim.add_service("dns", [(web_port + 6, 30053, "UDP")], {"dns-1": "node-1"},
+                    address="127.0.0.101")
+    sim.add_service("local", [(web_port + 7, 30090)], {"local-1": "node-2"}, local=True,
+                    health_port=31090, address="127.0.0.102")
+    sim.add_service("api", [(80, 30100)], {"api-1": "node-1", "api-2": "node-3"},
+                    kind="NodePort")
+    sim.add_service("blog", [(80, 30101)], {"blog-1": "node-2"}, kind="NodePort")
+    cert, key = self_signed(directory, "shop-cluster", dns=("shop.cluster.test",))
+    with open(cert, "rb") as c, open(key, "rb") as k:
+        sim.api.apply(k8s.tls_secret("shop-tls", c.read(), k.read()))
+    sim.api.apply(k8s.ingress_class())
+    sim.api.apply(k8s.ingress("shop", [("shop.cluster.test", "/api", "Prefix", "api", 80),
+                                       ("shop.cluster.test", "/", "Prefix", "shop", web_port + 5),
+                                       ("blog.cluster.test", "/", "Prefix", "blog", 80)],
+                              tls=[(["shop.cluster.test"], "shop-tls")]))
+    return sim
 
 
 async def run_demo(web_port: int = 8080, log_format: str = "text") -> int:
@@ -33,7 +65,9 @@ async def run_demo(web_port: int = 8080, log_format: str = "text") -> int:
     with tempfile.TemporaryDirectory(prefix="edgelb-demo-") as tmp:
         path = os.path.join(tmp, "edgelb.yaml")
         cert, key = self_signed(tmp, "demo", dns=("shop.demo.test",))
-        await trio.Path(path).write_text(demo_config(web_port, cert, key))
+        sim = await trio.to_thread.run_sync(demo_cluster, tmp, web_port)
+        await trio.Path(path).write_text(demo_config(
+            web_port, cert, key, sim.kubeconfig_path, os.path.join(tmp, "tls")))
         async with trio.open_nursery() as nursery:
             for i in (1, 2, 3):
                 await nursery.start(serve_http, "127.0.0.1", 19000 + i, f"web-{i}")
@@ -51,6 +85,7 @@ async def run_demo(web_port: int = 8080, log_format: str = "text") -> int:
             except (ConfigError, OSError) as e:
                 log.error("demo cannot start: %s", e)
                 nursery.cancel_scope.cancel()
+                sim.stop()
                 return 1
             print(f"""
 edgelb demo is running (config: {path})
@@ -67,6 +102,19 @@ edgelb demo is running (config: {path})
   curl -s -H 'Host: other.test' http://127.0.0.1:{web_port + 3}/               # 404
   curl -sk --resolve shop.demo.test:{web_port + 4}:127.0.0.1 https://shop.demo.test:{web_port + 4}/
 
+  # The simulated cluster (3 nodes on 127.0.0.11-13), learned through its API:
+  export KUBECONFIG={sim.kubeconfig_path}
+  kubectl get svc -o wide                                   # VIPs in status
+  curl -s http://127.0.0.100:{web_port + 5}/                 # LoadBalancer service -> nodePorts
+  echo hi | nc -u -w1 127.0.0.101 {web_port + 6}             # a UDP LoadBalancer service
+  curl -s http://127.0.0.102:{web_port + 7}/                 # externalTrafficPolicy: Local
+  curl -s -H 'Host: shop.cluster.test' http://127.0.0.120:{web_port + 8}/api/x   # Ingress
+  curl -s -H 'Host: blog.cluster.test' http://127.0.0.120:{web_port + 8}/
+  curl -sk --resolve shop.cluster.test:{web_port + 9}:127.0.0.120 \\
+       https://shop.cluster.test:{web_port + 9}/
+  kubectl delete svc shop                                   # its VIP stops answering
+
 Ctrl-C drains and stops.
 """, flush=True)
+        sim.stop()
     return 0

@@ -320,6 +320,8 @@ class SimApiServer:
         self.faults = Faults(paused)
         self.bookmark_interval = bookmark_interval
         self.requests = 0
+        # (verb as RBAC names it, group, resource or resource/subresource) -> count
+        self.calls: dict[tuple[str, str, str], int] = {}
         self.httpd = _HttpServer((host, port), _Handler, self)
         self.scheme = "http"
         self.ca_file: str | None = None
@@ -459,6 +461,45 @@ def _discovery_resources(group: str, version: str) -> list[dict[str, Any]]:
     return out
 
 
+def _age(stamp: str) -> str:
+    try:
+        secs = int(time.time() - time.mktime(time.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ"))
+                   + time.mktime(time.gmtime(0)))
+    except (ValueError, TypeError):
+        return "<unknown>"
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if secs >= size * 2:
+            return f"{secs // size}{unit}"
+    return f"{max(secs, 0)}s"
+
+
+def _table(kind: Kind, items: list[dict[str, Any]], meta: dict[str, Any]) -> dict[str, Any]:
+    """Server-side printing, as ``kubectl get`` asks for it (``as=Table``)."""
+    cols = [("Name", "string"), ("Age", "string")]
+    if kind.kind == "Service":
+        cols = [("Name", "string"), ("Type", "string"), ("External-IP", "string"),
+                ("Port(s)", "string"), ("Age", "string")]
+    rows = []
+    for obj in items:
+        m = obj.get("metadata", {})
+        cells = [m.get("name"), _age(m.get("creationTimestamp", ""))]
+        if kind.kind == "Service":
+            spec = obj.get("spec") or {}
+            lb = ((obj.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []
+            ext = ",".join(i.get("ip", "") for i in lb) or (
+                "<pending>" if spec.get("type") == "LoadBalancer" else "<none>")
+            ports = ",".join(f"{p.get('port')}:{p.get('nodePort')}/{p.get('protocol', 'TCP')}"
+                             if p.get("nodePort") else f"{p.get('port')}/{p.get('protocol')}"
+                             for p in spec.get("ports") or [])
+            cells = [m.get("name"), spec.get("type"), ext, ports, cells[1]]
+        rows.append({"cells": cells, "object": {
+            "kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": m}})
+    return {"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": meta,
+            "columnDefinitions": [{"name": n, "type": t, "format": "name" if n == "Name" else "",
+                                   "description": n, "priority": 0} for n, t in cols],
+            "rows": rows}
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: _HttpServer
@@ -589,6 +630,12 @@ class _Handler(BaseHTTPRequestHandler):
             raise ApiError(404, "NotFound", f"no subresource {sub!r}")
         if kind.namespaced and name and not ns:
             raise ApiError(404, "NotFound", "a namespaced object needs a namespace")
+        rbac_verb = {"POST": "create", "PUT": "update", "PATCH": "patch",
+                     "DELETE": "delete"}.get(verb) or (
+            "get" if name else "watch" if q.get("watch") in ("true", "1") else "list")
+        call = (rbac_verb, group, f"{kind.plural}/{sub}" if sub else kind.plural)
+        sim = self.server.sim
+        sim.calls[call] = sim.calls.get(call, 0) + 1
         if not name:
             if verb == "GET":
                 if q.get("watch") in ("true", "1"):
@@ -601,7 +648,10 @@ class _Handler(BaseHTTPRequestHandler):
                 raise ApiError(405, "MethodNotAllowed", f"{verb} on a collection")
             return
         if verb == "GET":
-            self._send_json(200, self._get(kind, ns, name))
+            obj = self._get(kind, ns, name)
+            if "as=Table" in (self.headers.get("Accept") or ""):
+                obj = _table(kind, [obj], {"resourceVersion": obj["metadata"]["resourceVersion"]})
+            self._send_json(200, obj)
         elif verb == "PUT":
             self._update(kind, ns, name, sub, self._read_body())
         elif verb == "PATCH":
@@ -751,6 +801,9 @@ class _Handler(BaseHTTPRequestHandler):
             items = items[start:start + limit]
         else:
             items = items[start:]
+        if "as=Table" in (self.headers.get("Accept") or ""):
+            self._send_json(200, _table(kind, items, meta))
+            return
         self._send_json(200, {"kind": f"{kind.kind}List", "apiVersion": kind.api_version,
                               "metadata": meta, "items": items})
 

@@ -67,8 +67,8 @@ class _PortServer:
         if not pods:
             return 503, b"no ready pod\n"
         pod = pods[next(self.cluster.counter) % len(pods)]
-        return 200, (f"svc {self.svc} pod {pod} node {self.node}: ".encode()
-                     + request_line + b"\n")
+        who = f"svc {self.svc} pod {pod} node {self.node}".encode()
+        return 200, (who + b": " + request_line if request_line else who) + b"\n"
 
     def close(self) -> None:
         self.server.shutdown()

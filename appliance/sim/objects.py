@@ -67,7 +67,7 @@ def ingress(name: str, rules: list[tuple[str, str, str, str, int]],
             namespace: str = "default", cls: str | None = "edgelb",
             tls: list[tuple[list[str], str]] | None = None,
             default_backend: tuple[str, int] | None = None,
-            created: str = "2026-01-01T00:00:00Z") -> Obj:
+            created: str | None = None) -> Obj:
     """``rules``: (host, path, pathType, service, port)."""
     by_host: dict[str, list[Obj]] = {}
     for host, path, ptype, svc, port in rules:
@@ -83,8 +83,10 @@ def ingress(name: str, rules: list[tuple[str, str, str, str, int]],
     if default_backend:
         spec["defaultBackend"] = {"service": {"name": default_backend[0],
                                               "port": {"number": default_backend[1]}}}
-    return {"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
-            "metadata": {"name": name, "namespace": namespace, "creationTimestamp": created},
+    meta: Obj = {"name": name, "namespace": namespace}
+    if created:
+        meta["creationTimestamp"] = created
+    return {"apiVersion": "networking.k8s.io/v1", "kind": "Ingress", "metadata": meta,
             "spec": spec, "status": {"loadBalancer": {}}}
 
 

@@ -21,27 +21,37 @@ def current_ingress(obj: dict[str, Any]) -> list[str]:
     return [str(i.get("ip")) for i in lb if i.get("ip")]
 
 
-def status_changes(cluster: Cluster, t: Translation, pool: set[str]
+def status_changes(cluster: Cluster, t: Translation, pool: set[str],
+                   pending: dict[tuple[str, str, str], list[str]]
                    ) -> list[tuple[str, str, str, list[str]]]:
     """(kind, namespace, name, ips) to write: ours whose status differs, and services no
-    longer ours that still show one of our addresses (so it is taken back)."""
+    longer ours that still show one of our addresses (so it is taken back). ``pending``
+    holds writes not yet seen back through the watch: they are not written twice."""
     out = []
     tables = {"Service": cluster.services, "Ingress": cluster.ingresses}
-    for (kind, ns, name), ips in sorted(t.status.items()):
-        obj = tables[kind].get(f"{ns}/{name}")
-        if obj is not None and current_ingress(obj) != list(dict.fromkeys(ips)):
-            out.append((kind, ns, name, list(dict.fromkeys(ips))))
+    want = {k: list(dict.fromkeys(ips)) for k, ips in t.status.items()}
     for k, svc in sorted(cluster.services.items()):
         ns, _, name = k.partition("/")
-        if ("Service", ns, name) not in t.status and set(current_ingress(svc)) & pool:
-            out.append(("Service", ns, name, []))
+        if ("Service", ns, name) not in want and set(current_ingress(svc)) & pool:
+            want[("Service", ns, name)] = []
+    for (kind, ns, name), ips in sorted(want.items()):
+        obj = tables[kind].get(f"{ns}/{name}")
+        if obj is None:
+            continue
+        seen = current_ingress(obj)
+        if seen == ips:
+            pending.pop((kind, ns, name), None)  # confirmed
+        elif pending.get((kind, ns, name)) != ips:
+            out.append((kind, ns, name, ips))
+            pending[(kind, ns, name)] = ips
     return out
 
 
-def write_status(api: client.ApiClient, changes: list[tuple[str, str, str, list[str]]]) -> int:
-    """Patch each status; returns how many were written."""
+def write_status(api: client.ApiClient, changes: list[tuple[str, str, str, list[str]]]
+                 ) -> list[tuple[str, str, str]]:
+    """Patch each status; returns those that could not be written (to try again)."""
     core, net = client.CoreV1Api(api), client.NetworkingV1Api(api)
-    written = 0
+    failed = []
     for kind, ns, name, ips in changes:
         body = {"status": {"loadBalancer": {"ingress": [{"ip": ip} for ip in ips]}}}
         try:
@@ -49,13 +59,16 @@ def write_status(api: client.ApiClient, changes: list[tuple[str, str, str, list[
                 core.patch_namespaced_service_status(name, ns, body)
             else:
                 net.patch_namespaced_ingress_status(name, ns, body)
-            written += 1
             log.info("status of %s %s/%s: %s", kind, ns, name, ", ".join(ips) or "cleared")
         except ApiException as e:
             if e.status != 404:  # gone meanwhile: nothing to write
                 log.warning("status of %s %s/%s not written: %s %s", kind, ns, name, e.status,
                             e.reason)
-    return written
+                failed.append((kind, ns, name))
+        except Exception as e:  # the API is down: the next change tries again
+            log.warning("status of %s %s/%s not written: %s", kind, ns, name, e)
+            failed.append((kind, ns, name))
+    return failed
 
 
 def post_events(api: client.ApiClient, problems: list[Problem], source: str) -> None:

@@ -122,6 +122,14 @@ def test_demo_runs_and_stops_on_ctrl_c(tmp_path: Path) -> None:
             capture_output=True, text=True, timeout=10).stdout
         assert routed.startswith("backend web-1: GET /api/x HTTP/1.1\n"), routed
         assert "GET /cart HTTP/1.1" in routed.splitlines()[1]
+        # The simulated cluster: a LoadBalancer service and the Ingress, through VIPs.
+        wait_for(lambda: can_connect(port + 5, "127.0.0.100"), 20, "cluster VIP")
+        cluster = subprocess.run(
+            ["curl", "-sS", f"http://127.0.0.100:{port + 5}/", "-H", "Host: blog.cluster.test",
+             f"http://127.0.0.120:{port + 8}/"], capture_output=True, text=True,
+            timeout=10).stdout
+        assert cluster.startswith("svc shop pod shop-"), cluster
+        assert "svc blog pod blog-1" in cluster.splitlines()[1]
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=20)
         assert proc.returncode == 0, out
