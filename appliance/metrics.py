@@ -63,6 +63,31 @@ class StatsCollector(Collector):
                 up.add_metric([name, key], 0 if (name, key) in down else 1)
         yield from (acc, nob, over, evi, act, conns, fails, bin_, bout, up)
         yield from _http_metrics(totals)
+        yield from _cluster_metrics(self.daemon)
+
+
+def _cluster_metrics(daemon: Daemon) -> Iterator[Metric]:
+    sync = daemon.sync
+    if sync is None:
+        return
+    up = GaugeMetricFamily("edgelb_cluster_watch_up", "1 while a followed collection is "
+                           "in sync with the API, 0 while degraded (the last good state "
+                           "keeps serving)", labels=["watch"])
+    errors = CounterMetricFamily("edgelb_cluster_watch_errors", "Failed list or watch "
+                                 "calls", labels=["watch"])
+    for f in list(sync.follows):
+        up.add_metric([f.name], 1 if f.state == "synced" else 0)
+        errors.add_metric([f.name], f.errors)
+    changes = CounterMetricFamily("edgelb_cluster_changes", "Objects changes seen")
+    changes.add_metric([], sync.changes)
+    writes = CounterMetricFamily("edgelb_cluster_status_writes", "Status updates written")
+    writes.add_metric([], daemon.status_writes)
+    vips = GaugeMetricFamily("edgelb_cluster_vips", "VIPs allocated to services")
+    vips.add_metric([], len(daemon.ipam.by_service) if daemon.ipam is not None else 0)
+    problems = GaugeMetricFamily("edgelb_cluster_problems", "Objects edgelb cannot serve "
+                                 "as asked (each also an Event)")
+    problems.add_metric([], len(daemon.problems_seen))
+    yield from (up, errors, changes, writes, vips, problems)
 
 
 def _http_metrics(totals: dict[str, ListenerStats]) -> Iterator[Metric]:

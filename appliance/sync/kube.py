@@ -205,6 +205,7 @@ class ClusterSync:
         resp = self._call(follow, watch=True, resource_version=rv,
                           allow_watch_bookmarks=True, timeout_seconds=WATCH_SECONDS,
                           _request_timeout=(5, WATCH_SECONDS + 30))
+        self._healthy(follow)  # the API answered: following again
         try:
             for line in cast(Any, iter_resp_lines)(resp):
                 if self.stop.is_set():

@@ -12,11 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
 
 from appliance.sim import objects as k8s
 from appliance.sim.cluster import SimCluster
 
-from ..helpers import Edgelb, free_port, wait_for
+from ..helpers import ROOT, Edgelb, free_port, metrics, wait_for
 
 VIPS = "127.0.0.100-127.0.0.109"
 NODES = {"n1": "127.0.0.11", "n2": "127.0.0.12", "n3": "127.0.0.13"}
@@ -27,6 +28,7 @@ class Rig:
     sim: SimCluster
     edgelb: Edgelb
     ingress_port: int
+    metrics_port: int
 
 
 @pytest.fixture
@@ -34,8 +36,9 @@ def rig(tmp_path: Path) -> Iterator[Rig]:
     with SimCluster(str(tmp_path)) as sim:
         for name, ip in NODES.items():
             sim.add_node(name, ip)
-        ingress_port = free_port()
+        ingress_port, metrics_port = free_port(), free_port()
         e = Edgelb(tmp_path, f"""\
+metrics: {{bind: 127.0.0.1:{metrics_port}}}
 cluster:
   kubeconfig: {sim.kubeconfig_path}
   address_pools: ["{VIPS}"]
@@ -45,7 +48,7 @@ cluster:
 listeners: []
 """).start()
         try:
-            yield Rig(sim, e, ingress_port)
+            yield Rig(sim, e, ingress_port, metrics_port)
         finally:
             e.stop()
 
@@ -129,6 +132,7 @@ def test_api_faults_keep_traffic_flowing(rig: Rig) -> None:
     vip = vip_of(sim, "web")
     assert vip is not None
     wait_for(lambda: "ERR" not in answers(vip, port, 3), 10, "traffic")
+    down_seen = False
     for fault in ("pause", "drop", "500", "429", "401", "compact"):
         if fault == "pause":
             sim.api.pause()
@@ -142,6 +146,9 @@ def test_api_faults_keep_traffic_flowing(rig: Rig) -> None:
             sim.api.drop_watches()
         time.sleep(0.8)
         assert "ERR" not in answers(vip, port, 5), fault
+        m = metrics(rig.metrics_port)
+        down_seen |= any(v == 0 for k, v in m.items()
+                         if k.startswith("edgelb_cluster_watch_up"))
         sim.api.resume()
         sim.api.fail(0)
     # After all that, changes still arrive: a new pod is served.
@@ -149,6 +156,9 @@ def test_api_faults_keep_traffic_flowing(rig: Rig) -> None:
     wait_for(lambda: any("web-z" in ln for ln in answers(vip, port, 8)), 20, "recovered")
     logs = rig.edgelb.logs()
     assert "still serving the last good state" in logs and "re-listing" in logs
+    assert down_seen  # the degraded state was visible in the metrics
+    wait_for(lambda: all(v == 1 for k, v in metrics(rig.metrics_port).items()
+                         if k.startswith("edgelb_cluster_watch_up")), 20, "all watches back")
 
 
 def test_ingress_routes_to_services(rig: Rig) -> None:
@@ -186,3 +196,22 @@ def test_kubectl_sees_the_status(rig: Rig, tmp_path: Path) -> None:
                          env={"HOME": str(tmp_path), "PATH": "/usr/bin:/bin"})
     assert json.loads(out.stdout)["status"]["loadBalancer"]["ingress"][0]["ip"] == \
         vip_of(sim, "web")
+
+
+def test_rbac_manifest_allows_exactly_what_edgelb_uses(rig: Rig) -> None:
+    sim = rig.sim  # a fresh cluster: its calls are all edgelb's (the test's are in-process)
+    sim.api.apply(k8s.ingress_class())
+    sim.add_service("web", [(free_port(), 30700)], {"a": "n1"})
+    sim.add_service("bad", [(free_port(), 30701)], {}, address="10.9.9.9")
+    sim.api.apply(k8s.ingress("i", [("h.test", "/", "Prefix", "web", 80)]))
+    wait_for(lambda: vip_of(sim, "web") is not None, 10, "service status")
+    wait_for(lambda: ("patch", "networking.k8s.io", "ingresses/status") in sim.api.calls,
+             10, "ingress status")
+    wait_for(lambda: ("create", "", "events") in sim.api.calls, 10, "an event")
+    rules = [doc for doc in yaml.safe_load_all((ROOT / "deploy/rbac.yaml").read_text())
+             if doc["kind"] == "ClusterRole"][0]["rules"]
+    allowed = {(verb, group, res) for r in rules for group in r["apiGroups"]
+               for res in r["resources"] for verb in r["verbs"]}
+    used = set(sim.api.calls)
+    assert used <= allowed, used - allowed
+    assert allowed <= used, allowed - used
