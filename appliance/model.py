@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 BALANCERS = ("round_robin", "least_conn", "p2c", "maglev")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Backend:
     """A server a listener forwards to (a node IP and nodePort, or a local server)."""
 

@@ -6,7 +6,7 @@ and the cluster spec in; listeners, VIP allocations, desired status and problems
   or the ``edgelb.io/address`` annotation) or the next free one; services with the same
   ``edgelb.io/shared-vip`` annotation share one when their ports do not collide. Each port
   becomes a listener on VIP:port whose backends are the Ready, schedulable nodes'
-  InternalIP:nodePort.
+  InternalIP:nodePort. Node health is the Ready condition plus passive ejection.
 * ``externalTrafficPolicy: Local``: only nodes with a ready endpoint of the service (by
   the EndpointSlices' nodeName), health-checked on ``healthCheckNodePort`` /healthz.
 * Ingresses of our IngressClass (controller ``edgelb.io/ingress``; the class marked
@@ -204,10 +204,11 @@ def translate(cluster: Cluster, spec: ClusterSpec, ipam: Ipam) -> Translation:
             if local and hc_port:
                 health = HealthSpec(type="http", path="/healthz", port=hc_port, interval=1.0,
                                     timeout=0.5, rise=1, fall=2)
-            elif proto == "udp":
-                health = HealthSpec(type="none")
             else:
-                health = HealthSpec(type="tcp", interval=2.0, timeout=1.0)
+                # A node's health is its Ready condition (from the API) plus passive
+                # ejection on failed connects: probing every nodePort of every service on
+                # every node would be services x nodes probes for what one condition says.
+                health = HealthSpec(type="none")
             listeners.append(Listener(
                 name=f"{skey}:{p['port']}/{proto}", bind=(vip, int(p["port"])),
                 protocol=proto, backends=backends, health=health,
@@ -303,8 +304,7 @@ def _ingresses(cluster: Cluster, spec: ClusterSpec, nodes: list[tuple[str, str]]
                                     f"service {svc_ref.get('name')!r} has no nodePort "
                                     "(use type NodePort, or direct_endpoints)"))
             return None
-        pools[name] = Pool(name, "round_robin", backends,
-                           HealthSpec(type="tcp", interval=2.0, timeout=1.0))
+        pools[name] = Pool(name, "round_robin", backends, HealthSpec(type="none"))
         return name
 
     for ing in sorted(cluster.ingresses.values(), key=_created):
