@@ -124,6 +124,20 @@ def test_service_lifecycle_follows_the_cluster(rig: Rig) -> None:
     wait_for(lambda: vip_of(sim, "next") == vip, 10, "address reused")
 
 
+def test_status_is_written_once_per_change(rig: Rig) -> None:
+    sim = rig.sim
+    for name in ("a", "b", "c"):
+        sim.add_service(name, [(free_port(), 30800 + ord(name))], {f"{name}-1": "n1"})
+    wait_for(lambda: all(vip_of(sim, n) for n in "abc"), 10, "three statuses")
+    time.sleep(1)  # the writes echo back through the watch and trigger rebuilds
+    assert sim.api.calls[("patch", "", "services/status")] == 3
+    sim.api.remove("Service", "b")
+    sim.add_service("d", [(free_port(), 30900)], {"d-1": "n2"})
+    wait_for(lambda: vip_of(sim, "d") is not None, 10, "status of d")
+    time.sleep(1)
+    assert sim.api.calls[("patch", "", "services/status")] == 4
+
+
 def test_api_faults_keep_traffic_flowing(rig: Rig) -> None:
     sim = rig.sim
     port, node_port = free_port(), 30000 + free_port() % 2000

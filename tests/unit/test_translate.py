@@ -119,3 +119,16 @@ def test_default_ingress_class_takes_classless_ingresses_and_direct_endpoints() 
     (http,) = translate(c, spec, Ipam(())).listeners
     assert http.http is not None
     assert [b.key for b in http.http.pools[0].backends] == ["10.1.0.5:8080"]
+
+
+def test_generated_scenario_translates() -> None:
+    from appliance.sim.scenario import generate
+
+    c = cluster(*generate(nodes=5, services=10, endpoints=40, ingresses=3, lb_share=0.5))
+    assert (len(c.nodes), len(c.services), len(c.slices), len(c.ingresses)) == (5, 10, 10, 3)
+    t = translate(c, SPEC, Ipam(["192.0.2.0/24"]))
+    l4 = [lst for lst in t.listeners if lst.http is None]
+    assert len(l4) == 5 and all(len(lst.backends) == 5 for lst in l4)
+    http = next(lst for lst in t.listeners if lst.name == "ingress-http")
+    assert http.http is not None and len(http.http.routes) == 3
+    assert not t.problems
