@@ -113,6 +113,7 @@ class Daemon:
         self.applying = trio.Lock()
         self.status_writes = 0
         self.pending_status: dict[tuple[str, str, str], list[str]] = {}
+        self.last_translation: Any = None
 
     # -- start and stop ------------------------------------------------------------
 
@@ -280,7 +281,7 @@ class Daemon:
 
         self.ipam = Ipam(spec.address_pools)
         self.sync_api = await trio.to_thread.run_sync(api_client, spec)
-        self.sync = ClusterSync(spec, self._cluster_changed)
+        self.sync = ClusterSync(spec, self._cluster_changed, self._status_echo)
         log.info("following the cluster (%s)", spec.kubeconfig or "in-cluster")
         await self.sync.run(task_status=task_status)
 
@@ -296,6 +297,7 @@ class Daemon:
             seed_ipam(cluster, spec, self.ipam)
             self.seeded = True
         t = translate(cluster, spec, self.ipam)
+        self.last_translation = t
         for path, content in t.tls_files.items():
             _write_secret_file(path, content)
         self.dynamic = tuple(t.listeners)
@@ -310,6 +312,29 @@ class Daemon:
         self.problems_seen = set(t.problems)
         if self.is_leader():
             self._nursery.start_soon(self._write_back, cluster, t, sorted(new, key=str))
+
+    def _status_echo(self, collection: str, obj: dict[str, Any]) -> None:
+        """A Service or Ingress changed only outside what translation reads: confirm a
+        status we wrote, or put ours back if someone else changed it."""
+        from .sync.status import current_ingress, write_status
+
+        t = self.last_translation
+        if t is None or collection not in ("services", "ingresses"):
+            return
+        kind = "Service" if collection == "services" else "Ingress"
+        meta = obj.get("metadata") or {}
+        k = (kind, meta.get("namespace", ""), meta.get("name", ""))
+        want = t.status.get(k)
+        if want is None:
+            return
+        want = list(dict.fromkeys(want))
+        if current_ingress(obj) == want:
+            self.pending_status.pop(k, None)
+        elif self.pending_status.get(k) != want and self.is_leader():
+            self.pending_status[k] = want
+            assert self._nursery is not None
+            self._nursery.start_soon(trio.to_thread.run_sync, write_status, self.sync_api,
+                                     [(*k, want)])
 
     async def _apply_learned(self, snap: Snapshot) -> None:
         await self._put_in_force(snap)

@@ -26,7 +26,7 @@ from kubernetes.client.exceptions import ApiException
 from kubernetes.watch.watch import iter_resp_lines
 
 from ..model import ClusterSpec
-from .translate import Cluster, key
+from .translate import Cluster, key, relevant
 
 log = logging.getLogger("edgelb.sync")
 
@@ -92,14 +92,17 @@ class ClusterSync:
     """Follows the cluster and calls ``on_change(cluster)`` (in trio) after changes,
     debounced, once every followed collection has been listed."""
 
-    def __init__(self, spec: ClusterSpec, on_change: Callable[[Cluster], None]) -> None:
+    def __init__(self, spec: ClusterSpec, on_change: Callable[[Cluster], None],
+                 on_quiet: Callable[[str, Obj], None] | None = None) -> None:
         self.spec = spec
         self.on_change = on_change
+        self.on_quiet = on_quiet
         self.cluster = Cluster()
         self.follows: list[Follow] = []
         self.dirty = trio.Event()
         self.stop = threading.Event()
         self.changes = 0
+        self.quiet = 0  # events that changed nothing translation reads
         self.last_change = 0.0
         self._token: trio.lowlevel.TrioToken | None = None
 
@@ -146,11 +149,21 @@ class ClusterSync:
 
     def _event(self, follow: Follow, kind: str, obj: Obj) -> None:
         table: dict[str, Obj] = getattr(self.cluster, follow.kind)
+        k = key(obj)
         if kind == "DELETED":
-            table.pop(key(obj), None)
+            table.pop(k, None)
+            self._changed()
+            return
+        old = table.get(k)
+        table[k] = obj
+        # Heartbeats and our own status writes come back as MODIFIED: only a change in
+        # what translation reads rebuilds the Snapshot.
+        if old is None or relevant(follow.kind, old) != relevant(follow.kind, obj):
+            self._changed()
         else:
-            table[key(obj)] = obj
-        self._changed()
+            self.quiet += 1
+            if self.on_quiet is not None:
+                self.on_quiet(follow.kind, obj)
 
     def _changed(self) -> None:
         self.changes += 1

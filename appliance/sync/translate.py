@@ -112,6 +112,22 @@ def node_usable(node: Obj) -> bool:
     return False
 
 
+def relevant(kind: str, obj: Obj) -> Any:
+    """What of an object translation reads: a change outside it (a node's heartbeat, the
+    status edgelb itself wrote, a new resourceVersion) needs no rebuild."""
+    meta = _meta(obj)
+    head = (meta.get("labels"), meta.get("annotations"), meta.get("deletionTimestamp"),
+            meta.get("creationTimestamp"))
+    if kind == "nodes":
+        st = obj.get("status") or {}
+        ready = [c.get("status") for c in st.get("conditions") or [] if c.get("type") == "Ready"]
+        return (head, (obj.get("spec") or {}).get("unschedulable"), ready,
+                [(a.get("type"), a.get("address")) for a in st.get("addresses") or []])
+    if kind in ("services", "ingresses"):
+        return (head, obj.get("spec"))
+    return (head, {k: v for k, v in obj.items() if k not in ("metadata", "status")})
+
+
 def ours(svc: Obj, spec: ClusterSpec) -> bool:
     s = svc.get("spec") or {}
     if s.get("type") != "LoadBalancer":

@@ -138,6 +138,29 @@ def test_status_is_written_once_per_change(rig: Rig) -> None:
     assert sim.api.calls[("patch", "", "services/status")] == 4
 
 
+def test_heartbeats_do_not_rebuild_and_a_changed_status_is_put_back(rig: Rig) -> None:
+    sim = rig.sim
+    sim.add_service("web", [(free_port(), 30950)], {"w-1": "n1"})
+    wait_for(lambda: vip_of(sim, "web") is not None, 10, "status")
+    vip = vip_of(sim, "web")
+    time.sleep(0.5)
+    changes = metrics(rig.metrics_port)["edgelb_cluster_changes_total"]
+    for _ in range(5):  # a kubelet's heartbeat: only timestamps change
+        node = sim.api.get("Node", "n1")
+        assert node is not None
+        node["status"]["conditions"][0]["lastHeartbeatTime"] = time.strftime(
+            "%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        sim.api.apply(node)
+        time.sleep(0.1)
+    # Someone else overwrites the status: edgelb puts its VIP back.
+    svc = sim.api.get("Service", "web")
+    assert svc is not None
+    svc["status"] = {"loadBalancer": {"ingress": [{"ip": "203.0.113.9"}]}}
+    sim.api.apply(svc)
+    wait_for(lambda: vip_of(sim, "web") == vip, 10, "status restored")
+    assert metrics(rig.metrics_port)["edgelb_cluster_changes_total"] == changes
+
+
 def test_api_faults_keep_traffic_flowing(rig: Rig) -> None:
     sim = rig.sim
     port, node_port = free_port(), 30000 + free_port() % 2000
