@@ -7,7 +7,7 @@ the Listener and Backend it started with until it ends (or its backend's drain d
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 BALANCERS = ("round_robin", "least_conn", "p2c", "maglev")
 
@@ -165,6 +165,9 @@ class Listener:
     max_connections: int = 0
     backlog: int = 4096
     http: HttpSpec | None = None
+    # Non-zero: every backend is reached on this port (a Service's nodePort on each of
+    # the nodes), so that all nodePort listeners can share one tuple of node Backends.
+    backend_port: int = 0
 
     @property
     def bind_text(self) -> str:
@@ -181,13 +184,26 @@ class Listener:
         """The socket type under the protocol: ``udp`` or ``tcp``."""
         return "udp" if self.protocol == "udp" else "tcp"
 
-    def targets(self) -> list[tuple[str, Backend, HealthSpec, PassiveSpec]]:
-        """Every backend with its key within this listener (``pool/address`` for HTTP
-        pools, the address otherwise) and the health and passive specs that apply."""
+    def backend_key(self, b: Backend) -> str:
+        """The backend's identity within this listener: its address."""
+        if not self.backend_port:
+            return b.key
+        return f"[{b.host}]:{self.backend_port}" if ":" in b.host else \
+            f"{b.host}:{self.backend_port}"
+
+    def backend_address(self, b: Backend) -> tuple[str, int]:
+        return (b.host, self.backend_port or b.port)
+
+    def checked(self) -> list[tuple[str, Backend, HealthSpec]]:
+        """The backends under active health checks, with their key within this listener
+        (``pool/address`` for HTTP pools) and the spec; none when checks are off."""
         if self.http is None:
-            return [(b.key, b, self.health, self.passive) for b in self.backends]
-        return [(f"{p.name}/{b.key}", b, p.health, p.passive)
-                for p in self.http.pools for b in p.backends]
+            if self.health.type == "none":
+                return []
+            return [(self.backend_key(b), Backend(b.host, self.backend_port or b.port),
+                     self.health) for b in self.backends]
+        return [(f"{p.name}/{b.key}", b, p.health)
+                for p in self.http.pools if p.health.type != "none" for b in p.backends]
 
 
 @dataclass(frozen=True)
@@ -222,10 +238,19 @@ class Snapshot:
 
     @property
     def digest(self) -> str:
-        """A short hash of the content (not the version): equal digests forward alike."""
-        text = repr((self.listeners, self.workers, self.drain_timeout, self.metrics_bind,
-                     self.cluster))
-        return hashlib.sha256(text.encode()).hexdigest()[:12]
+        """A short hash of the content (not the version): equal digests forward alike.
+        A tuple of backends shared by many listeners (the nodes) is hashed once."""
+        h = hashlib.sha256(repr((self.workers, self.drain_timeout, self.metrics_bind,
+                                 self.cluster)).encode())
+        seen: dict[int, bytes] = {}
+        for lst in self.listeners:
+            b = seen.get(id(lst.backends))
+            if b is None:
+                b = hashlib.sha256(repr(lst.backends).encode()).digest()
+                seen[id(lst.backends)] = b
+            h.update(repr(replace(lst, backends=())).encode())
+            h.update(b)
+        return h.hexdigest()[:12]
 
     def listener(self, name: str) -> Listener | None:
         return next((lst for lst in self.listeners if lst.name == name), None)

@@ -63,25 +63,22 @@ class HealthChecker:
         """Check every backend of ``snap`` until cancelled (by the next ``run``)."""
         if self._scope is not None:
             self._scope.cancel()
-        wanted = {(lst.name, key) for lst in snap.listeners
-                  for key, _, health, _ in lst.targets() if health.type != "none"}
+        checked = [(lst.name, key, b, health) for lst in snap.listeners
+                   for key, b, health in lst.checked()]
+        wanted = {(name, key) for name, key, _, _ in checked}
         for k in list(self.states):
             if k not in wanted:
                 del self.states[k]
         with trio.CancelScope() as scope:
             self._scope = scope
             async with trio.open_nursery() as nursery:
-                for lst in snap.listeners:
-                    for key, b, health, _ in lst.targets():
-                        if health.type == "none":
-                            continue
-                        k = (lst.name, key)
-                        st = self.states.get(k)
-                        if st is None or (st.rise, st.fall) != (health.rise, health.fall):
-                            st = ActiveState(health.rise, health.fall,
-                                             up=st.up if st else True)
-                            self.states[k] = st
-                        nursery.start_soon(self._loop, lst.name, b, health, st)
+                for name, key, b, health in checked:
+                    k = (name, key)
+                    st = self.states.get(k)
+                    if st is None or (st.rise, st.fall) != (health.rise, health.fall):
+                        st = ActiveState(health.rise, health.fall, up=st.up if st else True)
+                        self.states[k] = st
+                    nursery.start_soon(self._loop, name, b, health, st)
                 self.on_change(self.down)
                 task_status.started()
 

@@ -510,8 +510,8 @@ class HttpConnection:
                     site.stats.no_backend += 1
                 await self._own_response(req, ex, status)
                 return None
-            br = pool.brs[i]
-            ex.backend = f"{pool.name}/{br.backend.key}"
+            br = pool.runtime(i)
+            ex.backend = br.key
             while br.idle:
                 idle = br.idle.pop()
                 if now - idle.since < lst.timeouts.keepalive and idle.wire.alive():
@@ -525,7 +525,7 @@ class HttpConnection:
             try:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 with trio.fail_after(lst.timeouts.connect):
-                    await sock.connect(br.backend.address)
+                    await sock.connect(br.address)
                     wire: PlainWire | TlsWire
                     ctx = site.backend_contexts.get(pool.name)
                     if ctx is not None:
@@ -541,7 +541,7 @@ class HttpConnection:
                 br.stats.connect_failures += 1
                 if br.passive.failure(trio.current_time()):
                     log.warning("listener %s: backend %s ejected after %d connect failures "
-                                "(%s)", lst.name, br.backend.key, br.passive.spec.failures,
+                                "(%s)", lst.name, br.key, br.passive.spec.failures,
                                 getattr(e, "strerror", None) or type(e).__name__)
                 failed = True
                 if not req.idempotent:

@@ -14,7 +14,7 @@ import math
 import socket
 import ssl
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -48,6 +48,8 @@ class BackendRuntime:
     backend: Backend
     passive: PassiveState
     stats: BackendStats = field(default_factory=BackendStats)
+    key: str = ""  # within its listener: the address, "pool/address" for HTTP pools
+    address: tuple[str, int] = ("", 0)  # where to connect
     up: bool = True  # the active health verdict, set by the control process
     removed: bool = False
     # Each open flow, so that a removed backend's flows can be drained.
@@ -67,14 +69,15 @@ class BackendRuntime:
 class _ActiveView(Sequence[int]):
     """The balancers' view of active connection counts, read live without copying."""
 
-    def __init__(self, brs: list[BackendRuntime]) -> None:
+    def __init__(self, brs: list[BackendRuntime | None]) -> None:
         self.brs = brs
 
     def __len__(self) -> int:
         return len(self.brs)
 
     def __getitem__(self, i: int) -> int:  # type: ignore[override]
-        return self.brs[i].stats.active
+        br = self.brs[i]
+        return br.stats.active if br is not None else 0
 
 
 @dataclass
@@ -83,8 +86,12 @@ class Pool:
 
     listener: Listener
     balancer: Balancer
-    brs: list[BackendRuntime]
+    # Runtime state per backend index, made on first use (None until then): a cluster's
+    # nodePort listeners have every node as a backend, most of them never used by a
+    # given worker, and services x nodes records would not fit in memory.
+    brs: list[BackendRuntime | None]
     stats: ListenerStats
+    make: Callable[[int], BackendRuntime]
     name: str = ""  # the HTTP pool's name; "" for an L4 listener's own backends
     tls_spec: BackendTls | None = None
     active: _ActiveView = field(init=False)
@@ -92,8 +99,15 @@ class Pool:
     def __post_init__(self) -> None:
         self.active = _ActiveView(self.brs)
 
+    def runtime(self, i: int) -> BackendRuntime:
+        br = self.brs[i]
+        if br is None:
+            br = self.brs[i] = self.make(i)
+        return br
+
     def pick(self, key: bytes, tried: set[int], now: float) -> int | None:
-        avail = [i for i, br in enumerate(self.brs) if i not in tried and br.usable(now)]
+        avail = [i for i, br in enumerate(self.brs)
+                 if i not in tried and (br is None or br.usable(now))]
         return self.balancer.pick(avail, key, self.active)
 
 
@@ -149,6 +163,8 @@ class Worker:
         self.pools: dict[tuple[str, str, int], Pool] = {}
         self.bound: dict[tuple[str, str, int], _Bound] = {}
         self.backends: dict[tuple[str, str], BackendRuntime] = {}
+        self.with_runtimes: set[str] = set()  # listeners that have any runtime state
+        self._pairs: dict[int, tuple[tuple[Backend, ...], list[tuple[str, int]]]] = {}
         self.stats: dict[str, ListenerStats] = {}
         self.flows: dict[int, Flow] = {}
         self.health_down: set[tuple[str, str]] = set()
@@ -174,20 +190,20 @@ class Worker:
         pools: dict[tuple[str, str, int], Pool] = {}
         sites: dict[tuple[str, str, int], Site] = {}
         keep: set[tuple[str, str]] = set()
+        self._pairs = {}
         for lst in snap.listeners:
             stats = self.stats.setdefault(lst.name, ListenerStats())
             if lst.http is None:
-                brs = self._runtimes(lst.name, "", lst.backends, lst.passive, stats, keep)
-                balancer = make_balancer(lst.balance, [(b.key, b.weight) for b in lst.backends])
-                pools[lst.socket_key] = Pool(lst, balancer, brs, stats)
+                pools[lst.socket_key] = self._pool(lst, "", lst.backends, lst.balance,
+                                                   lst.passive, lst.health.type != "none",
+                                                   stats, keep)
                 continue
             site_pools: dict[str, Pool] = {}
             backend_contexts = {}
             for p in lst.http.pools:
-                brs = self._runtimes(lst.name, p.name + "/", p.backends, p.passive, stats,
-                                     keep)
-                balancer = make_balancer(p.balance, [(b.key, b.weight) for b in p.backends])
-                site_pools[p.name] = Pool(lst, balancer, brs, stats, p.name, p.tls)
+                site_pools[p.name] = self._pool(lst, p.name + "/", p.backends, p.balance,
+                                                p.passive, p.health.type != "none", stats,
+                                                keep, p.name, p.tls)
                 if p.tls is not None:
                     backend_contexts[p.name] = client_context(p.tls)
             sites[lst.socket_key] = Site(
@@ -234,16 +250,25 @@ class Worker:
         self.pools = pools
         self.sites = sites
         self.snapshot = snap
+        self._pairs = {}
         return errors
 
-    def _runtimes(self, listener: str, prefix: str, backends: tuple[Backend, ...],
-                  passive: PassiveSpec, stats: ListenerStats,
-                  keep: set[tuple[str, str]]) -> list[BackendRuntime]:
-        """The runtime state of ``backends``, carried over from the previous Snapshot by
-        (listener, key) where the passive spec is unchanged."""
-        brs = []
-        for b in backends:
-            key = prefix + b.key
+    def _pool(self, lst: Listener, prefix: str, backends: tuple[Backend, ...], balance: str,
+              passive: PassiveSpec, eager: bool, stats: ListenerStats,
+              keep: set[tuple[str, str]], name: str = "",
+              tls: BackendTls | None = None) -> Pool:
+        """A pool as of this Snapshot, with the runtime state carried over (by listener
+        and key, where the passive spec is unchanged) for the backends that have one.
+        Health-checked pools get theirs at once (a check may mark one down); the others
+        on first use."""
+        listener = lst.name
+
+        def key_of(b: Backend) -> str:
+            return prefix + (b.key if prefix else lst.backend_key(b))
+
+        def make(i: int) -> BackendRuntime:
+            b = backends[i]
+            key = key_of(b)
             k = (listener, key)
             br = self.backends.get(k)
             if br is None or br.passive.spec != passive:
@@ -253,13 +278,28 @@ class Worker:
                 if old is not None:
                     br.flows = old.flows
                     br.idle = old.idle
-            br.backend = b
+            br.backend, br.key = b, key
+            br.address = b.address if prefix else lst.backend_address(b)
             br.removed = False
             br.up = k not in self.health_down
             self.backends[k] = br
-            brs.append(br)
-            keep.add(k)
-        return brs
+            self.with_runtimes.add(listener)
+            return br
+
+        brs: list[BackendRuntime | None] = [None] * len(backends)
+        if eager or listener in self.with_runtimes:
+            for i, b in enumerate(backends):
+                k = (listener, key_of(b))
+                if eager or k in self.backends:
+                    brs[i] = make(i)
+                    keep.add(k)
+        pairs = self._pairs.get(id(backends))
+        if pairs is None or pairs[0] is not backends:
+            # A tuple of nodes shared by thousands of listeners is described once.
+            pairs = (backends, [(b.key, b.weight) for b in backends])
+            self._pairs[id(backends)] = pairs
+        balancer = make_balancer(balance, pairs[1])
+        return Pool(lst, balancer, brs, stats, make, name, tls)
 
     def _tls_context(self, certs: tuple[TlsCert, ...]) -> ssl.SSLContext:
         key = tuple(f"{c.fingerprint}:{','.join(c.hosts)}" for c in certs)
@@ -420,13 +460,13 @@ class Worker:
             if i is None:
                 return None
             tried.add(i)
-            br = pool.brs[i]
+            br = pool.runtime(i)
             family = socket.AF_INET6 if ":" in br.backend.host else socket.AF_INET
             up = trio.socket.socket(family, socket.SOCK_STREAM)
             try:
                 up.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 with trio.fail_after(lst.timeouts.connect):
-                    await up.connect(br.backend.address)
+                    await up.connect(br.address)
                 if lst.proxy_protocol != "none":
                     header = proxyproto.header(lst.proxy_protocol, client, conn.getsockname())
                     await up.send(header)
@@ -435,7 +475,7 @@ class Worker:
                 br.stats.connect_failures += 1
                 if br.passive.failure(trio.current_time()):
                     log.warning("listener %s: backend %s ejected after %d connect failures "
-                                "(%s)", lst.name, br.backend.key, lst.passive.failures,
+                                "(%s)", lst.name, br.key, lst.passive.failures,
                                 getattr(e, "strerror", None) or "timeout")
                 continue
             br.passive.success()
@@ -454,7 +494,7 @@ class Worker:
                 st.bytes_out += n
 
         relay = Relay(conn, upstream, lst.timeouts.idle, on_bytes, self.use_splice)
-        flow.backend = br.backend.key
+        flow.backend = br.key
         flow.state = "established"
         st.active += 1
         st.connections += 1
@@ -467,7 +507,7 @@ class Worker:
         finally:
             st.active -= 1
             br.flows.pop(flow.id, None)
-            k = (lst.name, br.backend.key)
+            k = (lst.name, br.key)
             if br.removed and not br.flows and self.backends.get(k) is br:
                 del self.backends[k]
 
@@ -518,16 +558,16 @@ class Worker:
         i = pool.pick(client[0].encode(), set(), trio.current_time())
         if i is None:
             return None
-        br = pool.brs[i]
+        br = pool.runtime(i)
         family = socket.AF_INET6 if ":" in br.backend.host else socket.AF_INET
         up = trio.socket.socket(family, socket.SOCK_DGRAM)
         try:
-            await up.connect(br.backend.address)
+            await up.connect(br.address)
         except OSError:
             up.close()
             br.stats.connect_failures += 1
             return None
-        flow = Flow(pool.listener.name, "udp", client, br.backend.key, trio.current_time(),
+        flow = Flow(pool.listener.name, "udp", client, br.key, trio.current_time(),
                     state="established")
         br.stats.active += 1
         br.stats.connections += 1

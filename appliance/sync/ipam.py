@@ -66,6 +66,8 @@ class Ipam:
                     seen.add(text)
                     self.order.append(text)
         self.pool = seen
+        self.index = {addr: i for i, addr in enumerate(self.order)}
+        self.free_from = 0  # no free address before this index of ``order``
         self.holders: dict[str, _Holder] = {}  # address -> holder
         self.by_service: dict[str, str] = {}  # service -> address
 
@@ -105,10 +107,13 @@ class Ipam:
                 if h.sharing == sharing and self._fits(addr, service, sharing, ports):
                     self._hold(addr, service, sharing, ports)
                     return addr
-        for addr in self.order:
+        for i in range(self.free_from, len(self.order)):
+            addr = self.order[i]
             if addr not in self.holders:
+                self.free_from = i + 1
                 self._hold(addr, service, sharing, ports)
                 return addr
+        self.free_from = len(self.order)
         raise PoolExhausted(f"no free address in the pools ({len(self.order)} addresses)")
 
     def _who(self, addr: str) -> str:
@@ -132,6 +137,7 @@ class Ipam:
         h.ports.pop(service, None)
         if not h.ports:
             del self.holders[addr]
+            self.free_from = min(self.free_from, self.index[addr])
 
     def retain(self, services: Iterable[str]) -> list[str]:
         """Release every service not in ``services``; returns those released."""

@@ -184,6 +184,9 @@ def translate(cluster: Cluster, spec: ClusterSpec, ipam: Ipam) -> Translation:
     usable = [(n, node_address(n)) for n in nodes if node_usable(n)]
     usable_nodes = [(str(_meta(n).get("name")), ip) for n, ip in usable if ip]
     slices = list(cluster.slices.values())
+    # One tuple of node Backends shared by every nodePort listener (the nodePort is on
+    # the listener): services x nodes pairs would be millions of objects at scale.
+    all_nodes = tuple(Backend(ip, 0) for _, ip in usable_nodes)
 
     wanted: list[str] = []
     for svc in sorted(cluster.services.values(), key=_created):
@@ -215,8 +218,8 @@ def translate(cluster: Cluster, spec: ClusterSpec, ipam: Ipam) -> Translation:
                                         meta.get("name", ""), "UnsupportedProtocol",
                                         f"port {p['port']}: {p.get('protocol')} is not served"))
                 continue
-            backends = tuple(Backend(ip, int(p["nodePort"])) for name, ip in usable_nodes
-                             if not local or name in local_nodes)
+            backends = all_nodes if not local else tuple(
+                Backend(ip, 0) for name, ip in usable_nodes if name in local_nodes)
             if local and hc_port:
                 health = HealthSpec(type="http", path="/healthz", port=hc_port, interval=1.0,
                                     timeout=0.5, rise=1, fall=2)
@@ -228,7 +231,8 @@ def translate(cluster: Cluster, spec: ClusterSpec, ipam: Ipam) -> Translation:
             listeners.append(Listener(
                 name=f"{skey}:{p['port']}/{proto}", bind=(vip, int(p["port"])),
                 protocol=proto, backends=backends, health=health,
-                balance="maglev" if proto == "udp" else "round_robin"))
+                balance="maglev" if proto == "udp" else "round_robin",
+                backend_port=int(p["nodePort"])))
     for gone in ipam.retain(wanted):
         del gone  # released addresses simply stop being served
 

@@ -178,7 +178,7 @@ def test_http_listener_builds_routes_and_pools() -> None:
     assert lst.http.pools[0].balance == "least_conn"
     assert lst.http.limits.max_headers == 50 and lst.http.trusted_proxies == ("10.0.0.0/8",)
     assert (lst.timeouts.request, lst.timeouts.response) == (5.0, 30.0)
-    assert [k for k, *_ in lst.targets()] == ["api/127.0.0.1:9001"]
+    assert [k for k, *_ in lst.checked()] == ["api/127.0.0.1:9001"]
 
 
 def test_http_shorthand_backends_make_the_default_pool() -> None:

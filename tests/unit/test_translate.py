@@ -31,8 +31,11 @@ def test_load_balancer_service_gets_a_vip_and_ready_nodes() -> None:
     assert t.addresses == {"default/web": "192.0.2.10"}
     tcp, udp = (lst for lst in t.listeners if lst.http is None)
     assert tcp.bind == ("192.0.2.10", 80) and tcp.protocol == "tcp"
-    assert [b.key for b in tcp.backends] == ["10.0.0.1:30080", "10.0.0.2:30080"]
-    assert udp.protocol == "udp" and udp.backends[0].port == 30053
+    assert [tcp.backend_key(b) for b in tcp.backends] == ["10.0.0.1:30080", "10.0.0.2:30080"]
+    assert udp.protocol == "udp" and udp.backend_address(udp.backends[0]) == ("10.0.0.1",
+                                                                               30053)
+    # Every nodePort listener shares one tuple of node backends.
+    assert tcp.backends is udp.backends
     assert t.status[("Service", "default", "web")] == ["192.0.2.10"]
 
 
