@@ -15,6 +15,7 @@ It is test and demo infrastructure: one process, threads, no persistence.
 from __future__ import annotations
 
 import base64
+import bisect
 import copy
 import json
 import re
@@ -856,7 +857,9 @@ class _Handler(BaseHTTPRequestHandler):
                             emit_gone = True
                             break
                         emit_gone = False
-                        pending = [h for h in store.history if h[0] > since]
+                        start = bisect.bisect_right(store.history, since,
+                                                    key=lambda h: h[0])
+                        pending = store.history[start:]
                         now = time.monotonic()
                         if pending or now >= deadline or (
                                 bookmarks and now - last_bookmark >= sim.bookmark_interval):
