@@ -11,6 +11,7 @@ import hashlib
 import ipaddress
 import os
 import re
+import socket
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from .model import (
     Backend,
     BackendTls,
     ClusterSpec,
+    HaSpec,
     HealthSpec,
     HttpLimits,
     HttpSpec,
@@ -237,7 +239,9 @@ def _http_path(v: Any) -> str:
     return v
 
 
-_TOP = {"workers", "drain_timeout", "metrics", "listeners", "cluster"}
+_TOP = {"workers", "drain_timeout", "metrics", "listeners", "cluster", "ha"}
+_HA = {"mode", "identity", "lease"}
+_LEASE = {"name", "namespace", "duration"}
 _CLUSTER = {"kubeconfig", "context", "namespaces", "load_balancer_class", "default_class",
             "ingress_class", "address_pools", "ingress", "direct_endpoints", "tls_dir",
             "debounce"}
@@ -277,6 +281,10 @@ def build_snapshot(root: Node, version: int = 1, source: str = "") -> Snapshot:
     if "cluster" in top and top["cluster"].value is not None:
         cluster = _cluster(c, top["cluster"])
 
+    ha = HaSpec()
+    if "ha" in top and top["ha"].value is not None:
+        ha = _ha(c, top["ha"], cluster) or ha
+
     listeners: list[Listener] = []
     lnode = top.get("listeners")
     if lnode is not None and not isinstance(lnode.value, list):
@@ -303,7 +311,31 @@ def build_snapshot(root: Node, version: int = 1, source: str = "") -> Snapshot:
     if c.issues:
         raise ConfigError(c.issues, source)
     return Snapshot(version=version, workers=workers, drain_timeout=drain,
-                    metrics_bind=metrics_bind, listeners=tuple(listeners), cluster=cluster)
+                    metrics_bind=metrics_bind, listeners=tuple(listeners), cluster=cluster,
+                    ha=ha)
+
+
+def _ha(c: _Checker, node: Node, cluster: ClusterSpec | None) -> HaSpec | None:
+    m = c.mapping(node, "ha", _HA)
+    if m is None:
+        return None
+    d = HaSpec()
+    mode = c.get(m, "mode", "ha", _choice("standalone", "lease"), "standalone")
+    if mode == "lease" and cluster is None:
+        c.fail("ha.mode", m.get("mode"), "lease mode needs the cluster section (the Lease "
+                                         "lives in the cluster)")
+    identity = c.get(m, "identity", "ha", str, None) or socket.gethostname()
+    name, namespace, duration = d.lease_name, d.lease_namespace, d.lease_duration
+    if "lease" in m and m["lease"].value is not None:
+        lm = c.mapping(m["lease"], "ha.lease", _LEASE)
+        if lm is not None:
+            name = c.get(lm, "name", "ha.lease", _name, name)
+            namespace = c.get(lm, "namespace", "ha.lease", _name, namespace)
+            duration = c.get(lm, "duration", "ha.lease", parse_duration, duration)
+            if duration is not None and duration < 1:
+                c.fail("ha.lease.duration", lm.get("duration"), "must be at least 1s")
+    return HaSpec(mode=mode, identity=identity, lease_name=name, lease_namespace=namespace,
+                  lease_duration=duration)
 
 
 def _cluster(c: _Checker, node: Node) -> ClusterSpec | None:

@@ -10,6 +10,7 @@ STOPPING.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import resource
@@ -18,7 +19,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import trio
 
@@ -109,7 +110,8 @@ class Daemon:
         self.sync_api: Any = None
         self.seeded = False
         self.problems_seen: set[Any] = set()
-        self.is_leader: Callable[[], bool] = lambda: True  # until HA elects one
+        self.is_leader: Callable[[], bool] = lambda: True  # standalone: always
+        self.leadership: Any = None
         self.applying = trio.Lock()
         self.status_writes = 0
         self.pending_status: dict[tuple[str, str, str], list[str]] = {}
@@ -129,8 +131,16 @@ class Daemon:
                 self.snapshot = snap
                 self.static = snap
                 await nursery.start(self.health.run, snap)
+                if snap.ha.mode == "lease":
+                    from .ha.lease import Leadership
+
+                    # Not the leader until the Lease says so: set before sync can write.
+                    self.leadership = Leadership(snap.ha.lease_duration)
+                    self.is_leader = self.leadership.leading
                 if snap.cluster is not None:
                     await nursery.start(self._run_sync, snap.cluster)
+                if snap.ha.mode == "lease" and snap.cluster is not None:
+                    nursery.start_soon(self._run_lease, snap.ha, snap.cluster)
                 if snap.metrics_bind:
                     self._start_metrics(snap.metrics_bind)
                 log.info("edgelb %s serving snapshot v%d (%s): %d listeners, %d workers",
@@ -313,6 +323,96 @@ class Daemon:
         if self.is_leader():
             self._nursery.start_soon(self._write_back, cluster, t, sorted(new, key=str))
 
+    async def _run_lease(self, ha: Any, spec: ClusterSpec) -> None:
+        """Lead while holding the Lease; renew every third of its duration."""
+        from kubernetes import client
+        from kubernetes.client.exceptions import ApiException
+
+        from .ha.lease import decide
+        from .sync.kube import api_client
+
+        leadership = self.leadership
+        api = await trio.to_thread.run_sync(api_client, spec)
+        coord = client.CoordinationV1Api(api)
+
+        def read() -> dict[str, Any] | None:
+            try:
+                resp: Any = coord.read_namespaced_lease(ha.lease_name, ha.lease_namespace,
+                                                        _preload_content=False)
+            except ApiException as e:
+                if e.status == 404:
+                    return None
+                raise
+            lease: dict[str, Any] = json.loads(resp.data)
+            return lease
+
+        def write(action: str, body: dict[str, Any]) -> None:
+            if action == "create":
+                coord.create_namespaced_lease(ha.lease_namespace, cast(Any, body),
+                                              _preload_content=False)
+            else:
+                coord.replace_namespaced_lease(ha.lease_name, ha.lease_namespace,
+                                               cast(Any, body), _preload_content=False)
+
+        self._lease_io = (read, write)
+        was = False
+        while True:
+            now = time.time()
+            try:
+                lease = await trio.to_thread.run_sync(read)
+                d = decide(ha.identity, ha.lease_name, ha.lease_namespace, lease, now,
+                           ha.lease_duration)
+                if d.body is not None:
+                    await trio.to_thread.run_sync(write, d.action, d.body)
+                    leadership.won(now)
+                    leadership.holder = ha.identity
+                else:
+                    leadership.holder = d.holder
+                    if d.holder != ha.identity:
+                        leadership.lost()
+            except ApiException as e:
+                if e.status == 409:  # someone else wrote first
+                    leadership.lost()
+                else:
+                    log.warning("lease %s/%s: %s %s", ha.lease_namespace, ha.lease_name,
+                                e.status, e.reason)
+            except Exception as e:  # the API is unreachable: leadership runs out by itself
+                log.warning("lease %s/%s: %s", ha.lease_namespace, ha.lease_name, e)
+            now_leading = leadership.leading()
+            if now_leading != was:
+                if now_leading:
+                    log.info("leading: holding lease %s/%s as %s", ha.lease_namespace,
+                             ha.lease_name, ha.identity)
+                    if self.sync is not None and self.sync.synced:
+                        self._cluster_changed(self.sync.cluster)  # write what we serve
+                else:
+                    log.warning("not leading: lease %s/%s is held by %s", ha.lease_namespace,
+                                ha.lease_name, leadership.holder or "nobody")
+                was = now_leading
+            await trio.sleep(ha.lease_duration / 3)
+
+    async def _release_lease(self) -> None:
+        """Give the Lease up on a clean stop, so that another box takes over at once."""
+        from .ha.lease import decide
+
+        assert self.static is not None
+        ha = self.static.ha
+        io = getattr(self, "_lease_io", None)
+        if io is None or self.leadership is None or not self.leadership.leading():
+            return
+        read, write = io
+        with trio.move_on_after(2):
+            try:
+                lease = await trio.to_thread.run_sync(read)
+                d = decide(ha.identity, ha.lease_name, ha.lease_namespace, lease, time.time(),
+                           ha.lease_duration, release=True)
+                if d.body is not None:
+                    await trio.to_thread.run_sync(write, d.action, d.body)
+                    log.info("released lease %s/%s", ha.lease_namespace, ha.lease_name)
+            except Exception as e:
+                log.warning("lease not released: %s", e)
+        self.leadership.lost()
+
     def _status_echo(self, collection: str, obj: dict[str, Any]) -> None:
         """A Service or Ingress changed only outside what translation reads: confirm a
         status we wrote, or put ours back if someone else changed it."""
@@ -361,6 +461,7 @@ class Daemon:
         """Stop accepting, let flows finish until the drain deadline, stop the workers."""
         assert self.snapshot is not None
         self.draining = True
+        await self._release_lease()
         sd_notify("STOPPING=1")
         timeout = self.snapshot.drain_timeout
         log.info("draining: up to %gs for open flows", timeout)

@@ -226,6 +226,18 @@ class ClusterSpec:
 
 
 @dataclass(frozen=True)
+class HaSpec:
+    """Who leads: ``standalone`` (this box always), or ``lease`` (a coordination.k8s.io
+    Lease in the cluster). The leader writes status."""
+
+    mode: str = "standalone"
+    identity: str = ""
+    lease_name: str = "edgelb"
+    lease_namespace: str = "kube-system"
+    lease_duration: float = 15.0
+
+
+@dataclass(frozen=True)
 class Snapshot:
     """Everything the datapath needs, immutable, versioned and content-hashed."""
 
@@ -235,13 +247,14 @@ class Snapshot:
     drain_timeout: float = 30.0
     metrics_bind: tuple[str, int] | None = None
     cluster: ClusterSpec | None = None
+    ha: HaSpec = field(default_factory=HaSpec)
 
     @property
     def digest(self) -> str:
         """A short hash of the content (not the version): equal digests forward alike.
         A tuple of backends shared by many listeners (the nodes) is hashed once."""
         h = hashlib.sha256(repr((self.workers, self.drain_timeout, self.metrics_bind,
-                                 self.cluster)).encode())
+                                 self.cluster, self.ha)).encode())
         seen: dict[int, bytes] = {}
         for lst in self.listeners:
             b = seen.get(id(lst.backends))

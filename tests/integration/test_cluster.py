@@ -252,3 +252,49 @@ def test_rbac_manifest_allows_exactly_what_edgelb_uses(rig: Rig) -> None:
     used = set(sim.api.calls)
     assert used <= allowed, used - allowed
     assert allowed <= used, allowed - used
+
+
+def test_lease_leader_alone_writes_status_and_a_standby_takes_over(tmp_path: Path) -> None:
+    with SimCluster(str(tmp_path)) as sim:
+        sim.add_node("n1", NODES["n1"])
+        boxes = []
+        for name in ("box-a", "box-b"):
+            d = tmp_path / name
+            d.mkdir()
+            boxes.append(Edgelb(d, f"""\
+ha: {{mode: lease, identity: {name}, lease: {{name: edgelb, namespace: kube-system,
+      duration: 2s}}}}
+cluster:
+  kubeconfig: {sim.kubeconfig_path}
+  address_pools: ["{VIPS}"]
+  tls_dir: {d}/tls
+  debounce: 50ms
+listeners: []
+""").start())
+        try:
+            wait_for(lambda: sum("leading: holding lease" in b.logs() for b in boxes) == 1,
+                     10, "one leader")
+            leader = next(b for b in boxes if "leading: holding lease" in b.logs())
+            standby = next(b for b in boxes if b is not leader)
+            for i in range(3):
+                sim.add_service(f"s{i}", [(free_port(), 31500 + i)], {f"p{i}": "n1"})
+            wait_for(lambda: all(vip_of(sim, f"s{i}") for i in range(3)), 10, "statuses")
+            time.sleep(1)
+            assert sim.api.calls[("patch", "", "services/status")] == 3, (leader.logs(),
+                                                                          standby.logs())
+            assert "status of" in leader.logs() and "status of" not in standby.logs()
+            # Both boxes serve the VIPs (only the leader writes); the leader dies hard.
+            assert leader.proc is not None
+            leader.proc.kill()
+            leader.proc.wait()
+            wait_for(lambda: "leading: holding lease" in standby.logs(), 10, "takeover")
+            sim.add_service("after", [(free_port(), 31600)], {"q": "n1"})
+            wait_for(lambda: "status of Service default/after" in standby.logs(), 10,
+                     "status by the new leader")
+            assert vip_of(sim, "after") is not None
+            lease = sim.api.get("Lease", "edgelb", "kube-system")
+            assert lease is not None
+            assert lease["spec"]["holderIdentity"] == standby.path.parent.name
+        finally:
+            for b in boxes:
+                b.stop()

@@ -1,0 +1,1 @@
+"""High availability: who leads (and so owns the VIPs and writes status)."""
