@@ -67,6 +67,10 @@ class StatsCollector(Collector):
 
 
 def _cluster_metrics(daemon: Daemon) -> Iterator[Metric]:
+    leader = GaugeMetricFamily("edgelb_ha_leader", "1 while this box leads (writes "
+                               "status); always 1 when standalone")
+    leader.add_metric([], 1 if daemon.is_leader() else 0)
+    yield leader
     sync = daemon.sync
     if sync is None:
         return
