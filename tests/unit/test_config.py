@@ -216,3 +216,32 @@ def test_http_shorthand_backends_make_the_default_pool() -> None:
 def test_broken_http_config(text: str, path: str, line: int, words: str) -> None:
     errors = _errors(text)
     assert any(p == path and ln == line and words in m for p, ln, m in errors), errors
+
+
+def test_cluster_and_ha_sections(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    kc = tmp_path / "kubeconfig"
+    kc.write_text("{}")
+    snap = load_text(f"""\
+cluster:
+  kubeconfig: {kc}
+  address_pools: ["192.0.2.0/28", "198.51.100.1-198.51.100.9"]
+  ingress: {{http: "192.0.2.100:80"}}
+  namespaces: [web]
+ha: {{mode: lease, identity: edge-1, lease: {{duration: 6s}}}}
+""")
+    assert snap.cluster is not None and snap.cluster.namespaces == ("web",)
+    assert snap.cluster.ingress_http == ("192.0.2.100", 80)
+    assert (snap.ha.mode, snap.ha.identity, snap.ha.lease_duration) == ("lease", "edge-1", 6.0)
+
+
+@pytest.mark.parametrize(("text", "path", "line", "words"), [
+    ("cluster:\n  kubeconfig: /nonexistent/kc\n", "cluster.kubeconfig", 2, "no such file"),
+    ("cluster:\n  address_pools: [192.0.2.9-192.0.2.1]\n", "cluster.address_pools[0]", 2,
+     "not a range"),
+    ("cluster:\n  ingress: {http: nowhere}\n", "cluster.ingress.http", 2, "host:port"),
+    ("ha: {mode: lease}\n", "ha.mode", 1, "needs the cluster section"),
+    ("ha: {mode: vrrp}\n", "ha.mode", 1, "not one of"),
+])
+def test_broken_cluster_config(text: str, path: str, line: int, words: str) -> None:
+    errors = _errors(text)
+    assert any(p == path and ln == line and words in m for p, ln, m in errors), errors
