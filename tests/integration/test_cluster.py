@@ -298,3 +298,21 @@ listeners: []
         finally:
             for b in boxes:
                 b.stop()
+
+
+def test_addresses_survive_a_restart(rig: Rig) -> None:
+    sim = rig.sim
+    port = free_port()
+    sim.api.apply(k8s.service("b", [(port, 31700)], address="127.0.0.105"))
+    sim.set_pods("b", {"b-1": "n1"})
+    wait_for(lambda: vip_of(sim, "b") == "127.0.0.105", 10, "requested address")
+    # The request is withdrawn: b keeps its address, and only the status remembers it.
+    sim.api.apply(k8s.service("b", [(port, 31700)]))
+    time.sleep(0.5)
+    assert vip_of(sim, "b") == "127.0.0.105"
+    rig.edgelb.stop()
+    rig.edgelb.start()
+    sim.add_service("c", [(free_port(), 31701)], {"c-1": "n1"})
+    wait_for(lambda: vip_of(sim, "c") is not None, 10, "status of c")
+    assert vip_of(sim, "b") == "127.0.0.105" and vip_of(sim, "c") == "127.0.0.100"
+    wait_for(lambda: "ERR" not in answers("127.0.0.105", port, 3), 10, "b still served")
