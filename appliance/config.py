@@ -240,7 +240,9 @@ def _http_path(v: Any) -> str:
 
 
 _TOP = {"workers", "drain_timeout", "metrics", "listeners", "cluster", "ha"}
-_HA = {"mode", "identity", "lease"}
+_HA = {"mode", "identity", "lease", "interface", "vrid", "priority", "advert_interval",
+       "preempt", "preempt_delay", "vips", "unicast_peers", "garp"}
+_GARP = {"count", "interval"}
 _LEASE = {"name", "namespace", "duration"}
 _CLUSTER = {"kubeconfig", "context", "namespaces", "load_balancer_class", "default_class",
             "ingress_class", "address_pools", "ingress", "direct_endpoints", "tls_dir",
@@ -320,7 +322,7 @@ def _ha(c: _Checker, node: Node, cluster: ClusterSpec | None) -> HaSpec | None:
     if m is None:
         return None
     d = HaSpec()
-    mode = c.get(m, "mode", "ha", _choice("standalone", "lease"), "standalone")
+    mode = c.get(m, "mode", "ha", _choice("standalone", "lease", "vrrp"), "standalone")
     if mode == "lease" and cluster is None:
         c.fail("ha.mode", m.get("mode"), "lease mode needs the cluster section (the Lease "
                                          "lives in the cluster)")
@@ -334,8 +336,52 @@ def _ha(c: _Checker, node: Node, cluster: ClusterSpec | None) -> HaSpec | None:
             duration = c.get(lm, "duration", "ha.lease", parse_duration, duration)
             if duration is not None and duration < 1:
                 c.fail("ha.lease.duration", lm.get("duration"), "must be at least 1s")
+    vrrp: dict[str, Any] = {}
+    if mode == "vrrp":
+        vrrp["interface"] = c.get(m, "interface", "ha", str, _REQUIRED)
+        vrrp["vrid"] = c.get(m, "vrid", "ha", _int_range(1, 255), d.vrid)
+        vrrp["priority"] = c.get(m, "priority", "ha", _int_range(1, 255), d.priority)
+        vrrp["advert_interval"] = c.get(m, "advert_interval", "ha", parse_duration,
+                                        d.advert_interval)
+        interval = vrrp["advert_interval"]
+        if interval is not None and not 0.01 <= interval <= 40.95:
+            c.fail("ha.advert_interval", m.get("advert_interval"),
+                   "must be 10ms-40.95s (VRRPv3 counts centiseconds in 12 bits)")
+        vrrp["preempt"] = c.get(m, "preempt", "ha", _bool, True)
+        vrrp["preempt_delay"] = c.get(m, "preempt_delay", "ha", parse_duration, 0.0)
+        vrrp["vips"] = tuple(_addr_list(c, m, "vips", interface=True))
+        vrrp["unicast_peers"] = tuple(_addr_list(c, m, "unicast_peers", interface=False))
+        if not vrrp["vips"]:
+            c.fail("ha.vips", m.get("vips") or node, "vrrp mode needs at least one VIP")
+        if "garp" in m and m["garp"].value is not None:
+            gm = c.mapping(m["garp"], "ha.garp", _GARP)
+            if gm is not None:
+                vrrp["garp_count"] = c.get(gm, "count", "ha.garp", _int_range(1, 100),
+                                           d.garp_count)
+                vrrp["garp_interval"] = c.get(gm, "interval", "ha.garp", parse_duration,
+                                              d.garp_interval)
     return HaSpec(mode=mode, identity=identity, lease_name=name, lease_namespace=namespace,
-                  lease_duration=duration)
+                  lease_duration=duration, **vrrp)
+
+
+def _addr_list(c: _Checker, m: dict[str, Node], key: str, interface: bool) -> list[str]:
+    out: list[str] = []
+    node = m.get(key)
+    if node is None or node.value is None:
+        return out
+    if not isinstance(node.value, list):
+        c.fail(f"ha.{key}", node, "expected a list of addresses")
+        return out
+    for i, item in enumerate(node.value):
+        try:
+            if interface:
+                out.append(str(ipaddress.IPv4Interface(str(item.value))))
+            else:
+                out.append(str(ipaddress.IPv4Address(str(item.value))))
+        except ValueError:
+            c.fail(f"ha.{key}[{i}]", item, f"{item.value!r} is not an IPv4 address"
+                   + (" (with an optional /prefix)" if interface else ""))
+    return out
 
 
 def _cluster(c: _Checker, node: Node) -> ClusterSpec | None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import resource
 import signal
@@ -141,6 +142,8 @@ class Daemon:
                     await nursery.start(self._run_sync, snap.cluster)
                 if snap.ha.mode == "lease" and snap.cluster is not None:
                     nursery.start_soon(self._run_lease, snap.ha, snap.cluster)
+                if snap.ha.mode == "vrrp":
+                    await nursery.start(self._run_vrrp, snap.ha)
                 if snap.metrics_bind:
                     self._start_metrics(snap.metrics_bind)
                 log.info("edgelb %s serving snapshot v%d (%s): %d listeners, %d workers",
@@ -391,6 +394,87 @@ class Daemon:
                 was = now_leading
             await trio.sleep(ha.lease_duration / 3)
 
+    async def _run_vrrp(self, ha: Any,
+                        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """VRRPv3 on ``ha.interface``: the VIPs are on this box only while it is master."""
+        from .ha.vrrp import (
+            Advert,
+            BecomeBackup,
+            BecomeMaster,
+            SendAdvert,
+            Vrrp,
+            VrrpConfig,
+        )
+        from .ha.vrrp_io import Vips, VrrpSocket, gratuitous_arp, primary_address
+
+        source = primary_address(ha.interface)
+        vips = Vips(ha.interface, ha.vips)
+        removed = await trio.to_thread.run_sync(vips.remove)
+        if removed:
+            log.warning("removed VIPs left from an earlier run: %s", ", ".join(removed))
+        machine = Vrrp(VrrpConfig(ha.vrid, ha.priority, tuple(str(v.ip) for v in
+                                                               vips.addresses),
+                                  max(1, round(ha.advert_interval * 100)), ha.preempt,
+                                  ha.preempt_delay), source)
+        sock = VrrpSocket(ha.interface, source, ha.unicast_peers)
+        self.vrrp = machine
+        self.is_leader = lambda: machine.state == "master"
+        wake = trio.Event()
+
+        async def act(actions: list[Any]) -> None:
+            for a in actions:
+                if isinstance(a, SendAdvert):
+                    adv = Advert(ha.vrid, a.priority, machine.config.interval_cs,
+                                 machine.config.addresses)
+                    await sock.send(adv)
+                elif isinstance(a, BecomeMaster):
+                    added = await trio.to_thread.run_sync(vips.add)
+                    log.info("VRRP master (vrid %d, priority %d): %s; VIPs %s", ha.vrid,
+                             machine.priority, a.reason, ", ".join(added) or "present")
+                    self._nursery_start(trio.to_thread.run_sync, gratuitous_arp,
+                                        ha.interface, [str(v) for v in vips.addresses],
+                                        ha.garp_count, ha.garp_interval)
+                elif isinstance(a, BecomeBackup):
+                    gone = await trio.to_thread.run_sync(vips.remove)
+                    log.info("VRRP backup (vrid %d, priority %d): %s%s", ha.vrid,
+                             machine.priority, a.reason,
+                             f"; VIPs removed: {', '.join(gone)}" if gone else "")
+
+        self._vrrp_act = act
+        self._vrrp_sock = sock
+        try:
+            async with trio.open_nursery() as nursery:
+                async def receive() -> None:
+                    while True:
+                        adv, src = await sock.receive()
+                        await act(machine.on_advert(adv, src, trio.current_time()))
+                        wake.set()
+
+                nursery.start_soon(receive)
+                await act(machine.start(trio.current_time()))
+                task_status.started()
+                while True:
+                    deadline = machine.next_deadline()
+                    with trio.move_on_at(deadline if deadline is not None else math.inf):
+                        await wake.wait()
+                    wake = trio.Event()
+                    await act(machine.on_timer(trio.current_time()))
+        finally:
+            sock.close()
+
+    def _nursery_start(self, fn: Any, *args: Any) -> None:
+        if self._nursery is not None:
+            self._nursery.start_soon(fn, *args)
+
+    async def _stop_vrrp(self) -> None:
+        """On shutdown: advertise priority 0 so that a backup takes over at once, and
+        give the VIPs up."""
+        machine = getattr(self, "vrrp", None)
+        if machine is None:
+            return
+        with trio.move_on_after(2):
+            await self._vrrp_act(machine.shutdown(trio.current_time()))
+
     async def _release_lease(self) -> None:
         """Give the Lease up on a clean stop, so that another box takes over at once."""
         from .ha.lease import decide
@@ -462,6 +546,7 @@ class Daemon:
         assert self.snapshot is not None
         self.draining = True
         await self._release_lease()
+        await self._stop_vrrp()
         sd_notify("STOPPING=1")
         timeout = self.snapshot.drain_timeout
         log.info("draining: up to %gs for open flows", timeout)

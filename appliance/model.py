@@ -235,6 +235,17 @@ class HaSpec:
     lease_name: str = "edgelb"
     lease_namespace: str = "kube-system"
     lease_duration: float = 15.0
+    # vrrp mode
+    interface: str = ""
+    vrid: int = 51
+    priority: int = 100
+    advert_interval: float = 1.0
+    preempt: bool = True
+    preempt_delay: float = 0.0
+    vips: tuple[str, ...] = ()
+    unicast_peers: tuple[str, ...] = ()
+    garp_count: int = 3
+    garp_interval: float = 0.1
 
 
 @dataclass(frozen=True)

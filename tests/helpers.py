@@ -63,11 +63,15 @@ class Edgelb:
         self.log = tmp / "edgelb.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.start_args: list[str] = []
+        self.prefix: list[str] = []  # e.g. ["ip", "netns", "exec", "ns1"]
 
     def start(self, wait_port: int | None = None) -> Edgelb:
+        old = getattr(self, "_logf", None)
+        if old is not None:
+            old.close()  # a restart after a kill: the old handle is done
         self._logf = open(self.log, "wb")
         self.proc = subprocess.Popen(
-            [*EDGELB, *self.start_args, "run", "-c", str(self.path)],
+            [*self.prefix, *EDGELB, *self.start_args, "run", "-c", str(self.path)],
             stdout=self._logf, stderr=subprocess.STDOUT, cwd=ROOT)
         wait_for(lambda: b"serving snapshot" in self.log.read_bytes()
                  or self.proc is None or self.proc.poll() is not None, 20, "edgelb start")

@@ -33,6 +33,8 @@ from .tls import client_context, server_context
 log = logging.getLogger("edgelb.datapath")
 
 TIMER_TICK = 0.1  # the granularity of HTTP timeouts, in seconds
+IP_FREEBIND = getattr(socket, "IP_FREEBIND", 15)
+IPV6_FREEBIND = getattr(socket, "IPV6_FREEBIND", 78)
 
 
 class Cuttable(Protocol):
@@ -137,9 +139,12 @@ def open_listener_socket(lst: Listener) -> trio.socket.SocketType:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        if hasattr(socket, "IP_FREEBIND"):
-            # A VIP may be added after we bind (HA promotion); freebind lets us bind first.
-            sock.setsockopt(socket.IPPROTO_IP, socket.IP_FREEBIND, 1)
+        # A VIP may be added after we bind (HA promotion); freebind lets us bind first.
+        # (Python 3.11's socket module lacks the constants: Linux's values.)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, IPV6_FREEBIND, 1)
+        else:
+            sock.setsockopt(socket.IPPROTO_IP, IP_FREEBIND, 1)
         # trio's bind is async only for name resolution; the address is a literal, so
         # the stdlib socket binds it directly and this stays a plain function.
         sock._sock.bind((host, port))  # type: ignore[attr-defined]

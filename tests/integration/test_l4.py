@@ -473,3 +473,16 @@ def test_sighup_under_wrk_load_loses_nothing(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         proc.wait()
+
+
+def test_a_listener_binds_an_address_the_box_does_not_have_yet(tmp_path: Path) -> None:
+    # IP_FREEBIND: the VIP arrives when HA promotes this box; binding must not wait.
+    port = free_port()
+    with Server(echo) as be, edgelb(tmp_path, f"""
+        listeners:
+          - name: vip
+            bind: 192.0.2.123:{port}
+            backends: [127.0.0.1:{be.port}]
+            health: {{type: none}}
+        """) as e:
+        assert "serving snapshot" in e.logs()

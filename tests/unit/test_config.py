@@ -240,7 +240,12 @@ ha: {{mode: lease, identity: edge-1, lease: {{duration: 6s}}}}
      "not a range"),
     ("cluster:\n  ingress: {http: nowhere}\n", "cluster.ingress.http", 2, "host:port"),
     ("ha: {mode: lease}\n", "ha.mode", 1, "needs the cluster section"),
-    ("ha: {mode: vrrp}\n", "ha.mode", 1, "not one of"),
+    ("ha: {mode: carp}\n", "ha.mode", 1, "not one of"),
+    ("ha: {mode: vrrp}\n", "ha.interface", 1, "is required"),
+    ("ha: {mode: vrrp, interface: eth0, vips: [10.0.0.300]}\n", "ha.vips[0]", 1,
+     "not an IPv4 address"),
+    ("ha: {mode: vrrp, interface: eth0, vips: [10.0.0.1], advert_interval: 60s}\n",
+     "ha.advert_interval", 1, "10ms-40.95s"),
 ])
 def test_broken_cluster_config(text: str, path: str, line: int, words: str) -> None:
     errors = _errors(text)

@@ -1,0 +1,143 @@
+"""The I/O around the VRRP state machine: the raw IP protocol 112 socket, the virtual
+addresses (pyroute2) and gratuitous ARP (scapy). IPv4; multicast to 224.0.0.18 or
+unicast to configured peers. Received advertisements must arrive with TTL 255 (RFC 5798
+7.1): anything routed is dropped.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import socket
+import struct
+
+import trio
+
+from .vrrp import GROUP_V4, PROTOCOL, TTL, Advert, decode, encode
+
+log = logging.getLogger("edgelb.ha")
+
+SO_BINDTODEVICE = getattr(socket, "SO_BINDTODEVICE", 25)
+
+
+def interface_index(ifname: str) -> int:
+    return socket.if_nametoindex(ifname)
+
+
+def primary_address(ifname: str) -> str:
+    """The first IPv4 address of ``ifname`` (the source of our advertisements)."""
+    from pyroute2 import IPRoute
+
+    with IPRoute() as ipr:
+        idx = ipr.link_lookup(ifname=ifname)
+        if not idx:
+            raise OSError(f"no interface {ifname}")
+        for msg in ipr.get_addr(index=idx[0], family=socket.AF_INET):
+            return str(msg.get_attr("IFA_ADDRESS"))
+    raise OSError(f"{ifname} has no IPv4 address")
+
+
+class VrrpSocket:
+    """A raw socket bound to one interface, in the VRRP group (or to unicast peers)."""
+
+    def __init__(self, ifname: str, source: str, peers: tuple[str, ...] = ()) -> None:
+        self.ifname = ifname
+        self.source = source
+        self.peers = peers
+        index = interface_index(ifname)
+        sock = trio.socket.socket(socket.AF_INET, socket.SOCK_RAW, PROTOCOL)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, SO_BINDTODEVICE, ifname.encode())
+            sock.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, TTL)
+            sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, TTL)
+            sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 0)
+            mreqn = struct.pack("4s4si", socket.inet_aton(GROUP_V4),
+                                socket.inet_aton(source), index)
+            sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, mreqn)
+            if not peers:
+                sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, mreqn)
+        except BaseException:
+            sock.close()
+            raise
+        self.sock = sock
+
+    async def send(self, adv: Advert) -> None:
+        for dst in self.peers or (GROUP_V4,):
+            msg = encode(adv, self.source, dst)
+            try:
+                await self.sock.sendto(msg, (dst, 0))
+            except OSError as e:
+                log.warning("VRRP advertisement to %s not sent: %s", dst, e.strerror)
+
+    async def receive(self) -> tuple[Advert, str]:
+        """The next valid advertisement and its sender; invalid ones are logged, dropped."""
+        while True:
+            data, (src, _) = await self.sock.recvfrom(65535)
+            ihl = (data[0] & 0x0F) * 4
+            ttl, proto = data[8], data[9]
+            dst = socket.inet_ntoa(data[16:20])
+            if proto != PROTOCOL or src == self.source:
+                continue
+            if ttl != TTL:
+                log.warning("VRRP from %s dropped: TTL %d, not 255", src, ttl)
+                continue
+            if self.peers and src not in self.peers:
+                continue
+            try:
+                return decode(data[ihl:], src, dst), src
+            except ValueError as e:
+                log.warning("VRRP from %s dropped: %s", src, e)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class Vips:
+    """The virtual addresses on one interface, added and removed with pyroute2."""
+
+    def __init__(self, ifname: str, addresses: tuple[str, ...]) -> None:
+        self.ifname = ifname
+        self.addresses = [ipaddress.ip_interface(a if "/" in a else f"{a}/32")
+                          for a in addresses]
+
+    def _apply(self, add: bool) -> list[str]:
+        from pyroute2 import IPRoute
+        from pyroute2.netlink.exceptions import NetlinkError
+
+        done = []
+        with IPRoute() as ipr:
+            index = ipr.link_lookup(ifname=self.ifname)[0]
+            present = {(str(m.get_attr("IFA_ADDRESS")), m["prefixlen"])
+                       for m in ipr.get_addr(index=index)}
+            for a in self.addresses:
+                key = (str(a.ip), a.network.prefixlen)
+                if add == (key in present):
+                    continue
+                try:
+                    ipr.addr("add" if add else "del", index=index, address=str(a.ip),
+                             prefixlen=a.network.prefixlen)
+                    done.append(str(a))
+                except NetlinkError as e:
+                    log.warning("%s %s on %s: %s", "adding" if add else "removing", a,
+                                self.ifname, e)
+        return done
+
+    def add(self) -> list[str]:
+        return self._apply(True)
+
+    def remove(self) -> list[str]:
+        return self._apply(False)
+
+
+def gratuitous_arp(ifname: str, addresses: list[str], count: int, interval: float) -> None:
+    """Announce ``addresses`` at this interface's MAC (blocking: run in a thread)."""
+    from scapy.layers.l2 import ARP, Ether
+    from scapy.sendrecv import sendp
+
+    with open(f"/sys/class/net/{ifname}/address") as f:
+        mac = f.read().strip()
+    frames = [Ether(src=mac, dst="ff:ff:ff:ff:ff:ff") /
+              ARP(op=1, hwsrc=mac, psrc=str(ipaddress.ip_interface(a).ip),
+                  hwdst="00:00:00:00:00:00", pdst=str(ipaddress.ip_interface(a).ip))
+              for a in addresses]
+    sendp(frames, iface=ifname, count=count, inter=interval, verbose=False)

@@ -1,0 +1,223 @@
+"""VRRP for real, as root, in network namespaces this test creates and removes: boxes on
+a bridge, a client; edgelb against edgelb and against Debian's keepalived."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ..helpers import Edgelb, wait_for
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("ip") is None,
+                                reason="needs root and iproute2 for network namespaces")
+
+VIP = "10.77.0.100"
+BACKEND = """
+import http.server, sys
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = sys.argv[1].encode() + b"\\n"
+        self.send_response(200); self.send_header("Content-Length", str(len(body)))
+        self.end_headers(); self.wfile.write(body)
+    def log_message(self, *a): pass
+http.server.HTTPServer(("127.0.0.1", 9000), H).serve_forever()
+"""
+
+
+def sh(*args: str) -> str:
+    out = subprocess.run(args, capture_output=True, text=True, timeout=30)
+    if out.returncode:
+        raise RuntimeError(f"{' '.join(args)}: {out.stderr.strip()}")
+    return out.stdout
+
+
+class Lab:
+    """A bridge in its own namespace and a namespace per host, 10.77.0.0/24."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.tag = f"{os.getpid() % 10000}"
+        self.lan = f"elb-lan-{self.tag}"
+        self.hosts: dict[str, str] = {}
+        self.procs: list[subprocess.Popen[bytes]] = []
+        sh("ip", "netns", "add", self.lan)
+        sh("ip", "-n", self.lan, "link", "add", "br0", "type", "bridge")
+        sh("ip", "-n", self.lan, "link", "set", "br0", "up")
+
+    def host(self, name: str, addr: str) -> str:
+        ns = f"elb-{name}-{self.tag}"
+        sh("ip", "netns", "add", ns)
+        port = f"v{name}{self.tag}"[:15]
+        sh("ip", "-n", self.lan, "link", "add", port, "type", "veth", "peer", "name", "eth0",
+           "netns", ns)
+        sh("ip", "-n", self.lan, "link", "set", port, "master", "br0", "up")
+        sh("ip", "-n", ns, "addr", "add", f"{addr}/24", "dev", "eth0")
+        sh("ip", "-n", ns, "link", "set", "eth0", "up")
+        sh("ip", "-n", ns, "link", "set", "lo", "up")
+        self.hosts[name] = ns
+        return ns
+
+    def backend(self, name: str) -> None:
+        """An HTTP server on 127.0.0.1:9000 in ``name``'s namespace saying ``name``."""
+        self.procs.append(subprocess.Popen(
+            ["ip", "netns", "exec", self.hosts[name], sys.executable, "-c", BACKEND, name]))
+
+    def edgelb(self, name: str, priority: int, preempt_delay: str = "0s",
+               vrrp: bool = True) -> Edgelb:
+        d = self.tmp / (name if vrrp else f"{name}-standalone")
+        d.mkdir(exist_ok=True)
+        ha = f"""\
+ha:
+  mode: vrrp
+  interface: eth0
+  vrid: 77
+  priority: {priority}
+  advert_interval: 100ms
+  preempt_delay: {preempt_delay}
+  vips: ["{VIP}/24"]
+""" if vrrp else ""
+        e = Edgelb(d, ha + f"""\
+listeners:
+  - name: web
+    bind: {VIP}:80
+    protocol: http
+    backends: [127.0.0.1:9000]
+""")
+        e.prefix = ["ip", "netns", "exec", self.hosts[name]]
+        return e.start()
+
+    def keepalived(self, name: str, priority: int) -> subprocess.Popen[bytes]:
+        conf = self.tmp / f"keepalived-{name}.conf"
+        conf.write_text(f"""
+global_defs {{ vrrp_version 3
+  script_user root
+  enable_script_security }}
+vrrp_instance edge {{
+  state BACKUP
+  interface eth0
+  virtual_router_id 77
+  priority {priority}
+  advert_int 0.1
+  virtual_ipaddress {{ {VIP}/24 dev eth0 }}
+}}
+""")
+        proc = subprocess.Popen(
+            ["ip", "netns", "exec", self.hosts[name], "keepalived", "-n", "-l", "-D",
+             "-f", str(conf), "-p", str(self.tmp / f"k-{name}.pid"),
+             "-r", str(self.tmp / f"k-{name}-vrrp.pid")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.procs.append(proc)
+        return proc
+
+    def has_vip(self, name: str) -> bool:
+        return f"inet {VIP}/24" in sh("ip", "-n", self.hosts[name], "addr", "show", "eth0")
+
+    def mac(self, name: str) -> str:
+        out = sh("ip", "-n", self.hosts[name], "link", "show", "eth0")
+        return re.search(r"link/ether ([0-9a-f:]+)", out).group(1)  # type: ignore[union-attr]
+
+    def curl(self, client: str) -> str:
+        out = subprocess.run(["ip", "netns", "exec", self.hosts[client], "curl", "-s",
+                              "-m", "0.5", f"http://{VIP}/"], capture_output=True, text=True,
+                             timeout=10)
+        return out.stdout.strip()
+
+    def neigh(self, client: str) -> str:
+        return sh("ip", "-n", self.hosts[client], "neigh", "show", VIP)
+
+    def close(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.terminate()
+                try:
+                    p.wait(5)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+        for ns in [*self.hosts.values(), self.lan]:
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+@pytest.fixture
+def lab(tmp_path: Path) -> Iterator[Lab]:
+    lab = Lab(tmp_path)
+    try:
+        lab.host("a", "10.77.0.1")
+        lab.host("b", "10.77.0.2")
+        lab.host("c", "10.77.0.10")
+        lab.backend("a")
+        lab.backend("b")
+        yield lab
+    finally:
+        lab.close()
+
+
+def test_edgelb_pair_elects_fails_over_and_preempts(lab: Lab) -> None:
+    a = lab.edgelb("a", 200)
+    b = lab.edgelb("b", 100)
+    try:
+        wait_for(lambda: lab.curl("c") == "a", 10, "a serves the VIP")
+        assert lab.has_vip("a") and not lab.has_vip("b")
+        assert lab.mac("a") in lab.neigh("c")
+        # kill -9 the master: b takes over, and its gratuitous ARP moves the client.
+        assert a.proc is not None
+        a.proc.kill()
+        a.proc.wait()
+        t0 = time.monotonic()
+        wait_for(lambda: lab.curl("c") == "b", 10, "b serves the VIP")
+        took = time.monotonic() - t0
+        assert lab.mac("b") in lab.neigh("c")
+        assert "VRRP master" in b.logs() and took < 3
+        # a comes back with the higher priority and preempts; b gives the VIP up.
+        a.start()
+        wait_for(lambda: lab.curl("c") == "a", 10, "a preempts")
+        wait_for(lambda: not lab.has_vip("b"), 5, "b released the VIP")
+        # SIGTERM: priority 0, b takes over within its skew time.
+        a.stop()
+        wait_for(lambda: lab.curl("c") == "b", 5, "b after a clean stop")
+        assert not lab.has_vip("a")
+    finally:
+        a.stop()
+        b.stop()
+
+
+@pytest.mark.skipif(shutil.which("keepalived") is None, reason="keepalived not installed")
+def test_edgelb_and_keepalived_elect_by_priority_both_ways(lab: Lab) -> None:
+    keep = lab.keepalived("b", 150)
+    # On b, keepalived owns the VIP and a standalone edgelb serves it (bound freely).
+    b = lab.edgelb("b", 0, vrrp=False)
+    a = lab.edgelb("a", 200)
+    try:
+        wait_for(lambda: lab.curl("c") == "a" and not lab.has_vip("b"), 10,
+                 "edgelb (200) is master over keepalived (150)")
+        assert a.proc is not None
+        a.proc.kill()
+        a.proc.wait()
+        wait_for(lambda: lab.has_vip("b"), 5, "keepalived takes the VIP")
+        wait_for(lambda: lab.curl("c") == "b", 5, "the client follows to keepalived's box")
+        # edgelb back with a lower priority: keepalived stays master, edgelb is backup.
+        a2 = Edgelb(a.path.parent, a.path.read_text().replace("priority: 200",
+                                                                "priority: 100"))
+        a2.prefix = a.prefix
+        a2.start()
+        try:
+            time.sleep(1)
+            assert lab.has_vip("b") and not lab.has_vip("a")
+            assert "VRRP backup" in a2.logs()
+            # keepalived stops: edgelb (100) takes over.
+            keep.terminate()
+            keep.wait(10)
+            wait_for(lambda: lab.curl("c") == "a", 10, "edgelb takes over from keepalived")
+        finally:
+            a2.stop()
+    finally:
+        a.stop()
+        b.stop()
+
