@@ -242,7 +242,7 @@ def _http_path(v: Any) -> str:
 _TOP = {"workers", "drain_timeout", "metrics", "listeners", "cluster", "ha"}
 _HA = {"mode", "identity", "lease", "interface", "vrid", "priority", "advert_interval",
        "preempt", "preempt_delay", "vips", "unicast_peers", "garp"}
-_GARP = {"count", "interval"}
+_GARP = {"count", "interval", "refresh"}
 _LEASE = {"name", "namespace", "duration"}
 _CLUSTER = {"kubeconfig", "context", "namespaces", "load_balancer_class", "default_class",
             "ingress_class", "address_pools", "ingress", "direct_endpoints", "tls_dir",
@@ -360,6 +360,8 @@ def _ha(c: _Checker, node: Node, cluster: ClusterSpec | None) -> HaSpec | None:
                                            d.garp_count)
                 vrrp["garp_interval"] = c.get(gm, "interval", "ha.garp", parse_duration,
                                               d.garp_interval)
+                vrrp["garp_refresh"] = c.get(gm, "refresh", "ha.garp", parse_duration,
+                                             d.garp_refresh)
     return HaSpec(mode=mode, identity=identity, lease_name=name, lease_namespace=namespace,
                   lease_duration=duration, **vrrp)
 

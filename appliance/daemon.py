@@ -401,6 +401,7 @@ class Daemon:
             Advert,
             BecomeBackup,
             BecomeMaster,
+            Reannounce,
             SendAdvert,
             Vrrp,
             VrrpConfig,
@@ -434,6 +435,11 @@ class Daemon:
                     self._nursery_start(trio.to_thread.run_sync, gratuitous_arp,
                                         ha.interface, [str(v) for v in vips.addresses],
                                         ha.garp_count, ha.garp_interval)
+                elif isinstance(a, Reannounce):
+                    log.warning("VRRP: %s; announcing the VIPs again", a.reason)
+                    self._nursery_start(trio.to_thread.run_sync, gratuitous_arp,
+                                        ha.interface, [str(v) for v in vips.addresses],
+                                        ha.garp_count, ha.garp_interval)
                 elif isinstance(a, BecomeBackup):
                     gone = await trio.to_thread.run_sync(vips.remove)
                     log.info("VRRP backup (vrid %d, priority %d): %s%s", ha.vrid,
@@ -450,7 +456,16 @@ class Daemon:
                         await act(machine.on_advert(adv, src, trio.current_time()))
                         wake.set()
 
+                async def refresh() -> None:
+                    while ha.garp_refresh > 0:
+                        await trio.sleep(ha.garp_refresh)
+                        if machine.state == "master":
+                            await trio.to_thread.run_sync(
+                                gratuitous_arp, ha.interface,
+                                [str(v) for v in vips.addresses], 1, 0.0)
+
                 nursery.start_soon(receive)
+                nursery.start_soon(refresh)
                 await act(machine.start(trio.current_time()))
                 task_status.started()
                 while True:

@@ -246,6 +246,9 @@ class HaSpec:
     unicast_peers: tuple[str, ...] = ()
     garp_count: int = 3
     garp_interval: float = 0.1
+    # While master, announce again this often (0: never): after a split brain heals, the
+    # hosts the other master announced itself to come back within this time.
+    garp_refresh: float = 10.0
 
 
 @dataclass(frozen=True)

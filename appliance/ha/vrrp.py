@@ -108,7 +108,15 @@ class BecomeBackup:
     reason: str
 
 
-Action = SendAdvert | BecomeMaster | BecomeBackup
+@dataclass(frozen=True)
+class Reannounce:
+    """Send the gratuitous ARPs again: another master was heard (a split brain healing),
+    and the hosts it announced to point at it."""
+
+    reason: str
+
+
+Action = SendAdvert | BecomeMaster | BecomeBackup | Reannounce
 
 
 @dataclass
@@ -124,6 +132,7 @@ class Vrrp:
     master_down_timer: float | None = field(default=None, init=False)
     started: float = field(default=0.0, init=False)
     reason: str = field(default="", init=False)
+    last_reannounce: float = field(default=-1e9, init=False)
 
     def __post_init__(self) -> None:
         self.priority = self.config.priority
@@ -193,6 +202,13 @@ class Vrrp:
             self.state = BACKUP
             self.reason = f"{src} advertises priority {adv.priority} (ours {self.priority})"
             return [BecomeBackup(self.reason)]
+        # A lower master: it will yield on our advertisement, but the hosts it announced
+        # itself to must hear from us again (keepalived's garp_lower_prio_repeat).
+        if now - self.last_reannounce >= self.master_down_interval:
+            self.last_reannounce = now
+            self.adver_timer = now + self.adver_interval
+            return [SendAdvert(self.priority),
+                    Reannounce(f"{src} also claims to be master (priority {adv.priority})")]
         return []
 
     def set_priority(self, priority: int, now: float, why: str = "") -> list[Action]:

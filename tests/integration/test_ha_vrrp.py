@@ -71,7 +71,7 @@ class Lab:
             ["ip", "netns", "exec", self.hosts[name], sys.executable, "-c", BACKEND, name]))
 
     def edgelb(self, name: str, priority: int, preempt_delay: str = "0s",
-               vrrp: bool = True) -> Edgelb:
+               vrrp: bool = True, refresh: str = "10s") -> Edgelb:
         d = self.tmp / (name if vrrp else f"{name}-standalone")
         d.mkdir(exist_ok=True)
         ha = f"""\
@@ -83,6 +83,7 @@ ha:
   advert_interval: 100ms
   preempt_delay: {preempt_delay}
   vips: ["{VIP}/24"]
+  garp: {{refresh: {refresh}}}
 """ if vrrp else ""
         e = Edgelb(d, ha + f"""\
 listeners:
@@ -221,3 +222,40 @@ def test_edgelb_and_keepalived_elect_by_priority_both_ways(lab: Lab) -> None:
         a.stop()
         b.stop()
 
+
+
+@pytest.mark.skipif(shutil.which("tcpdump") is None, reason="tcpdump not installed")
+def test_split_brain_heals_to_one_master_and_promotion_is_announced(lab: Lab) -> None:
+    a = lab.edgelb("a", 200, refresh="1s")
+    b = lab.edgelb("b", 100, refresh="1s")
+    cap = lab.tmp / "garp.pcap"
+    dump = subprocess.Popen(["ip", "netns", "exec", lab.hosts["c"], "tcpdump", "-i", "eth0",
+                             "-n", "-U", "-w", str(cap), "arp"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    lab.procs.append(dump)
+    try:
+        wait_for(lambda: lab.has_vip("a") and not lab.has_vip("b"), 10, "a is master")
+        time.sleep(1)  # past b's start-up (it may claim the VIP before it first hears a)
+        assert lab.has_vip("a") and not lab.has_vip("b")
+        # Cut a off the bridge: b hears nothing and becomes master too (split brain).
+        port_a = f"va{lab.tag}"[:15]
+        sh("ip", "-n", lab.lan, "link", "set", port_a, "down")
+        wait_for(lambda: lab.has_vip("b"), 5, "b master while cut off")
+        assert lab.has_vip("a")  # both: documented split-brain behaviour
+        wait_for(lambda: lab.curl("c") == "b", 5, "the client reaches b")
+        # Restore the link: a (higher priority) stays master, b steps back.
+        sh("ip", "-n", lab.lan, "link", "set", port_a, "up")
+        wait_for(lambda: not lab.has_vip("b"), 5, "b steps back")
+        assert lab.has_vip("a")
+        wait_for(lambda: lab.curl("c") == "a", 5, "the client is back on a")
+        time.sleep(0.5)
+        dump.terminate()
+        dump.wait(5)
+        out = subprocess.run(["tcpdump", "-n", "-r", str(cap)], capture_output=True,
+                             text=True, timeout=10).stdout
+        # Gratuitous ARP: a request for the VIP from the VIP, from each new master.
+        garps = [ln for ln in out.splitlines() if f"who-has {VIP} tell {VIP}" in ln]
+        assert len(garps) >= 3, out
+    finally:
+        a.stop()
+        b.stop()

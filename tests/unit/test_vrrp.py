@@ -170,3 +170,17 @@ def test_owner_takes_over_at_once_and_tracking_hands_over() -> None:
     link.deliver(a, a.set_priority(50, link.now, "no healthy backend"))
     link.run(1)
     assert link.master() == ["192.0.2.2"] and a.state == BACKUP
+
+
+def test_a_master_hearing_a_lower_master_reannounces_once_per_interval() -> None:
+    from appliance.ha.vrrp import Reannounce
+
+    m = router("192.0.2.1", 200)
+    m.start(0.0)
+    m.on_timer(10.0)  # master
+    assert m.state == MASTER
+    low = Advert(51, 100, 10, ("192.0.2.100",))
+    first = m.on_advert(low, "192.0.2.2", 11.0)
+    assert any(isinstance(a, Reannounce) for a in first) and SendAdvert(200) in first
+    assert m.on_advert(low, "192.0.2.2", 11.1) == []  # rate-limited
+    assert any(isinstance(a, Reannounce) for a in m.on_advert(low, "192.0.2.2", 12.0))
