@@ -125,10 +125,10 @@ vrrp_instance edge {{
         out = sh("ip", "-n", self.hosts[name], "link", "show", "eth0")
         return re.search(r"link/ether ([0-9a-f:]+)", out).group(1)  # type: ignore[union-attr]
 
-    def curl(self, client: str) -> str:
+    def curl(self, client: str, timeout: float = 0.5) -> str:
         out = subprocess.run(["ip", "netns", "exec", self.hosts[client], "curl", "-s",
-                              "-m", "0.5", f"http://{VIP}/"], capture_output=True, text=True,
-                             timeout=10)
+                              "-m", str(timeout), f"http://{VIP}/"], capture_output=True,
+                             text=True, timeout=10)
         return out.stdout.strip()
 
     def neigh(self, client: str) -> str:
