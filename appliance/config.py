@@ -241,8 +241,9 @@ def _http_path(v: Any) -> str:
 
 _TOP = {"workers", "drain_timeout", "metrics", "listeners", "cluster", "ha"}
 _HA = {"mode", "identity", "lease", "interface", "vrid", "priority", "advert_interval",
-       "preempt", "preempt_delay", "vips", "unicast_peers", "garp"}
+       "preempt", "preempt_delay", "vips", "unicast_peers", "garp", "track"}
 _GARP = {"count", "interval", "refresh"}
+_TRACK = {"listeners", "api_timeout", "weight"}
 _LEASE = {"name", "namespace", "duration"}
 _CLUSTER = {"kubeconfig", "context", "namespaces", "load_balancer_class", "default_class",
             "ingress_class", "address_pools", "ingress", "direct_endpoints", "tls_dir",
@@ -289,6 +290,7 @@ def build_snapshot(root: Node, version: int = 1, source: str = "") -> Snapshot:
 
     listeners: list[Listener] = []
     lnode = top.get("listeners")
+    track_node = top.get("ha")
     if lnode is not None and not isinstance(lnode.value, list):
         c.fail("listeners", lnode, f"expected a list, got {_kind(lnode.value)}")
     elif lnode is not None:
@@ -310,6 +312,10 @@ def build_snapshot(root: Node, version: int = 1, source: str = "") -> Snapshot:
                        f"duplicate bind {lst.bind_text} (also used by {binds[bkey]})")
             binds.setdefault(bkey, path)
             listeners.append(lst)
+    known = {lst.name for lst in listeners}
+    for name in ha.track_listeners:
+        if name not in known:
+            c.fail("ha.track.listeners", track_node, f"no listener named {name!r}")
     if c.issues:
         raise ConfigError(c.issues, source)
     return Snapshot(version=version, workers=workers, drain_timeout=drain,
@@ -362,6 +368,18 @@ def _ha(c: _Checker, node: Node, cluster: ClusterSpec | None) -> HaSpec | None:
                                               d.garp_interval)
                 vrrp["garp_refresh"] = c.get(gm, "refresh", "ha.garp", parse_duration,
                                              d.garp_refresh)
+        if "track" in m and m["track"].value is not None:
+            tm = c.mapping(m["track"], "ha.track", _TRACK)
+            if tm is not None:
+                names = tm.get("listeners")
+                if names is not None and isinstance(names.value, list):
+                    vrrp["track_listeners"] = tuple(str(n.value) for n in names.value)
+                elif names is not None:
+                    c.fail("ha.track.listeners", names, "expected a list of listener names")
+                vrrp["track_api_timeout"] = c.get(tm, "api_timeout", "ha.track",
+                                                  parse_duration, 0.0)
+                vrrp["track_weight"] = c.get(tm, "weight", "ha.track", _int_range(1, 254),
+                                             d.track_weight)
     return HaSpec(mode=mode, identity=identity, lease_name=name, lease_namespace=namespace,
                   lease_duration=duration, **vrrp)
 

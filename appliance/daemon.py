@@ -464,8 +464,24 @@ class Daemon:
                                 gratuitous_arp, ha.interface,
                                 [str(v) for v in vips.addresses], 1, 0.0)
 
+                async def track() -> None:
+                    """Lower the priority for each tracked condition that fails."""
+                    base = ha.priority
+                    while True:
+                        await trio.sleep(0.2)
+                        failing = self._track_failures(ha)
+                        want = base if base == 255 else max(1, base - ha.track_weight
+                                                            * len(failing))
+                        if want != machine.priority:
+                            why = "; ".join(failing) or "tracked conditions recovered"
+                            log.warning("VRRP priority %d -> %d: %s", machine.priority, want,
+                                        why)
+                            await act(machine.set_priority(want, trio.current_time(), why))
+
                 nursery.start_soon(receive)
                 nursery.start_soon(refresh)
+                if ha.track_listeners or ha.track_api_timeout:
+                    nursery.start_soon(track)
                 await act(machine.start(trio.current_time()))
                 task_status.started()
                 while True:
@@ -476,6 +492,27 @@ class Daemon:
                     await act(machine.on_timer(trio.current_time()))
         finally:
             sock.close()
+
+    def _track_failures(self, ha: Any) -> list[str]:
+        """The tracked conditions that fail now, each as a reason."""
+        out = []
+        snap = self.snapshot
+        down = self.health.down
+        for name in ha.track_listeners:
+            lst = snap.listener(name) if snap else None
+            if lst is None:
+                continue
+            keys = [k for k, _, _ in lst.checked()]
+            if keys and all((name, k) in down for k in keys):
+                out.append(f"listener {name} has no healthy backend")
+        if ha.track_api_timeout and self.sync is not None:
+            now = time.monotonic()
+            stale = [f.name for f in self.sync.follows
+                     if f.state != "synced" and now - f.since > ha.track_api_timeout]
+            if stale:
+                out.append(f"cluster API unreachable for over {ha.track_api_timeout:g}s "
+                           f"({', '.join(stale)})")
+        return out
 
     def _nursery_start(self, fn: Any, *args: Any) -> None:
         if self._nursery is not None:

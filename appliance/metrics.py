@@ -71,6 +71,16 @@ def _cluster_metrics(daemon: Daemon) -> Iterator[Metric]:
                                "status); always 1 when standalone")
     leader.add_metric([], 1 if daemon.is_leader() else 0)
     yield leader
+    vrrp = getattr(daemon, "vrrp", None)
+    if vrrp is not None:
+        state = GaugeMetricFamily("edgelb_vrrp_state", "1 for the VRRP state this box is "
+                                  "in", labels=["state"])
+        for s in ("initialize", "backup", "master"):
+            state.add_metric([s], 1 if vrrp.state == s else 0)
+        prio = GaugeMetricFamily("edgelb_vrrp_priority", "The VRRP priority in force "
+                                 "(lowered by failing tracked conditions)")
+        prio.add_metric([], vrrp.priority)
+        yield from (state, prio)
     sync = daemon.sync
     if sync is None:
         return

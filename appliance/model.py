@@ -249,6 +249,10 @@ class HaSpec:
     # While master, announce again this often (0: never): after a split brain heals, the
     # hosts the other master announced itself to come back within this time.
     garp_refresh: float = 10.0
+    # Tracking: each failing condition lowers the priority by ``track_weight``.
+    track_listeners: tuple[str, ...] = ()  # failing: no backend of it is healthy
+    track_api_timeout: float = 0.0  # failing: the cluster API unreachable this long
+    track_weight: int = 50
 
 
 @dataclass(frozen=True)

@@ -48,6 +48,7 @@ class Lab:
         self.lan = f"elb-lan-{self.tag}"
         self.hosts: dict[str, str] = {}
         self.procs: list[subprocess.Popen[bytes]] = []
+        self.backends: dict[str, subprocess.Popen[bytes]] = {}
         sh("ip", "netns", "add", self.lan)
         sh("ip", "-n", self.lan, "link", "add", "br0", "type", "bridge")
         sh("ip", "-n", self.lan, "link", "set", "br0", "up")
@@ -65,13 +66,16 @@ class Lab:
         self.hosts[name] = ns
         return ns
 
-    def backend(self, name: str) -> None:
+    def backend(self, name: str) -> subprocess.Popen[bytes]:
         """An HTTP server on 127.0.0.1:9000 in ``name``'s namespace saying ``name``."""
-        self.procs.append(subprocess.Popen(
-            ["ip", "netns", "exec", self.hosts[name], sys.executable, "-c", BACKEND, name]))
+        proc = subprocess.Popen(
+            ["ip", "netns", "exec", self.hosts[name], sys.executable, "-c", BACKEND, name])
+        self.procs.append(proc)
+        self.backends[name] = proc
+        return proc
 
     def edgelb(self, name: str, priority: int, preempt_delay: str = "0s",
-               vrrp: bool = True, refresh: str = "10s") -> Edgelb:
+               vrrp: bool = True, refresh: str = "10s", track: bool = False) -> Edgelb:
         d = self.tmp / (name if vrrp else f"{name}-standalone")
         d.mkdir(exist_ok=True)
         ha = f"""\
@@ -84,13 +88,14 @@ ha:
   preempt_delay: {preempt_delay}
   vips: ["{VIP}/24"]
   garp: {{refresh: {refresh}}}
-""" if vrrp else ""
+""" + ("  track: {listeners: [web], weight: 150}\n" if track else "") if vrrp else ""
         e = Edgelb(d, ha + f"""\
 listeners:
   - name: web
     bind: {VIP}:80
     protocol: http
     backends: [127.0.0.1:9000]
+    health: {{interval: 200ms, timeout: 200ms, fall: 2, rise: 1}}
 """)
         e.prefix = ["ip", "netns", "exec", self.hosts[name]]
         return e.start()
@@ -256,6 +261,25 @@ def test_split_brain_heals_to_one_master_and_promotion_is_announced(lab: Lab) ->
         # Gratuitous ARP: a request for the VIP from the VIP, from each new master.
         garps = [ln for ln in out.splitlines() if f"who-has {VIP} tell {VIP}" in ln]
         assert len(garps) >= 3, out
+    finally:
+        a.stop()
+        b.stop()
+
+
+def test_tracking_hands_the_vip_over_when_the_backends_fail(lab: Lab) -> None:
+    a = lab.edgelb("a", 200, track=True)
+    b = lab.edgelb("b", 100)
+    try:
+        wait_for(lambda: lab.curl("c") == "a", 10, "a serves the VIP")
+        # a's only backend dies: its priority drops 200 -> 50 and b (100) preempts.
+        lab.backends["a"].kill()
+        lab.backends["a"].wait()
+        wait_for(lambda: lab.curl("c") == "b", 10, "b takes over")
+        assert "no healthy backend" in a.logs()
+        # The backend is back: a's priority returns to 200 and it preempts again.
+        lab.backend("a")
+        wait_for(lambda: lab.curl("c") == "a", 10, "a takes the VIP back")
+        assert "tracked conditions recovered" in a.logs()
     finally:
         a.stop()
         b.stop()

@@ -242,6 +242,8 @@ ha: {{mode: lease, identity: edge-1, lease: {{duration: 6s}}}}
     ("ha: {mode: lease}\n", "ha.mode", 1, "needs the cluster section"),
     ("ha: {mode: carp}\n", "ha.mode", 1, "not one of"),
     ("ha: {mode: vrrp}\n", "ha.interface", 1, "is required"),
+    ("ha: {mode: vrrp, interface: eth0, vips: [10.0.0.1], track: {listeners: [web]}}\n",
+     "ha.track.listeners", 1, "no listener named 'web'"),
     ("ha: {mode: vrrp, interface: eth0, vips: [10.0.0.300]}\n", "ha.vips[0]", 1,
      "not an IPv4 address"),
     ("ha: {mode: vrrp, interface: eth0, vips: [10.0.0.1], advert_interval: 60s}\n",
