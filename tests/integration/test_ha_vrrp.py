@@ -75,7 +75,8 @@ class Lab:
         return proc
 
     def edgelb(self, name: str, priority: int, preempt_delay: str = "0s",
-               vrrp: bool = True, refresh: str = "10s", track: bool = False) -> Edgelb:
+               vrrp: bool = True, refresh: str = "10s", track: bool = False,
+               peers: tuple[str, ...] = ()) -> Edgelb:
         d = self.tmp / (name if vrrp else f"{name}-standalone")
         d.mkdir(exist_ok=True)
         ha = f"""\
@@ -88,7 +89,8 @@ ha:
   preempt_delay: {preempt_delay}
   vips: ["{VIP}/24"]
   garp: {{refresh: {refresh}}}
-""" + ("  track: {listeners: [web], weight: 150}\n" if track else "") if vrrp else ""
+""" + ("  track: {listeners: [web], weight: 150}\n" if track else "") + (
+            f"  unicast_peers: [{', '.join(peers)}]\n" if peers else "") if vrrp else ""
         e = Edgelb(d, ha + f"""\
 listeners:
   - name: web
@@ -280,6 +282,28 @@ def test_tracking_hands_the_vip_over_when_the_backends_fail(lab: Lab) -> None:
         lab.backend("a")
         wait_for(lambda: lab.curl("c") == "a", 10, "a takes the VIP back")
         assert "tracked conditions recovered" in a.logs()
+    finally:
+        a.stop()
+        b.stop()
+
+
+@pytest.mark.skipif(shutil.which("tcpdump") is None, reason="tcpdump not installed")
+def test_unicast_peers_without_multicast(lab: Lab) -> None:
+    a = lab.edgelb("a", 200, peers=("10.77.0.2",))
+    b = lab.edgelb("b", 100, peers=("10.77.0.1",))
+    try:
+        wait_for(lambda: lab.curl("c") == "a" and not lab.has_vip("b"), 10, "a master")
+        # The client, on the same bridge, sees no VRRP to the multicast group ...
+        cap = subprocess.run(["ip", "netns", "exec", lab.hosts["c"], "timeout", "1",
+                              "tcpdump", "-i", "eth0", "-n", "-c", "3", "proto", "112"],
+                             capture_output=True, text=True, timeout=10)
+        assert "224.0.0.18" not in cap.stdout, cap.stdout
+        # ... and b still hears a (unicast), so it stays backup.
+        assert not lab.has_vip("b")
+        assert a.proc is not None
+        a.proc.kill()
+        a.proc.wait()
+        wait_for(lambda: lab.curl("c") == "b", 10, "b takes over")
     finally:
         a.stop()
         b.stop()
