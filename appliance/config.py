@@ -395,11 +395,11 @@ def _addr_list(c: _Checker, m: dict[str, Node], key: str, interface: bool) -> li
     for i, item in enumerate(node.value):
         try:
             if interface:
-                out.append(str(ipaddress.IPv4Interface(str(item.value))))
+                out.append(str(ipaddress.ip_interface(str(item.value))))
             else:
-                out.append(str(ipaddress.IPv4Address(str(item.value))))
+                out.append(str(ipaddress.ip_address(str(item.value))))
         except ValueError:
-            c.fail(f"ha.{key}[{i}]", item, f"{item.value!r} is not an IPv4 address"
+            c.fail(f"ha.{key}[{i}]", item, f"{item.value!r} is not an IP address"
                    + (" (with an optional /prefix)" if interface else ""))
     return out
 

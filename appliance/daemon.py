@@ -10,6 +10,7 @@ STOPPING.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import math
@@ -113,6 +114,8 @@ class Daemon:
         self.problems_seen: set[Any] = set()
         self.is_leader: Callable[[], bool] = lambda: True  # standalone: always
         self.leadership: Any = None
+        self.vrrp: Any = None  # the first VRRP instance (IPv4 if any), for metrics
+        self.vrrps: list[tuple[Any, Any]] = []  # (machine, its action runner)
         self.applying = trio.Lock()
         self.status_writes = 0
         self.pending_status: dict[tuple[str, str, str], list[str]] = {}
@@ -143,7 +146,10 @@ class Daemon:
                 if snap.ha.mode == "lease" and snap.cluster is not None:
                     nursery.start_soon(self._run_lease, snap.ha, snap.cluster)
                 if snap.ha.mode == "vrrp":
-                    await nursery.start(self._run_vrrp, snap.ha)
+                    # One virtual router per address family, as RFC 5798 has it.
+                    for version in sorted({ipaddress.ip_interface(v).version
+                                           for v in snap.ha.vips}):
+                        await nursery.start(self._run_vrrp, snap.ha, version)
                 if snap.metrics_bind:
                     self._start_metrics(snap.metrics_bind)
                 log.info("edgelb %s serving snapshot v%d (%s): %d listeners, %d workers",
@@ -394,9 +400,10 @@ class Daemon:
                 was = now_leading
             await trio.sleep(ha.lease_duration / 3)
 
-    async def _run_vrrp(self, ha: Any,
+    async def _run_vrrp(self, ha: Any, version: int,
                         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """VRRPv3 on ``ha.interface``: the VIPs are on this box only while it is master."""
+        """VRRPv3 on ``ha.interface`` for the VIPs of one IP ``version``: they are on this
+        box only while it is master."""
         from .ha.vrrp import (
             Advert,
             BecomeBackup,
@@ -406,10 +413,19 @@ class Daemon:
             Vrrp,
             VrrpConfig,
         )
-        from .ha.vrrp_io import Vips, VrrpSocket, gratuitous_arp, primary_address
+        from .ha.vrrp_io import (
+            Vips,
+            VrrpSocket,
+            VrrpSocket6,
+            gratuitous_arp,
+            primary_address,
+        )
 
-        source = primary_address(ha.interface)
-        vips = Vips(ha.interface, ha.vips)
+        source = primary_address(ha.interface, version)
+        vips = Vips(ha.interface, tuple(v for v in ha.vips
+                                        if ipaddress.ip_interface(v).version == version))
+        peers = tuple(p for p in ha.unicast_peers
+                      if ipaddress.ip_address(p).version == version)
         removed = await trio.to_thread.run_sync(vips.remove)
         if removed:
             log.warning("removed VIPs left from an earlier run: %s", ", ".join(removed))
@@ -417,9 +433,11 @@ class Daemon:
                                                                vips.addresses),
                                   max(1, round(ha.advert_interval * 100)), ha.preempt,
                                   ha.preempt_delay), source)
-        sock = VrrpSocket(ha.interface, source, ha.unicast_peers)
-        self.vrrp = machine
-        self.is_leader = lambda: machine.state == "master"
+        sock: Any = (VrrpSocket if version == 4 else VrrpSocket6)(ha.interface, source, peers)
+        self.vrrps.append((machine, None))
+        if self.vrrp is None:
+            self.vrrp = machine
+        self.is_leader = lambda: any(m.state == "master" for m, _ in self.vrrps)
         wake = trio.Event()
 
         async def act(actions: list[Any]) -> None:
@@ -446,8 +464,7 @@ class Daemon:
                              machine.priority, a.reason,
                              f"; VIPs removed: {', '.join(gone)}" if gone else "")
 
-        self._vrrp_act = act
-        self._vrrp_sock = sock
+        self.vrrps[-1] = (machine, act)
         try:
             async with trio.open_nursery() as nursery:
                 async def receive() -> None:
@@ -521,11 +538,10 @@ class Daemon:
     async def _stop_vrrp(self) -> None:
         """On shutdown: advertise priority 0 so that a backup takes over at once, and
         give the VIPs up."""
-        machine = getattr(self, "vrrp", None)
-        if machine is None:
-            return
         with trio.move_on_after(2):
-            await self._vrrp_act(machine.shutdown(trio.current_time()))
+            for machine, act in self.vrrps:
+                if act is not None:
+                    await act(machine.shutdown(trio.current_time()))
 
     async def _release_lease(self) -> None:
         """Give the Lease up on a clean stop, so that another box takes over at once."""

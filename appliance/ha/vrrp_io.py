@@ -10,10 +10,11 @@ import ipaddress
 import logging
 import socket
 import struct
+from typing import Any, cast
 
 import trio
 
-from .vrrp import GROUP_V4, PROTOCOL, TTL, Advert, decode, encode
+from .vrrp import GROUP_V4, GROUP_V6, PROTOCOL, TTL, Advert, decode, encode
 
 log = logging.getLogger("edgelb.ha")
 
@@ -24,17 +25,22 @@ def interface_index(ifname: str) -> int:
     return socket.if_nametoindex(ifname)
 
 
-def primary_address(ifname: str) -> str:
-    """The first IPv4 address of ``ifname`` (the source of our advertisements)."""
+def primary_address(ifname: str, version: int = 4) -> str:
+    """The source of our advertisements: the first IPv4 address of ``ifname``, or for
+    IPv6 its link-local address (RFC 5798 5.1.2.1)."""
     from pyroute2 import IPRoute
 
+    family = socket.AF_INET if version == 4 else socket.AF_INET6
     with IPRoute() as ipr:
         idx = ipr.link_lookup(ifname=ifname)
         if not idx:
             raise OSError(f"no interface {ifname}")
-        for msg in ipr.get_addr(index=idx[0], family=socket.AF_INET):
-            return str(msg.get_attr("IFA_ADDRESS"))
-    raise OSError(f"{ifname} has no IPv4 address")
+        for msg in ipr.get_addr(index=idx[0], family=family):
+            addr = str(msg.get_attr("IFA_ADDRESS"))
+            if version == 4 or ipaddress.ip_address(addr).is_link_local:
+                return addr
+    raise OSError(f"{ifname} has no {'IPv4' if version == 4 else 'link-local IPv6'} "
+                  "address")
 
 
 class VrrpSocket:
@@ -92,13 +98,81 @@ class VrrpSocket:
         self.sock.close()
 
 
+IPV6_RECVHOPLIMIT = getattr(socket, "IPV6_RECVHOPLIMIT", 51)
+IPV6_HOPLIMIT = getattr(socket, "IPV6_HOPLIMIT", 52)
+IPV6_RECVPKTINFO = getattr(socket, "IPV6_RECVPKTINFO", 49)
+IPV6_PKTINFO = getattr(socket, "IPV6_PKTINFO", 50)
+
+
+class VrrpSocket6:
+    """The IPv6 twin: hop limit 255 is read from ancillary data (no IP header on raw
+    IPv6 sockets), the destination from the packet info."""
+
+    def __init__(self, ifname: str, source: str, peers: tuple[str, ...] = ()) -> None:
+        self.ifname = ifname
+        self.source = source
+        self.peers = peers
+        self.index = interface_index(ifname)
+        sock = trio.socket.socket(socket.AF_INET6, socket.SOCK_RAW, PROTOCOL)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, SO_BINDTODEVICE, ifname.encode())
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, TTL)
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, TTL)
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_LOOP, 0)
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, self.index)
+            sock.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVHOPLIMIT, 1)
+            sock.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVPKTINFO, 1)
+            sock._sock.bind((source, 0, 0, self.index))  # type: ignore[attr-defined]
+            if not peers:
+                mreq = socket.inet_pton(socket.AF_INET6, GROUP_V6) + \
+                    struct.pack("@I", self.index)
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_JOIN_GROUP, mreq)
+        except BaseException:
+            sock.close()
+            raise
+        self.sock = sock
+
+    async def send(self, adv: Advert) -> None:
+        for dst in self.peers or (GROUP_V6,):
+            msg = encode(adv, self.source, dst)
+            try:
+                await self.sock.sendto(msg, (dst, 0, 0, self.index))
+            except OSError as e:
+                log.warning("VRRP advertisement to %s not sent: %s", dst, e.strerror)
+
+    async def receive(self) -> tuple[Advert, str]:
+        while True:
+            data, anc, _, addr = await self.sock.recvmsg(65535, 256)
+            addr = cast(Any, addr)
+            src = str(addr[0]).split("%")[0]
+            hops, dst = -1, GROUP_V6
+            for level, kind, value in anc:
+                if level == socket.IPPROTO_IPV6 and kind == IPV6_HOPLIMIT:
+                    hops = struct.unpack("@i", value[:4])[0]
+                elif level == socket.IPPROTO_IPV6 and kind == IPV6_PKTINFO:
+                    dst = socket.inet_ntop(socket.AF_INET6, value[:16])
+            if src == self.source:
+                continue
+            if hops != TTL:
+                log.warning("VRRP from %s dropped: hop limit %d, not 255", src, hops)
+                continue
+            if self.peers and src not in self.peers:
+                continue
+            try:
+                return decode(data, src, dst), src
+            except ValueError as e:
+                log.warning("VRRP from %s dropped: %s", src, e)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
 class Vips:
     """The virtual addresses on one interface, added and removed with pyroute2."""
 
     def __init__(self, ifname: str, addresses: tuple[str, ...]) -> None:
         self.ifname = ifname
-        self.addresses = [ipaddress.ip_interface(a if "/" in a else f"{a}/32")
-                          for a in addresses]
+        self.addresses = [ipaddress.ip_interface(a) for a in addresses]
 
     def _apply(self, add: bool) -> list[str]:
         from pyroute2 import IPRoute
@@ -114,8 +188,11 @@ class Vips:
                 if add == (key in present):
                     continue
                 try:
+                    # IPv6: no duplicate address detection, or the VIP would be unusable
+                    # (tentative) for a second after each promotion.
+                    extra = {"flags": 0x02} if a.version == 6 and add else {}  # NODAD
                     ipr.addr("add" if add else "del", index=index, address=str(a.ip),
-                             prefixlen=a.network.prefixlen)
+                             prefixlen=a.network.prefixlen, **extra)
                     done.append(str(a))
                 except NetlinkError as e:
                     log.warning("%s %s on %s: %s", "adding" if add else "removing", a,
@@ -130,14 +207,23 @@ class Vips:
 
 
 def gratuitous_arp(ifname: str, addresses: list[str], count: int, interval: float) -> None:
-    """Announce ``addresses`` at this interface's MAC (blocking: run in a thread)."""
+    """Announce ``addresses`` at this interface's MAC (blocking: run in a thread):
+    gratuitous ARP for IPv4, unsolicited neighbour advertisements (override) for IPv6."""
+    from scapy.layers.inet6 import ICMPv6ND_NA, ICMPv6NDOptDstLLAddr, IPv6
     from scapy.layers.l2 import ARP, Ether
     from scapy.sendrecv import sendp
 
     with open(f"/sys/class/net/{ifname}/address") as f:
         mac = f.read().strip()
-    frames = [Ether(src=mac, dst="ff:ff:ff:ff:ff:ff") /
-              ARP(op=1, hwsrc=mac, psrc=str(ipaddress.ip_interface(a).ip),
-                  hwdst="00:00:00:00:00:00", pdst=str(ipaddress.ip_interface(a).ip))
-              for a in addresses]
+    frames = []
+    for a in addresses:
+        ip = str(ipaddress.ip_interface(a).ip)
+        if ipaddress.ip_address(ip).version == 4:
+            frames.append(Ether(src=mac, dst="ff:ff:ff:ff:ff:ff") /
+                          ARP(op=1, hwsrc=mac, psrc=ip, hwdst="00:00:00:00:00:00", pdst=ip))
+        else:
+            frames.append(Ether(src=mac, dst="33:33:00:00:00:01") /
+                          IPv6(src=ip, dst="ff02::1", hlim=255) /
+                          ICMPv6ND_NA(tgt=ip, R=0, S=0, O=1) /
+                          ICMPv6NDOptDstLLAddr(lladdr=mac))
     sendp(frames, iface=ifname, count=count, inter=interval, verbose=False)

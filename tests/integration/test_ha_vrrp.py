@@ -307,3 +307,65 @@ def test_unicast_peers_without_multicast(lab: Lab) -> None:
     finally:
         a.stop()
         b.stop()
+
+
+VIP6 = "fd77::100"
+
+
+def ipv6(lab: Lab, name: str, addr: str) -> None:
+    ns = lab.hosts[name]
+    sh("ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv6.conf.eth0.accept_dad=0")
+    sh("ip", "-n", ns, "addr", "add", f"{addr}/64", "dev", "eth0", "nodad")
+    wait_for(lambda: "fe80::" in sh("ip", "-n", ns, "-6", "addr", "show", "eth0")
+             and "tentative" not in sh("ip", "-n", ns, "-6", "addr", "show", "eth0"),
+             10, f"{name}'s link-local address")
+
+
+def edgelb6(lab: Lab, name: str, priority: int) -> Edgelb:
+    d = lab.tmp / f"{name}-v6"
+    d.mkdir(exist_ok=True)
+    e = Edgelb(d, f"""\
+ha:
+  mode: vrrp
+  interface: eth0
+  vrid: 78
+  priority: {priority}
+  advert_interval: 100ms
+  vips: ["{VIP6}/64"]
+listeners:
+  - name: web6
+    bind: "[{VIP6}]:80"
+    protocol: http
+    backends: [127.0.0.1:9000]
+""")
+    e.prefix = ["ip", "netns", "exec", lab.hosts[name]]
+    return e.start()
+
+
+def test_ipv6_vips_fail_over_and_neighbours_follow(lab: Lab) -> None:
+    for name, addr in (("a", "fd77::1"), ("b", "fd77::2"), ("c", "fd77::10")):
+        ipv6(lab, name, addr)
+
+    def curl6() -> str:
+        out = subprocess.run(["ip", "netns", "exec", lab.hosts["c"], "curl", "-s", "-m",
+                              "0.5", f"http://[{VIP6}]/"], capture_output=True, text=True,
+                             timeout=10)
+        return out.stdout.strip()
+
+    def has(name: str) -> bool:
+        return f"inet6 {VIP6}/64" in sh("ip", "-n", lab.hosts[name], "-6", "addr", "show",
+                                        "eth0")
+
+    a = edgelb6(lab, "a", 200)
+    b = edgelb6(lab, "b", 100)
+    try:
+        wait_for(lambda: curl6() == "a" and not has("b"), 10, "a serves the IPv6 VIP")
+        assert a.proc is not None
+        a.proc.kill()
+        a.proc.wait()
+        wait_for(lambda: curl6() == "b", 10, "b serves the IPv6 VIP")
+        # The unsolicited neighbour advertisement moved the client's entry to b.
+        assert lab.mac("b") in sh("ip", "-n", lab.hosts["c"], "-6", "neigh", "show", VIP6)
+    finally:
+        a.stop()
+        b.stop()

@@ -245,7 +245,7 @@ ha: {{mode: lease, identity: edge-1, lease: {{duration: 6s}}}}
     ("ha: {mode: vrrp, interface: eth0, vips: [10.0.0.1], track: {listeners: [web]}}\n",
      "ha.track.listeners", 1, "no listener named 'web'"),
     ("ha: {mode: vrrp, interface: eth0, vips: [10.0.0.300]}\n", "ha.vips[0]", 1,
-     "not an IPv4 address"),
+     "not an IP address"),
     ("ha: {mode: vrrp, interface: eth0, vips: [10.0.0.1], advert_interval: 60s}\n",
      "ha.advert_interval", 1, "10ms-40.95s"),
 ])
