@@ -188,7 +188,9 @@ def translate(cluster: Cluster, spec: ClusterSpec, ipam: Ipam) -> Translation:
     # the listener): services x nodes pairs would be millions of objects at scale.
     all_nodes = tuple(Backend(ip, 0) for _, ip in usable_nodes)
 
-    wanted: list[str] = []
+    # Release the addresses of services that are gone (or no longer ours) before
+    # allocating: a service created in the same rebuild may take one of them.
+    ipam.retain([key(svc) for svc in cluster.services.values() if ours(svc, spec)])
     for svc in sorted(cluster.services.values(), key=_created):
         if not ours(svc, spec):
             continue
@@ -198,7 +200,6 @@ def translate(cluster: Cluster, spec: ClusterSpec, ipam: Ipam) -> Translation:
         ports = [p for p in s.get("ports") or [] if p.get("nodePort")]
         pset = [(str(p.get("protocol", "TCP")).lower(), int(p["port"])) for p in ports]
         requested = ann.get(ADDRESS_ANNOTATION) or s.get("loadBalancerIP") or None
-        wanted.append(skey)
         try:
             vip = ipam.allocate(skey, pset, requested, ann.get(SHARED_ANNOTATION, ""))
         except (PoolExhausted, AddressTaken, NotInPool) as e:
@@ -233,8 +234,6 @@ def translate(cluster: Cluster, spec: ClusterSpec, ipam: Ipam) -> Translation:
                 protocol=proto, backends=backends, health=health,
                 balance="maglev" if proto == "udp" else "round_robin",
                 backend_port=int(p["nodePort"])))
-    for gone in ipam.retain(wanted):
-        del gone  # released addresses simply stop being served
 
     ing_listeners, ing_status, ing_problems, tls_files = _ingresses(
         cluster, spec, usable_nodes, slices)

@@ -135,3 +135,12 @@ def test_generated_scenario_translates() -> None:
     http = next(lst for lst in t.listeners if lst.name == "ingress-http")
     assert http.http is not None and len(http.http.routes) == 3
     assert not t.problems
+
+
+def test_a_deleted_service_frees_its_address_for_one_created_in_the_same_rebuild() -> None:
+    ipam = Ipam(SPEC.address_pools)
+    c = cluster(*NODES, k8s.service("old", [(80, 30080)]))
+    assert translate(c, SPEC, ipam).addresses == {"default/old": "192.0.2.10"}
+    del c.services["default/old"]
+    c.services["default/new"] = k8s.service("new", [(80, 30081)])
+    assert translate(c, SPEC, ipam).addresses == {"default/new": "192.0.2.10"}
