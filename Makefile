@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 DEB_PKGS := haproxy nginx iperf3 wrk curl netcat-openbsd iproute2 procps openssl kubectl keepalived tcpdump
 
-.PHONY: demo test test-unit bench bench-l4 bench-l7 lint deb-deps clean
+.PHONY: demo test test-unit bench bench-l4 bench-l7 bench-cluster bench-failover lint deb-deps clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -38,6 +38,14 @@ test-unit: $(STAMP)
 bench: $(STAMP) deb-deps
 	$(BIN)/python -m tests.bench.l4
 	$(BIN)/python -m tests.bench.l7
+	$(BIN)/python -m tests.bench.cluster
+	$(BIN)/python -m tests.bench.failover
+
+bench-cluster: $(STAMP) deb-deps
+	$(BIN)/python -m tests.bench.cluster
+
+bench-failover: $(STAMP) deb-deps
+	$(BIN)/python -m tests.bench.failover
 
 bench-l4: $(STAMP) deb-deps
 	$(BIN)/python -m tests.bench.l4
