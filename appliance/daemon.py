@@ -568,7 +568,7 @@ class Daemon:
     def _status_echo(self, collection: str, obj: dict[str, Any]) -> None:
         """A Service or Ingress changed only outside what translation reads: confirm a
         status we wrote, or put ours back if someone else changed it."""
-        from .sync.status import current_ingress, write_status
+        from .sync.status import needs_write, write_status
 
         t = self.last_translation
         if t is None or collection not in ("services", "ingresses"):
@@ -580,10 +580,7 @@ class Daemon:
         if want is None:
             return
         want = list(dict.fromkeys(want))
-        if current_ingress(obj) == want:
-            self.pending_status.pop(k, None)
-        elif self.pending_status.get(k) != want and self.is_leader():
-            self.pending_status[k] = want
+        if needs_write(self.pending_status, k, obj, want, self.is_leader()):
             assert self._nursery is not None
             self._nursery.start_soon(trio.to_thread.run_sync, write_status, self.sync_api,
                                      [(*k, want)])

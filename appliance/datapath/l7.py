@@ -538,11 +538,7 @@ class HttpConnection:
                         wire = PlainWire(sock)
             except (OSError, trio.TooSlowError, trio.BrokenResourceError) as e:
                 sock.close()
-                br.stats.connect_failures += 1
-                if br.passive.failure(trio.current_time()):
-                    log.warning("listener %s: backend %s ejected after %d connect failures "
-                                "(%s)", lst.name, br.key, br.passive.spec.failures,
-                                getattr(e, "strerror", None) or type(e).__name__)
+                br.connect_failed(lst.name, e)
                 failed = True
                 if not req.idempotent:
                     await self._own_response(req, ex, 502)

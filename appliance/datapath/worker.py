@@ -67,6 +67,16 @@ class BackendRuntime:
     def usable(self, now: float) -> bool:
         return self.up and not self.removed and not self.passive.ejected(now)
 
+    def connect_failed(self, listener: str, error: BaseException) -> None:
+        """A connect (or TLS handshake) to this backend failed: counted, and after enough
+        in a row, ejected for a backoff (logged once per ejection)."""
+        self.stats.connect_failures += 1
+        if self.passive.failure(trio.current_time()):
+            why = getattr(error, "strerror", None) or (
+                "timeout" if isinstance(error, trio.TooSlowError) else type(error).__name__)
+            log.warning("listener %s: backend %s ejected after %d connect failures (%s)",
+                        listener, self.key, self.passive.spec.failures, why)
+
 
 class _ActiveView(Sequence[int]):
     """The balancers' view of active connection counts, read live without copying."""
@@ -477,11 +487,7 @@ class Worker:
                     await up.send(header)
             except (OSError, trio.TooSlowError) as e:
                 up.close()
-                br.stats.connect_failures += 1
-                if br.passive.failure(trio.current_time()):
-                    log.warning("listener %s: backend %s ejected after %d connect failures "
-                                "(%s)", lst.name, br.key, lst.passive.failures,
-                                getattr(e, "strerror", None) or "timeout")
+                br.connect_failed(lst.name, e)
                 continue
             br.passive.success()
             return br, up

@@ -36,15 +36,23 @@ def status_changes(cluster: Cluster, t: Translation, pool: set[str],
             want[("Service", ns, name)] = []
     for (kind, ns, name), ips in sorted(want.items()):
         obj = tables[kind].get(f"{ns}/{name}")
-        if obj is None:
-            continue
-        seen = current_ingress(obj)
-        if seen == ips:
-            pending.pop((kind, ns, name), None)  # confirmed
-        elif pending.get((kind, ns, name)) != ips:
+        if obj is not None and needs_write(pending, (kind, ns, name), obj, ips):
             out.append((kind, ns, name, ips))
-            pending[(kind, ns, name)] = ips
     return out
+
+
+def needs_write(pending: dict[tuple[str, str, str], list[str]], k: tuple[str, str, str],
+                obj: dict[str, Any], ips: list[str], may_write: bool = True) -> bool:
+    """Whether ``obj``'s status must be written to show ``ips``: not when it already
+    does (which confirms a pending write), nor when that very write is pending, nor when
+    we may not write (not the leader); when it must, the write is recorded as pending."""
+    if current_ingress(obj) == ips:
+        pending.pop(k, None)
+        return False
+    if not may_write or pending.get(k) == ips:
+        return False
+    pending[k] = ips
+    return True
 
 
 def write_status(api: client.ApiClient, changes: list[tuple[str, str, str, list[str]]]
