@@ -103,8 +103,39 @@ class Framing:
     codings: bytes = b""
 
 
-def _framing(fields: list[tuple[bytes, bytes]], lengths: list[bytes], te: list[bytes],
-             status: int, request: bool) -> Framing:
+@dataclass(slots=True)
+class _Control:
+    """The fields that decide framing, routing and connection handling, gathered in one
+    pass over a head (requests and responses alike)."""
+
+    hosts: list[bytes] = field(default_factory=list)
+    lengths: list[bytes] = field(default_factory=list)
+    te: list[bytes] = field(default_factory=list)
+    connection: set[bytes] = field(default_factory=set)
+    upgrade: bytes | None = None
+    expects: list[bytes] = field(default_factory=list)
+
+
+def _control(fields: list[tuple[bytes, bytes]]) -> _Control:
+    c = _Control()
+    for name, value in fields:
+        low = name.lower()
+        if low == b"host":
+            c.hosts.append(value)
+        elif low == b"content-length":
+            c.lengths.append(value)
+        elif low == b"transfer-encoding":
+            c.te.append(value)
+        elif low == b"connection":
+            c.connection.update(_tokens(value))
+        elif low == b"upgrade":
+            c.upgrade = value
+        elif low == b"expect":
+            c.expects.append(value)
+    return c
+
+
+def _framing(lengths: list[bytes], te: list[bytes], status: int, request: bool) -> Framing:
     if te and lengths:
         raise HttpError(status, "both Content-Length and Transfer-Encoding")
     if te:
@@ -175,39 +206,20 @@ def parse_request(head: bytes, limits: HttpLimits) -> Request:
     if len(fields) > limits.max_headers:
         raise HttpError(431, "too many header fields")
 
-    hosts: list[bytes] = []
-    lengths: list[bytes] = []
-    te: list[bytes] = []
-    connection: list[bytes] = []
-    upgrade: bytes | None = None
-    expect = False
-    for name, value in fields:
-        low = name.lower()
-        if low == b"host":
-            hosts.append(value)
-        elif low == b"content-length":
-            lengths.append(value)
-        elif low == b"transfer-encoding":
-            te.append(value)
-        elif low == b"connection":
-            connection.extend(_tokens(value))
-        elif low == b"upgrade":
-            upgrade = value
-        elif low == b"expect":
-            if value.lower() != b"100-continue":
-                raise HttpError(417, "only Expect: 100-continue is understood")
-            expect = True
-    if len(hosts) > 1:
+    c = _control(fields)
+    if any(v.lower() != b"100-continue" for v in c.expects):
+        raise HttpError(417, "only Expect: 100-continue is understood")
+    if len(c.hosts) > 1:
         raise HttpError(400, "more than one Host")
     one_one = minor == b"1"
-    if one_one and not hosts:
+    if one_one and not c.hosts:
         raise HttpError(400, "HTTP/1.1 request without Host")
-    raw_host = hosts[0] if hosts else b""
+    raw_host = c.hosts[0] if c.hosts else b""
     if not _HOST.fullmatch(raw_host):
         raise HttpError(400, "malformed Host")
-    if te and not one_one:
+    if c.te and not one_one:
         raise HttpError(400, "Transfer-Encoding in an HTTP/1.0 request")
-    framing = _framing(fields, lengths, te, 400, True)
+    framing = _framing(c.lengths, c.te, 400, True)
 
     if target[:1] == b"/":
         pass
@@ -228,18 +240,15 @@ def parse_request(head: bytes, limits: HttpLimits) -> Request:
     if b"#" in target:
         raise HttpError(400, "fragment in request target")
 
-    tokens = set(connection)
-    if one_one:
-        keep = b"close" not in tokens
-    else:
-        keep = b"keep-alive" in tokens
-    if upgrade is not None and b"upgrade" not in tokens:
-        upgrade = None  # Upgrade without Connection: upgrade is not a request to switch
+    tokens = c.connection
+    keep = (b"close" not in tokens) if one_one else (b"keep-alive" in tokens)
+    # Upgrade without Connection: upgrade is not a request to switch.
+    upgrade = c.upgrade if b"upgrade" in tokens else None
     q = target.find(b"?")
     path = (target if q < 0 else target[:q]).decode("latin-1")
     return Request(method, target, int(minor), fields,
                    normalize_host(raw_host.decode("latin-1")), raw_host, path, framing, keep,
-                   upgrade, expect, frozenset(tokens - _UNDROPPABLE))
+                   upgrade, bool(c.expects), frozenset(tokens - _UNDROPPABLE))
 
 
 @dataclass(slots=True)
@@ -263,24 +272,14 @@ def parse_response(head: bytes, method: bytes) -> Response:
         raise HttpError(502, "malformed status line from the backend")
     minor, status = int(m.group(1)), int(m.group(2))
     fields = _split_fields(block, 502)
-    lengths: list[bytes] = []
-    te: list[bytes] = []
-    connection: list[bytes] = []
-    for name, value in fields:
-        low = name.lower()
-        if low == b"content-length":
-            lengths.append(value)
-        elif low == b"transfer-encoding":
-            te.append(value)
-        elif low == b"connection":
-            connection.extend(_tokens(value))
-    if te and lengths:
+    c = _control(fields)
+    if c.te and c.lengths:
         raise HttpError(502, "backend sent both Content-Length and Transfer-Encoding")
     if method == b"HEAD" or status < 200 or status in (204, 304):
         framing = Framing(NO_BODY)
     else:
-        framing = _framing(fields, lengths, te, 502, False)
-    tokens = set(connection)
+        framing = _framing(c.lengths, c.te, 502, False)
+    tokens = c.connection
     keep = (b"close" not in tokens) if minor == 1 else (b"keep-alive" in tokens)
     if framing.kind == UNTIL_CLOSE:
         keep = False

@@ -345,13 +345,8 @@ class HttpConnection:
         lst = self.site.listener
         limits = self.site.http_limits
         buf = self.buf
-        end = buf.find(b"\r\n\r\n")
-        if end >= 0:
-            self.buf = buf[end + 4:]
-            return buf[:end]
         if not buf:
-            # Data already waiting needs no timeout (and no cancel scope, which costs
-            # more than the read): the common case under load.
+            # Data already waiting needs no wait: the common case under load.
             try:
                 ready = self.wire.try_recv()
             except OSError:
@@ -360,23 +355,13 @@ class HttpConnection:
                 if not ready:
                     return None
                 buf = ready
-                end = buf.find(b"\r\n\r\n")
-                if end >= 0:
-                    self.buf = buf[end + 4:]
-                    return buf[:end]
-        if not buf:
+        if buf:
+            self._arm("head", lst.timeouts.request)
+        else:
             # Between requests the client may idle up to the keep-alive timeout; the
             # request timeout starts with its first byte.
             self._arm("first" if first else "idle",
                       lst.timeouts.request if first else lst.timeouts.keepalive)
-            try:
-                data = await self.wire.recv()
-            except OSError:
-                return None
-            if not data:
-                return None
-            buf = data
-        self._arm("head", lst.timeouts.request)
         while True:
             end = buf.find(b"\r\n\r\n")
             if end >= 0:
@@ -391,8 +376,10 @@ class HttpConnection:
             except OSError:
                 return None
             if not data:
-                # A client that closes mid-head gets nothing: there is no one to read it.
+                # A client that closes between or mid-head gets nothing: no one to read it.
                 return None
+            if not buf:
+                self._arm("head", lst.timeouts.request)
             buf += data
 
     async def _exchange(self, site: Site, head: bytes) -> bool:
