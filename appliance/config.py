@@ -183,6 +183,25 @@ class _Checker:
             self.fail(full, node, str(e))
             return None
 
+    def items(self, m: dict[str, Node], key: str, path: str, conv: Callable[[Any], Any],
+              what: str) -> list[Any]:
+        """The list under ``key``, each item converted by ``conv`` (whose ValueError is
+        that item's error, at ``key[i]``); empty when the key is absent."""
+        node = m.get(key)
+        full = f"{path}.{key}" if path else key
+        if node is None or node.value is None:
+            return []
+        if not isinstance(node.value, list):
+            self.fail(full, node, f"expected a list of {what}")
+            return []
+        out = []
+        for i, item in enumerate(node.value):
+            try:
+                out.append(conv(item.value))
+            except (ValueError, TypeError) as e:
+                self.fail(f"{full}[{i}]", item, str(e))
+        return out
+
     def line_of(self, m: dict[str, Node], key: str) -> int:
         node = m.get(key)
         return node.line if node else 0
@@ -355,8 +374,9 @@ def _ha(c: _Checker, node: Node, cluster: ClusterSpec | None) -> HaSpec | None:
                    "must be 10ms-40.95s (VRRPv3 counts centiseconds in 12 bits)")
         vrrp["preempt"] = c.get(m, "preempt", "ha", _bool, True)
         vrrp["preempt_delay"] = c.get(m, "preempt_delay", "ha", parse_duration, 0.0)
-        vrrp["vips"] = tuple(_addr_list(c, m, "vips", interface=True))
-        vrrp["unicast_peers"] = tuple(_addr_list(c, m, "unicast_peers", interface=False))
+        vrrp["vips"] = tuple(c.items(m, "vips", "ha", _ip_interface, "addresses"))
+        vrrp["unicast_peers"] = tuple(c.items(m, "unicast_peers", "ha", _ip_address,
+                                              "addresses"))
         if not vrrp["vips"]:
             c.fail("ha.vips", m.get("vips") or node, "vrrp mode needs at least one VIP")
         if "garp" in m and m["garp"].value is not None:
@@ -371,11 +391,8 @@ def _ha(c: _Checker, node: Node, cluster: ClusterSpec | None) -> HaSpec | None:
         if "track" in m and m["track"].value is not None:
             tm = c.mapping(m["track"], "ha.track", _TRACK)
             if tm is not None:
-                names = tm.get("listeners")
-                if names is not None and isinstance(names.value, list):
-                    vrrp["track_listeners"] = tuple(str(n.value) for n in names.value)
-                elif names is not None:
-                    c.fail("ha.track.listeners", names, "expected a list of listener names")
+                vrrp["track_listeners"] = tuple(c.items(tm, "listeners", "ha.track", str,
+                                                        "listener names"))
                 vrrp["track_api_timeout"] = c.get(tm, "api_timeout", "ha.track",
                                                   parse_duration, 0.0)
                 vrrp["track_weight"] = c.get(tm, "weight", "ha.track", _int_range(1, 254),
@@ -384,24 +401,30 @@ def _ha(c: _Checker, node: Node, cluster: ClusterSpec | None) -> HaSpec | None:
                   lease_duration=duration, **vrrp)
 
 
-def _addr_list(c: _Checker, m: dict[str, Node], key: str, interface: bool) -> list[str]:
-    out: list[str] = []
-    node = m.get(key)
-    if node is None or node.value is None:
-        return out
-    if not isinstance(node.value, list):
-        c.fail(f"ha.{key}", node, "expected a list of addresses")
-        return out
-    for i, item in enumerate(node.value):
-        try:
-            if interface:
-                out.append(str(ipaddress.ip_interface(str(item.value))))
-            else:
-                out.append(str(ipaddress.ip_address(str(item.value))))
-        except ValueError:
-            c.fail(f"ha.{key}[{i}]", item, f"{item.value!r} is not an IP address"
-                   + (" (with an optional /prefix)" if interface else ""))
-    return out
+def _ip_interface(v: Any) -> str:
+    try:
+        return str(ipaddress.ip_interface(str(v)))
+    except ValueError:
+        raise ValueError(f"{v!r} is not an IP address (with an optional /prefix)") from None
+
+
+def _ip_address(v: Any) -> str:
+    try:
+        return str(ipaddress.ip_address(str(v)))
+    except ValueError:
+        raise ValueError(f"{v!r} is not an IP address") from None
+
+
+def _ip_network(v: Any) -> str:
+    try:
+        return str(ipaddress.ip_network(str(v), strict=False))
+    except ValueError:
+        raise ValueError(f"{v!r} is not an address or CIDR") from None
+
+
+def _address_pool(v: Any) -> str:
+    parse_pool(str(v))
+    return str(v)
 
 
 def _cluster(c: _Checker, node: Node) -> ClusterSpec | None:
@@ -412,25 +435,8 @@ def _cluster(c: _Checker, node: Node) -> ClusterSpec | None:
     kubeconfig = c.get(m, "kubeconfig", "cluster", str, None)
     if kubeconfig is not None and not os.path.isfile(kubeconfig):
         c.fail("cluster.kubeconfig", m.get("kubeconfig"), f"{kubeconfig}: no such file")
-    pools: list[str] = []
-    pnode = m.get("address_pools")
-    if pnode is not None and pnode.value is not None:
-        if not isinstance(pnode.value, list):
-            c.fail("cluster.address_pools", pnode, "expected a list of CIDRs or ranges")
-        else:
-            for i, item in enumerate(pnode.value):
-                try:
-                    parse_pool(str(item.value))
-                    pools.append(str(item.value))
-                except ValueError as e:
-                    c.fail(f"cluster.address_pools[{i}]", item, str(e))
-    namespaces: list[str] = []
-    nnode = m.get("namespaces")
-    if nnode is not None and nnode.value is not None:
-        if not isinstance(nnode.value, list):
-            c.fail("cluster.namespaces", nnode, "expected a list of namespace names")
-        else:
-            namespaces = [str(n.value) for n in nnode.value]
+    pools = c.items(m, "address_pools", "cluster", _address_pool, "CIDRs or ranges")
+    namespaces = c.items(m, "namespaces", "cluster", str, "namespace names")
     http = https = None
     if "ingress" in m and m["ingress"].value is not None:
         im = c.mapping(m["ingress"], "cluster.ingress", _INGRESS)
@@ -622,18 +628,7 @@ def _http(c: _Checker, m: dict[str, Node], node: Node, path: str, protocol: str,
                 max_headers=c.get(lm, "max_headers", lpath, _int_range(1, 10000),
                                   limits.max_headers),
             )
-    trusted: list[str] = []
-    tnode = m.get("trusted_proxies")
-    if tnode is not None and tnode.value is not None:
-        if not isinstance(tnode.value, list):
-            c.fail(f"{path}.trusted_proxies", tnode, "expected a list of addresses or CIDRs")
-        else:
-            for k, item in enumerate(tnode.value):
-                try:
-                    trusted.append(str(ipaddress.ip_network(str(item.value), strict=False)))
-                except ValueError:
-                    c.fail(f"{path}.trusted_proxies[{k}]", item,
-                           f"{item.value!r} is not an address or CIDR")
+    trusted = c.items(m, "trusted_proxies", path, _ip_network, "addresses or CIDRs")
     return HttpSpec(
         routes=tuple(routes), pools=tuple(pools), default_pool=default_pool, tls=tuple(tls),
         limits=limits, trusted_proxies=tuple(trusted),

@@ -28,41 +28,19 @@ class StatsCollector(Collector):
         info = GaugeMetricFamily("edgelb_snapshot_version", "Snapshot in force")
         info.add_metric([], snap.version if snap else 0)
         yield info
-        acc = CounterMetricFamily("edgelb_listener_accepted", "Connections or UDP flows "
-                                  "accepted", labels=["listener"])
-        nob = CounterMetricFamily("edgelb_listener_no_backend", "Connections closed at "
-                                  "once because no backend was usable", labels=["listener"])
-        over = CounterMetricFamily("edgelb_listener_over_limit", "Connections refused by "
-                                   "max_connections", labels=["listener"])
-        evi = CounterMetricFamily("edgelb_udp_evicted", "UDP flows evicted by max_flows",
-                                  labels=["listener"])
-        act = GaugeMetricFamily("edgelb_backend_active", "Open flows",
-                                labels=["listener", "backend"])
-        conns = CounterMetricFamily("edgelb_backend_connections", "Flows forwarded",
-                                    labels=["listener", "backend"])
-        fails = CounterMetricFamily("edgelb_backend_connect_failures", "Failed connects",
-                                    labels=["listener", "backend"])
-        bin_ = CounterMetricFamily("edgelb_backend_bytes_in", "Bytes client->backend",
-                                   labels=["listener", "backend"])
-        bout = CounterMetricFamily("edgelb_backend_bytes_out", "Bytes backend->client",
-                                   labels=["listener", "backend"])
+        yield from _families(totals, _LISTENER_COUNTERS)
+        yield from _families(totals, _BACKEND_COUNTERS)
         down = set(self.daemon.health.down)
         up = GaugeMetricFamily("edgelb_backend_up", "Active health verdict (1 up)",
                                labels=["listener", "backend"])
         for name, st in totals.items():
-            acc.add_metric([name], st.accepted)
-            nob.add_metric([name], st.no_backend)
-            over.add_metric([name], st.over_limit)
-            evi.add_metric([name], st.udp_evicted)
-            for key, b in st.backends.items():
-                act.add_metric([name, key], b.active)
-                conns.add_metric([name, key], b.connections)
-                fails.add_metric([name, key], b.connect_failures)
-                bin_.add_metric([name, key], b.bytes_in)
-                bout.add_metric([name, key], b.bytes_out)
+            for key in st.backends:
                 up.add_metric([name, key], 0 if (name, key) in down else 1)
-        yield from (acc, nob, over, evi, act, conns, fails, bin_, bout, up)
-        yield from _http_metrics(totals)
+        yield up
+        http = {n: st for n, st in totals.items()
+                if st.requests or st.routes or st.bad_requests}
+        yield from _families(http, _HTTP_COUNTERS)
+        yield from _http_metrics(http)
         yield from _cluster_metrics(self.daemon)
 
 
@@ -104,35 +82,65 @@ def _cluster_metrics(daemon: Daemon) -> Iterator[Metric]:
     yield from (up, errors, changes, writes, vips, problems)
 
 
+# (family, name, help, attribute): one series per listener (of ListenerStats) or per
+# listener and backend (of BackendStats).
+_LISTENER_COUNTERS = [
+    ("counter", "edgelb_listener_accepted", "Connections or UDP flows accepted", "accepted"),
+    ("counter", "edgelb_listener_no_backend", "Connections closed at once because no "
+     "backend was usable", "no_backend"),
+    ("counter", "edgelb_listener_over_limit", "Connections refused by max_connections",
+     "over_limit"),
+    ("counter", "edgelb_udp_evicted", "UDP flows evicted by max_flows", "udp_evicted"),
+]
+_HTTP_COUNTERS = [
+    ("counter", "edgelb_http_requests", "HTTP requests received", "requests"),
+    ("counter", "edgelb_http_bad_requests", "Requests refused as malformed or over a "
+     "limit", "bad_requests"),
+    ("counter", "edgelb_http_timeouts", "Requests ended by a timeout (408, 504, stalled "
+     "bodies)", "timeouts"),
+    ("counter", "edgelb_tls_handshake_failures", "TLS handshakes that failed",
+     "tls_failures"),
+    ("backend counter", "edgelb_backend_requests", "HTTP requests sent to a backend",
+     "requests"),
+]
+_BACKEND_COUNTERS = [
+    ("backend gauge", "edgelb_backend_active", "Open flows", "active"),
+    ("backend counter", "edgelb_backend_connections", "Flows forwarded", "connections"),
+    ("backend counter", "edgelb_backend_connect_failures", "Failed connects",
+     "connect_failures"),
+    ("backend counter", "edgelb_backend_bytes_in", "Bytes client->backend", "bytes_in"),
+    ("backend counter", "edgelb_backend_bytes_out", "Bytes backend->client", "bytes_out"),
+]
+
+
+def _families(totals: dict[str, ListenerStats], specs: list[tuple[str, str, str, str]]
+              ) -> Iterator[Metric]:
+    for kind, metric, help_, attr in specs:
+        per_backend = kind.startswith("backend")
+        labels = ["listener", "backend"] if per_backend else ["listener"]
+        fam: CounterMetricFamily | GaugeMetricFamily = (
+            GaugeMetricFamily(metric, help_, labels=labels) if kind.endswith("gauge")
+            else CounterMetricFamily(metric, help_, labels=labels))
+        for name, st in totals.items():
+            if not per_backend:
+                fam.add_metric([name], getattr(st, attr))
+                continue
+            for key, b in st.backends.items():
+                fam.add_metric([name, key], getattr(b, attr))
+        yield fam
+
+
 def _http_metrics(totals: dict[str, ListenerStats]) -> Iterator[Metric]:
-    reqs = CounterMetricFamily("edgelb_http_requests", "HTTP requests received",
-                               labels=["listener"])
-    bad = CounterMetricFamily("edgelb_http_bad_requests", "Requests refused as malformed "
-                              "or over a limit", labels=["listener"])
-    slow = CounterMetricFamily("edgelb_http_timeouts", "Requests ended by a timeout (408, "
-                               "504, stalled bodies)", labels=["listener"])
-    tls = CounterMetricFamily("edgelb_tls_handshake_failures", "TLS handshakes that failed",
-                              labels=["listener"])
     resp = CounterMetricFamily("edgelb_http_responses", "Responses by status class",
                                labels=["listener", "class"])
     route = CounterMetricFamily("edgelb_http_route_requests", "Requests by matched route",
                                 labels=["listener", "route"])
-    breq = CounterMetricFamily("edgelb_backend_requests", "HTTP requests sent to a backend",
-                               labels=["listener", "backend"])
     for name, st in totals.items():
-        if not st.requests and not st.routes and not st.bad_requests:
-            continue
-        reqs.add_metric([name], st.requests)
-        bad.add_metric([name], st.bad_requests)
-        slow.add_metric([name], st.timeouts)
-        tls.add_metric([name], st.tls_failures)
         for cls, n in sorted(st.statuses.items()):
             resp.add_metric([name, cls], n)
         for label, n in sorted(st.routes.items()):
             route.add_metric([name, label], n)
-        for key, b in st.backends.items():
-            breq.add_metric([name, key], b.requests)
-    yield from (reqs, bad, slow, tls, resp, route, breq)
+    yield from (resp, route)
 
 
 def start_metrics_server(bind: tuple[str, int], daemon: Daemon) -> None:
