@@ -44,6 +44,22 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _read_body(self, sink: list[bytes] | None, digest: hashlib._Hash | None) -> int:
         n = 0
+
+        def take(left: int) -> int:
+            """Read ``left`` bytes into the sink and digest; how many came."""
+            got = 0
+            while left:
+                block = self.rfile.read(min(left, 1 << 20))
+                if not block:
+                    break
+                left -= len(block)
+                got += len(block)
+                if sink is not None:
+                    sink.append(block)
+                if digest is not None:
+                    digest.update(block)
+            return got
+
         te = self.headers.get("Transfer-Encoding", "")
         if te.lower().endswith("chunked"):
             while True:
@@ -52,28 +68,9 @@ class _Handler(BaseHTTPRequestHandler):
                     while self.rfile.readline() not in (b"\r\n", b""):
                         pass
                     return n
-                left = size
-                while left:
-                    block = self.rfile.read(min(left, 1 << 20))
-                    left -= len(block)
-                    n += len(block)
-                    if sink is not None:
-                        sink.append(block)
-                    if digest is not None:
-                        digest.update(block)
+                n += take(size)
                 self.rfile.readline()
-        left = int(self.headers.get("Content-Length", "0"))
-        while left:
-            block = self.rfile.read(min(left, 1 << 20))
-            if not block:
-                break
-            left -= len(block)
-            n += len(block)
-            if sink is not None:
-                sink.append(block)
-            if digest is not None:
-                digest.update(block)
-        return n
+        return take(int(self.headers.get("Content-Length", "0")))
 
     def _handle(self) -> None:
         path = self.path

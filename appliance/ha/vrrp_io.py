@@ -43,8 +43,33 @@ def primary_address(ifname: str, version: int = 4) -> str:
                   "address")
 
 
-class VrrpSocket:
+class _Sender:
+    """What the IPv4 and IPv6 sockets share: advertising to the group or the peers."""
+
+    sock: trio.socket.SocketType
+    source: str
+    peers: tuple[str, ...]
+    group: str
+
+    def _address(self, dst: str) -> tuple[Any, ...]:
+        return (dst, 0)
+
+    async def send(self, adv: Advert) -> None:
+        for dst in self.peers or (self.group,):
+            msg = encode(adv, self.source, dst)
+            try:
+                await self.sock.sendto(msg, self._address(dst))
+            except OSError as e:
+                log.warning("VRRP advertisement to %s not sent: %s", dst, e.strerror)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class VrrpSocket(_Sender):
     """A raw socket bound to one interface, in the VRRP group (or to unicast peers)."""
+
+    group = GROUP_V4
 
     def __init__(self, ifname: str, source: str, peers: tuple[str, ...] = ()) -> None:
         self.ifname = ifname
@@ -67,14 +92,6 @@ class VrrpSocket:
             raise
         self.sock = sock
 
-    async def send(self, adv: Advert) -> None:
-        for dst in self.peers or (GROUP_V4,):
-            msg = encode(adv, self.source, dst)
-            try:
-                await self.sock.sendto(msg, (dst, 0))
-            except OSError as e:
-                log.warning("VRRP advertisement to %s not sent: %s", dst, e.strerror)
-
     async def receive(self) -> tuple[Advert, str]:
         """The next valid advertisement and its sender; invalid ones are logged, dropped."""
         while True:
@@ -94,9 +111,6 @@ class VrrpSocket:
             except ValueError as e:
                 log.warning("VRRP from %s dropped: %s", src, e)
 
-    def close(self) -> None:
-        self.sock.close()
-
 
 IPV6_RECVHOPLIMIT = getattr(socket, "IPV6_RECVHOPLIMIT", 51)
 IPV6_HOPLIMIT = getattr(socket, "IPV6_HOPLIMIT", 52)
@@ -104,9 +118,11 @@ IPV6_RECVPKTINFO = getattr(socket, "IPV6_RECVPKTINFO", 49)
 IPV6_PKTINFO = getattr(socket, "IPV6_PKTINFO", 50)
 
 
-class VrrpSocket6:
+class VrrpSocket6(_Sender):
     """The IPv6 twin: hop limit 255 is read from ancillary data (no IP header on raw
     IPv6 sockets), the destination from the packet info."""
+
+    group = GROUP_V6
 
     def __init__(self, ifname: str, source: str, peers: tuple[str, ...] = ()) -> None:
         self.ifname = ifname
@@ -132,13 +148,8 @@ class VrrpSocket6:
             raise
         self.sock = sock
 
-    async def send(self, adv: Advert) -> None:
-        for dst in self.peers or (GROUP_V6,):
-            msg = encode(adv, self.source, dst)
-            try:
-                await self.sock.sendto(msg, (dst, 0, 0, self.index))
-            except OSError as e:
-                log.warning("VRRP advertisement to %s not sent: %s", dst, e.strerror)
+    def _address(self, dst: str) -> tuple[Any, ...]:
+        return (dst, 0, 0, self.index)
 
     async def receive(self) -> tuple[Advert, str]:
         while True:
@@ -162,9 +173,6 @@ class VrrpSocket6:
                 return decode(data, src, dst), src
             except ValueError as e:
                 log.warning("VRRP from %s dropped: %s", src, e)
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 class Vips:

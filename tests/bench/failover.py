@@ -43,11 +43,7 @@ def run_pair(kind: str, trials: int) -> list[float]:
     with tempfile.TemporaryDirectory(prefix="edgelb-bench-ha-") as t:
         lab = Lab(Path(t))
         try:
-            lab.host("a", "10.77.0.1")
-            lab.host("b", "10.77.0.2")
-            lab.host("c", "10.77.0.10")
-            lab.backend("a")
-            lab.backend("b")
+            lab.standard()
             boxes = []
             if kind == "edgelb":
                 boxes = [lab.edgelb("a", 200, refresh="1s"), lab.edgelb("b", 100,

@@ -68,23 +68,30 @@ class Proxy:
                 self.proc.wait()
 
 
-def start_nginx(tmp: Path, port: int) -> subprocess.Popen[bytes]:
-    conf = tmp / "nginx.conf"
-    conf.write_text(f"""
-worker_processes 1;
-error_log {tmp}/nginx-error.log;
-pid {tmp}/nginx.pid;
-events {{ worker_connections 20000; }}
+def run_nginx(d: Path, servers: str, workers: int = 1,
+              connections: int = 4096) -> subprocess.Popen[bytes]:
+    """nginx in the foreground with everything under ``d`` and ``servers`` as the body
+    of its http block."""
+    (d / "nginx.conf").write_text(f"""
+worker_processes {workers};
+error_log {d}/error.log;
+pid {d}/nginx.pid;
+events {{ worker_connections {connections}; }}
 http {{
   access_log off;
-  client_body_temp_path {tmp}; proxy_temp_path {tmp}; fastcgi_temp_path {tmp};
-  uwsgi_temp_path {tmp}; scgi_temp_path {tmp};
+  client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d};
+  uwsgi_temp_path {d}; scgi_temp_path {d};
   keepalive_requests 1000000;
-  server {{ listen 127.0.0.1:{port} reuseport backlog=4096;
-           location / {{ return 200 "ok\\n"; }} }}
+{servers}
 }}
 """)
-    return subprocess.Popen(["nginx", "-c", str(conf), "-p", str(tmp), "-g", "daemon off;"])
+    return subprocess.Popen(["nginx", "-c", str(d / "nginx.conf"), "-p", str(d),
+                             "-g", "daemon off;"])
+
+
+def start_nginx(tmp: Path, port: int) -> subprocess.Popen[bytes]:
+    return run_nginx(tmp, f"""  server {{ listen 127.0.0.1:{port} reuseport backlog=4096;
+           location / {{ return 200 "ok\\n"; }} }}""", connections=20000)
 
 
 def start_iperf3(port: int) -> subprocess.Popen[bytes]:

@@ -26,7 +26,7 @@ from typing import Any
 
 import trustme
 
-from tests.bench.l4 import RESULTS, cpu_seconds, wrk
+from tests.bench.l4 import RESULTS, cpu_seconds, run_nginx, wrk
 from tests.helpers import EDGELB, can_connect, free_port, wait_for
 
 
@@ -39,39 +39,15 @@ def tree_cpu(pid: int) -> float:
 def backend_nginx(tmp: Path, port: int) -> subprocess.Popen[bytes]:
     d = tmp / "backend"
     d.mkdir()
-    (d / "nginx.conf").write_text(f"""
-worker_processes 1;
-error_log {d}/error.log;
-pid {d}/nginx.pid;
-events {{ worker_connections 4096; }}
-http {{
-  access_log off;
-  client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d};
-  uwsgi_temp_path {d}; scgi_temp_path {d};
-  keepalive_requests 1000000;
-  server {{ listen 127.0.0.1:{port} backlog=4096;
-           location / {{ return 200 "ok\\n"; }} }}
-}}
-""")
-    return subprocess.Popen(["nginx", "-c", str(d / "nginx.conf"), "-p", str(d),
-                             "-g", "daemon off;"])
+    return run_nginx(d, f"""  server {{ listen 127.0.0.1:{port} backlog=4096;
+           location / {{ return 200 "ok\\n"; }} }}""")
 
 
 def proxy_nginx(tmp: Path, workers: int, http: int, https: int, backend: int,
                 crt: Path, key: Path) -> subprocess.Popen[bytes]:
     d = tmp / f"nginx{workers}"
     d.mkdir()
-    (d / "nginx.conf").write_text(f"""
-worker_processes {workers};
-error_log {d}/error.log;
-pid {d}/nginx.pid;
-events {{ worker_connections 4096; }}
-http {{
-  access_log off;
-  client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d};
-  uwsgi_temp_path {d}; scgi_temp_path {d};
-  keepalive_requests 1000000;
-  upstream be {{ server 127.0.0.1:{backend}; keepalive 64; }}
+    return run_nginx(d, f"""  upstream be {{ server 127.0.0.1:{backend}; keepalive 64; }}
   server {{
     listen 127.0.0.1:{http} reuseport backlog=4096;
     listen 127.0.0.1:{https} ssl reuseport backlog=4096;
@@ -81,11 +57,7 @@ http {{
       proxy_pass http://be; proxy_http_version 1.1; proxy_set_header Connection "";
       proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
     }}
-  }}
-}}
-""")
-    return subprocess.Popen(["nginx", "-c", str(d / "nginx.conf"), "-p", str(d),
-                             "-g", "daemon off;"])
+  }}""", workers=workers)
 
 
 def proxy_haproxy(tmp: Path, http: int, https: int, backend: int,

@@ -141,6 +141,15 @@ vrrp_instance edge {{
     def neigh(self, client: str) -> str:
         return sh("ip", "-n", self.hosts[client], "neigh", "show", VIP)
 
+    def standard(self) -> Lab:
+        """Boxes a (10.77.0.1) and b (.2), each with its backend, and a client c (.10)."""
+        self.host("a", "10.77.0.1")
+        self.host("b", "10.77.0.2")
+        self.host("c", "10.77.0.10")
+        self.backend("a")
+        self.backend("b")
+        return self
+
     def close(self) -> None:
         for p in self.procs:
             if p.poll() is None:
@@ -157,12 +166,7 @@ vrrp_instance edge {{
 def lab(tmp_path: Path) -> Iterator[Lab]:
     lab = Lab(tmp_path)
     try:
-        lab.host("a", "10.77.0.1")
-        lab.host("b", "10.77.0.2")
-        lab.host("c", "10.77.0.10")
-        lab.backend("a")
-        lab.backend("b")
-        yield lab
+        yield lab.standard()
     finally:
         lab.close()
 
