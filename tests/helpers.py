@@ -125,6 +125,22 @@ def edgelb(tmp: Path, config: str, wait_port: int | None = None) -> Iterator[Edg
         e.stop()
 
 
+def http_listener(port: int, *backends: int, options: str = "", top: str = "",
+                  name: str = "web") -> str:
+    """A config with one http listener on 127.0.0.1:``port`` in front of ``backends``
+    (loopback ports); ``options`` are more keys of the listener, ``top`` more top-level
+    keys, each as YAML lines."""
+    listed = ", ".join(f"127.0.0.1:{b}" for b in backends)
+    more = "".join(f"    {line}\n" for line in options.splitlines() if line)
+    return (f"{top}\n" if top else "") + f"""\
+listeners:
+  - name: {name}
+    bind: 127.0.0.1:{port}
+    protocol: http
+    backends: [{listed}]
+{more}"""
+
+
 def metrics(port: int) -> dict[str, float]:
     """Scrape /metrics into {'name{labels}': value}."""
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()

@@ -20,7 +20,7 @@ import trustme
 from websockets.sync.client import connect as ws_connect
 from websockets.sync.server import serve as ws_serve
 
-from ..helpers import EDGELB, Edgelb, free_port, read_response, wait_for
+from ..helpers import EDGELB, Edgelb, free_port, http_listener, read_response, wait_for
 from ..http_backend import HttpBackend
 
 
@@ -179,13 +179,7 @@ def test_websocket_echo(tmp_path: Path) -> None:
         threading.Thread(target=server.serve_forever, daemon=True).start()
         ws_port = server.socket.getsockname()[1]
         port = free_port()
-        e = Edgelb(tmp_path, f"""\
-listeners:
-  - name: ws
-    bind: 127.0.0.1:{port}
-    protocol: http
-    backends: [127.0.0.1:{ws_port}]
-""").start(port)
+        e = Edgelb(tmp_path, http_listener(port, ws_port, name="ws")).start(port)
         try:
             with ws_connect(f"ws://127.0.0.1:{port}/chat") as ws:
                 for i in range(20):
@@ -235,13 +229,7 @@ listeners:
 def test_1gb_upload_streams_with_bounded_memory(tmp_path: Path) -> None:
     port = free_port()
     with HttpBackend("sink") as be:
-        e = Edgelb(tmp_path, f"""\
-listeners:
-  - name: up
-    bind: 127.0.0.1:{port}
-    protocol: http
-    backends: [127.0.0.1:{be.port}]
-""").start(port)
+        e = Edgelb(tmp_path, http_listener(port, be.port, name="up")).start(port)
         try:
             assert e.proc is not None
             size = 1 << 30

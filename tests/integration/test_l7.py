@@ -21,6 +21,7 @@ from ..helpers import (
     Server,
     closed_port,
     free_port,
+    http_listener,
     metrics,
     read_response,
     wait_for,
@@ -412,14 +413,8 @@ def test_response_with_cl_and_te_is_502(rig: Rig) -> None:
 def test_connection_limit(tmp_path: Path) -> None:
     port = free_port()
     with HttpBackend("one") as be:
-        e = Edgelb(tmp_path, f"""
-            listeners:
-              - name: web
-                bind: 127.0.0.1:{port}
-                protocol: http
-                max_connections: 2
-                backends: [127.0.0.1:{be.port}]
-            """).start(port)
+        e = Edgelb(tmp_path, http_listener(port, be.port, options="max_connections: 2")
+                   ).start(port)
         try:
             held = [socket.create_connection(("127.0.0.1", port)) for _ in range(2)]
             for s in held:
@@ -458,15 +453,9 @@ def test_curl_sees_a_well_formed_proxy(rig: Rig) -> None:
 def test_connect_failure_retries_idempotent_requests_on_another_backend(tmp_path: Path) -> None:
     port = free_port()
     with HttpBackend("alive") as be:
-        e = Edgelb(tmp_path, f"""\
-listeners:
-  - name: web
-    bind: 127.0.0.1:{port}
-    protocol: http
-    health: {{type: none}}
-    passive: {{failures: 0}}
-    backends: [127.0.0.1:{closed_port()}, 127.0.0.1:{be.port}]
-""").start(port)
+        e = Edgelb(tmp_path, http_listener(port, closed_port(), be.port, options="""
+health: {type: none}
+passive: {failures: 0}""")).start(port)
         try:
             # Round robin sends every other new connection to the dead backend first.
             for i in range(6):
@@ -483,14 +472,7 @@ listeners:
 def test_sigterm_closes_idle_keep_alive_and_finishes_busy_requests(tmp_path: Path) -> None:
     port = free_port()
     with HttpBackend("one") as be:
-        e = Edgelb(tmp_path, f"""\
-drain_timeout: 10s
-listeners:
-  - name: web
-    bind: 127.0.0.1:{port}
-    protocol: http
-    backends: [127.0.0.1:{be.port}]
-""").start(port)
+        e = Edgelb(tmp_path, http_listener(port, be.port, top="drain_timeout: 10s")).start(port)
         try:
             idle = socket.create_connection(("127.0.0.1", port), timeout=5)
             idle.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -522,14 +504,8 @@ def test_chunked_response_cut_mid_body_has_no_last_chunk(tmp_path: Path) -> None
 
     port = free_port()
     with Server(cut_chunked) as be:
-        e = Edgelb(tmp_path, f"""\
-listeners:
-  - name: web
-    bind: 127.0.0.1:{port}
-    protocol: http
-    health: {{type: none}}
-    backends: [127.0.0.1:{be.port}]
-""").start(port)
+        e = Edgelb(tmp_path, http_listener(port, be.port, options="health: {type: none}")
+                   ).start(port)
         try:
             resp = get(port, "/", "x")
             assert status(resp) == 200 and body(resp) == b"5\r\nhello\r\n"
@@ -540,13 +516,7 @@ listeners:
 def test_json_access_log(tmp_path: Path) -> None:
     port = free_port()
     with HttpBackend("one") as be:
-        e = Edgelb(tmp_path, f"""\
-listeners:
-  - name: web
-    bind: 127.0.0.1:{port}
-    protocol: http
-    backends: [127.0.0.1:{be.port}]
-""")
+        e = Edgelb(tmp_path, http_listener(port, be.port))
         e.start_args = ["--log-format", "json"]
         e.start(port)
         try:
@@ -566,14 +536,8 @@ def test_idle_keep_alive_connection_is_closed_after_the_keepalive_timeout(
         tmp_path: Path) -> None:
     port = free_port()
     with HttpBackend("one") as be:
-        e = Edgelb(tmp_path, f"""\
-listeners:
-  - name: web
-    bind: 127.0.0.1:{port}
-    protocol: http
-    timeouts: {{keepalive: 500ms}}
-    backends: [127.0.0.1:{be.port}]
-""").start(port)
+        e = Edgelb(tmp_path, http_listener(port, be.port,
+                                           options="timeouts: {keepalive: 500ms}")).start(port)
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
                 s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
