@@ -23,6 +23,13 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("-c", "--config", default="/etc/edgelb/edgelb.yaml")
     demo = sub.add_parser("demo", help="local backends and the daemon, all on loopback")
     demo.add_argument("--port", type=int, default=8080, help="first listener port")
+    from .control import ctl
+
+    ctl.add_parser(sub)
+    tui = sub.add_parser("tui", help="the operator console (Textual) on the control API")
+    tui.add_argument("--socket", help="the control socket (default: $EDGELB_SOCKET, "
+                     "else /run/edgelb/control.sock)")
+    tui.add_argument("--no-color", action="store_true", help="monochrome (also NO_COLOR)")
     w = sub.add_parser("_worker", help=argparse.SUPPRESS)
     w.add_argument("--fd", type=int, required=True)
     w.add_argument("--id", type=int, required=True)
@@ -40,6 +47,14 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str] | None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "ctl":
+        from .control import ctl
+
+        return ctl.run(args)
+    if args.command == "tui":
+        from tui.app import run_console
+
+        return run_console(args.socket, args.no_color)
     logs.setup(args.log_format)
     from .config import ConfigError, load_file
 

@@ -26,6 +26,7 @@ from .model import (
     Backend,
     BackendTls,
     ClusterSpec,
+    ControlSpec,
     HaSpec,
     HealthSpec,
     HttpLimits,
@@ -258,7 +259,9 @@ def _http_path(v: Any) -> str:
     return v
 
 
-_TOP = {"workers", "drain_timeout", "metrics", "listeners", "cluster", "ha"}
+_TOP = {"workers", "drain_timeout", "metrics", "listeners", "cluster", "ha", "control"}
+_CONTROL = {"socket", "group", "audit_log", "state_file", "roles"}
+_ROLES = {"admin", "operator", "viewer"}
 _HA = {"mode", "identity", "lease", "interface", "vrid", "priority", "advert_interval",
        "preempt", "preempt_delay", "vips", "unicast_peers", "garp", "track"}
 _GARP = {"count", "interval", "refresh"}
@@ -303,6 +306,10 @@ def build_snapshot(root: Node, version: int = 1, source: str = "") -> Snapshot:
     if "cluster" in top and top["cluster"].value is not None:
         cluster = _cluster(c, top["cluster"])
 
+    control = default_control()
+    if "control" in top and top["control"].value is not None:
+        control = _control(c, top["control"]) or control
+
     ha = HaSpec()
     if "ha" in top and top["ha"].value is not None:
         ha = _ha(c, top["ha"], cluster) or ha
@@ -339,7 +346,50 @@ def build_snapshot(root: Node, version: int = 1, source: str = "") -> Snapshot:
         raise ConfigError(c.issues, source)
     return Snapshot(version=version, workers=workers, drain_timeout=drain,
                     metrics_bind=metrics_bind, listeners=tuple(listeners), cluster=cluster,
-                    ha=ha)
+                    ha=ha, control=control)
+
+
+def _abs_path(v: Any) -> str:
+    if not isinstance(v, str) or not v.startswith("/"):
+        raise ValueError(f"{v!r} is not an absolute path")
+    return v
+
+
+def _group(v: Any) -> str:
+    if not isinstance(v, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.-]{0,31}", v):
+        raise ValueError(f"{v!r} is not a group name")
+    return v
+
+
+def default_control() -> ControlSpec:
+    """The control section's defaults; ``EDGELB_SOCKET`` moves the socket (as it does for
+    ``edgelb ctl`` and ``edgelb tui``) and the audit log beside it, so that a test or a
+    demo runs beside a system daemon."""
+    sock = os.environ.get("EDGELB_SOCKET")
+    if not sock:
+        return ControlSpec()
+    return ControlSpec(socket=sock, audit_log=os.path.join(os.path.dirname(sock),
+                                                           "audit.jsonl"))
+
+
+def _control(c: _Checker, node: Node) -> ControlSpec | None:
+    m = c.mapping(node, "control", _CONTROL)
+    if m is None:
+        return None
+    d = default_control()
+    groups = {"admin": d.admin_group, "operator": d.operator_group, "viewer": d.viewer_group}
+    if "roles" in m and m["roles"].value is not None:
+        rm = c.mapping(m["roles"], "control.roles", _ROLES)
+        if rm is not None:
+            for role in _ROLES:
+                groups[role] = c.get(rm, role, "control.roles", _group, groups[role])
+    return ControlSpec(
+        socket=c.get(m, "socket", "control", _abs_path, d.socket),
+        group=c.get(m, "group", "control", _group, d.group),
+        audit_log=c.get(m, "audit_log", "control", _abs_path, d.audit_log),
+        state_file=c.get(m, "state_file", "control", _abs_path, d.state_file),
+        admin_group=groups["admin"], operator_group=groups["operator"],
+        viewer_group=groups["viewer"])
 
 
 def _ha(c: _Checker, node: Node, cluster: ClusterSpec | None) -> HaSpec | None:

@@ -21,12 +21,14 @@ import socket
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any, cast
 
 import trio
 
 from . import __version__
 from .config import ConfigError, load_file
+from .control.plane import ControlPlane
 from .datapath.checks import HealthChecker
 from .datapath.flows import ListenerStats, merge
 from .datapath.worker import Worker
@@ -87,6 +89,25 @@ class _WorkerProcess:
         self.stats: dict[str, ListenerStats] = {}
         self.applied = trio.Event()
         self.errors: list[str] = []
+        self.asked = 0
+        self.answers: dict[int, tuple[trio.Event, list[Any]]] = {}
+
+    async def ask_flows(self) -> list[tuple[Any, ...]]:
+        """The worker's open flows (none if it does not answer within 2 s)."""
+        self.asked += 1
+        n = self.asked
+        done = trio.Event()
+        rows: list[Any] = []
+        self.answers[n] = (done, rows)
+        try:
+            await self.channel.send("flows", n)
+            with trio.move_on_after(2):
+                await done.wait()
+        except OSError:
+            pass
+        finally:
+            self.answers.pop(n, None)
+        return rows
 
 
 class Daemon:
@@ -120,20 +141,34 @@ class Daemon:
         self.status_writes = 0
         self.pending_status: dict[tuple[str, str, str], list[str]] = {}
         self.last_translation: Any = None
+        self.plane = ControlPlane(self)
+        # The listeners before operators' changes (a disabled backend is still listed).
+        self.raw_listeners: tuple[Listener, ...] = ()
+        self.ha_override = ""  # "", "demote" or "promote": an operator's HA choice
+        self.vrrp_peers: dict[str, dict[str, Any]] = {}  # by peer address
+        self.worker_restarts = 0
+        self.down_seen: set[tuple[str, str]] = set()
 
     # -- start and stop ------------------------------------------------------------
 
     async def serve(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                     ) -> None:
         """Start everything, run until SIGTERM/SIGINT, drain, return."""
-        snap = load_file(self.config_path, version=1)
+        raw = load_file(self.config_path, version=1)
         raise_fd_limit()
+        from .control.server import open_control_socket, serve_control
+
+        control_sock = open_control_socket(raw.control)
+        self.plane.configure(raw.control.audit_log, raw.control.state_file)
+        snap = replace(raw, listeners=self.plane.admin.apply(raw.listeners))
         with trio.open_signal_receiver(signal.SIGHUP, signal.SIGTERM, signal.SIGINT) as sigs:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
+                await nursery.start(serve_control, control_sock, snap.control, self.plane)
                 await self._start_datapath(nursery, snap)
                 self.snapshot = snap
-                self.static = snap
+                self.static = raw
+                self.raw_listeners = raw.listeners
                 await nursery.start(self.health.run, snap)
                 if snap.ha.mode == "lease":
                     from .ha.lease import Leadership
@@ -155,6 +190,8 @@ class Daemon:
                 log.info("edgelb %s serving snapshot v%d (%s): %d listeners, %d workers",
                          __version__, snap.version, snap.digest, len(snap.listeners),
                          snap.workers)
+                self.plane.event("start", f"edgelb {__version__} serving snapshot "
+                                 f"v{snap.version}: {len(snap.listeners)} listeners")
                 sd_notify("READY=1")
                 self.ready.set()
                 task_status.started()
@@ -208,6 +245,12 @@ class Daemon:
             elif kind == "applied":
                 wp.errors = payload
                 wp.applied.set()
+            elif kind == "flows":
+                n, rows = payload
+                waiting = wp.answers.get(n)
+                if waiting is not None:
+                    waiting[1].extend(rows)
+                    waiting[0].set()
 
     async def _replace_worker(self, wp: _WorkerProcess) -> None:
         """A worker died (a crash, an OOM kill): its flows are lost, but its listeners'
@@ -221,6 +264,9 @@ class Daemon:
         self.retired = merge([self.retired, wp.stats])
         if self.draining or self._nursery is None or self.snapshot is None:
             return
+        self.worker_restarts += 1
+        self.plane.event("worker", f"worker {wp.wid} (pid {wp.proc.pid}) exited with "
+                         f"status {code}; starting a new one")
         log.error("worker %d (pid %d) exited with status %s; starting a new one", wp.wid,
                   wp.proc.pid, code)
         # A worker that dies at once must not turn into a fork loop.
@@ -240,14 +286,29 @@ class Daemon:
                 continue
         return {}
 
+    async def flow_rows(self) -> list[tuple[Any, ...]]:
+        """Every open flow of every worker, as rows of the control API's flow table."""
+        if self.local is not None:
+            return self.local.flow_rows()
+        parts: list[list[tuple[Any, ...]]] = [[] for _ in self.procs]
+
+        async def one(i: int, wp: _WorkerProcess) -> None:
+            parts[i] = await wp.ask_flows()
+
+        async with trio.open_nursery() as nursery:
+            for i, wp in enumerate(self.procs):
+                nursery.start_soon(one, i, wp)
+        return [r for part in parts for r in part]
+
     def stats(self) -> dict[str, ListenerStats]:
         """The counters of every worker added up."""
         if self.local is not None:
             return merge([self.local.stats])
         return merge([self.retired, *(wp.stats for wp in self.procs)])
 
-    async def reload(self) -> bool:
-        """Re-read the config; put it in force if valid, else keep the old Snapshot."""
+    async def reload(self) -> list[str]:
+        """Re-read the config; put it in force if valid, else keep the old Snapshot.
+        Returns the config's issues (none when the reload took effect)."""
         assert self.snapshot is not None
         assert self._nursery is not None
         sd_notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
@@ -257,8 +318,10 @@ class Daemon:
             for issue in e.issues:
                 log.error("reload refused, %s: %s", e.source, issue)
             log.error("reload refused: still serving snapshot v%d", self.snapshot.version)
+            self.plane.event("reload", f"reload refused: {len(e.issues)} config errors; "
+                             f"still serving snapshot v{self.snapshot.version}")
             sd_notify("READY=1")
-            return False
+            return [f"{e.source}: {issue}" for issue in e.issues]
         if snap.workers != self.snapshot.workers:
             log.warning("workers changed from %d to %d: takes effect on restart",
                         self.snapshot.workers, snap.workers)
@@ -270,16 +333,24 @@ class Daemon:
         await self._put_in_force(self._compose(snap.version))
         log.info("reloaded: serving snapshot v%d (%s)", self.snapshot.version,
                  self.snapshot.digest)
+        self.plane.event("reload", f"reloaded: serving snapshot v{self.snapshot.version}")
         sd_notify("READY=1")
-        return True
+        return []
 
     def _compose(self, version: int) -> Snapshot:
-        """The static config plus the listeners learned from the cluster."""
+        """The static config plus the listeners learned from the cluster, with the
+        operators' backend changes."""
         assert self.static is not None
-        st = self.static
-        return Snapshot(version=version, listeners=st.listeners + self.dynamic,
-                        workers=st.workers, drain_timeout=st.drain_timeout,
-                        metrics_bind=st.metrics_bind, cluster=st.cluster)
+        self.raw_listeners = self.static.listeners + self.dynamic
+        return replace(self.static, version=version,
+                       listeners=self.plane.admin.apply(self.raw_listeners))
+
+    async def recompose(self) -> None:
+        """Put the operators' latest backend changes in force."""
+        assert self.snapshot is not None
+        snap = self._compose(self.snapshot.version + 1)
+        if snap.digest != self.snapshot.digest:
+            await self._put_in_force(snap)
 
     async def _put_in_force(self, snap: Snapshot) -> None:
         async with self.applying:
@@ -367,6 +438,16 @@ class Daemon:
         was = False
         while True:
             now = time.time()
+            if self.ha_override == "demote":
+                # Held back by an operator: not competing (the lease was released).
+                leadership.lost()
+                if was:
+                    log.warning("not leading: demoted by an operator")
+                    self.plane.event("ha", "lease: not leading (demoted by an operator)",
+                                     state="standby")
+                    was = False
+                await trio.sleep(ha.lease_duration / 3)
+                continue
             try:
                 lease = await trio.to_thread.run_sync(read)
                 d = decide(ha.identity, ha.lease_name, ha.lease_namespace, lease, now,
@@ -389,6 +470,10 @@ class Daemon:
                 log.warning("lease %s/%s: %s", ha.lease_namespace, ha.lease_name, e)
             now_leading = leadership.leading()
             if now_leading != was:
+                self.plane.event("ha", f"lease {ha.lease_namespace}/{ha.lease_name}: "
+                                 f"{'leading' if now_leading else 'not leading'} (holder "
+                                 f"{leadership.holder or 'nobody'})",
+                                 state="leader" if now_leading else "standby")
                 if now_leading:
                     log.info("leading: holding lease %s/%s as %s", ha.lease_namespace,
                              ha.lease_name, ha.identity)
@@ -412,6 +497,7 @@ class Daemon:
             SendAdvert,
             Vrrp,
             VrrpConfig,
+            wanted_priority,
         )
         from .ha.vrrp_io import (
             Vips,
@@ -450,11 +536,15 @@ class Daemon:
                     added = await trio.to_thread.run_sync(vips.add)
                     log.info("VRRP master (vrid %d, priority %d): %s; VIPs %s", ha.vrid,
                              machine.priority, a.reason, ", ".join(added) or "present")
+                    self.plane.event("ha", f"IPv{version} VRRP master: {a.reason}",
+                                     state="master", family=version)
                     self._nursery_start(trio.to_thread.run_sync, gratuitous_arp,
                                         ha.interface, [str(v) for v in vips.addresses],
                                         ha.garp_count, ha.garp_interval)
                 elif isinstance(a, Reannounce):
                     log.warning("VRRP: %s; announcing the VIPs again", a.reason)
+                    self.plane.event("ha", f"IPv{version} VRRP: {a.reason}; announcing "
+                                     "the VIPs again", state="master", family=version)
                     self._nursery_start(trio.to_thread.run_sync, gratuitous_arp,
                                         ha.interface, [str(v) for v in vips.addresses],
                                         ha.garp_count, ha.garp_interval)
@@ -463,6 +553,8 @@ class Daemon:
                     log.info("VRRP backup (vrid %d, priority %d): %s%s", ha.vrid,
                              machine.priority, a.reason,
                              f"; VIPs removed: {', '.join(gone)}" if gone else "")
+                    self.plane.event("ha", f"IPv{version} VRRP backup: {a.reason}",
+                                     state="backup", family=version)
 
         self.vrrps[-1] = (machine, act)
         try:
@@ -470,6 +562,9 @@ class Daemon:
                 async def receive() -> None:
                     while True:
                         adv, src = await sock.receive()
+                        self.vrrp_peers[src] = {"address": src, "priority": adv.priority,
+                                                "interval": adv.interval_cs / 100,
+                                                "seen": time.time()}
                         await act(machine.on_advert(adv, src, trio.current_time()))
                         wake.set()
 
@@ -482,23 +577,26 @@ class Daemon:
                                 [str(v) for v in vips.addresses], 1, 0.0)
 
                 async def track() -> None:
-                    """Lower the priority for each tracked condition that fails."""
-                    base = ha.priority
+                    """Lower the priority for each tracked condition that fails; hold an
+                    operator's demotion or promotion."""
                     while True:
                         await trio.sleep(0.2)
                         failing = self._track_failures(ha)
-                        want = base if base == 255 else max(1, base - ha.track_weight
-                                                            * len(failing))
+                        want = wanted_priority(ha.priority, len(failing), ha.track_weight,
+                                               self.ha_override)
                         if want != machine.priority:
-                            why = "; ".join(failing) or "tracked conditions recovered"
+                            why = (f"operator: {self.ha_override}" if self.ha_override
+                                   else "; ".join(failing) or "tracked conditions recovered")
                             log.warning("VRRP priority %d -> %d: %s", machine.priority, want,
                                         why)
+                            self.plane.event("ha", f"IPv{version} VRRP priority "
+                                             f"{machine.priority} -> {want}: {why}",
+                                             priority=want, family=version)
                             await act(machine.set_priority(want, trio.current_time(), why))
 
                 nursery.start_soon(receive)
                 nursery.start_soon(refresh)
-                if ha.track_listeners or ha.track_api_timeout:
-                    nursery.start_soon(track)
+                nursery.start_soon(track)
                 await act(machine.start(trio.current_time()))
                 task_status.started()
                 while True:
@@ -509,6 +607,97 @@ class Daemon:
                     await act(machine.on_timer(trio.current_time()))
         finally:
             sock.close()
+
+    async def ha_action(self, action: str, who: str) -> str:
+        """An operator's ``failover`` (hand over if master, take over if backup),
+        ``demote`` (stay backup: priority 1 until ``auto``), ``promote`` (become master:
+        priority 254 until ``auto``) or ``auto`` (back to the configured priority).
+        Returns what happened; raises AdminError when there is no HA to act on."""
+        from .control.admin import AdminError
+        from .ha.vrrp import wanted_priority
+
+        assert self.static is not None
+        ha = self.static.ha
+        if ha.mode == "standalone":
+            raise AdminError(409, "ha.mode is standalone: there is no peer to fail over to")
+        if ha.mode == "vrrp" and ha.priority == 255 and action in ("demote", "failover"):
+            raise AdminError(409, "this box is the address owner (priority 255) and "
+                                  "always masters its VIPs (RFC 5798)")
+        leading = self.is_leader()
+        if action == "failover":
+            action = "demote" if leading else "promote"
+        self.ha_override = "" if action == "auto" else action
+        why = f"operator {who}: {action}"
+        self.plane.event("ha", why, override=self.ha_override)
+        if ha.mode == "lease":
+            if action == "demote":
+                await self._release_lease()
+                return "demoted: lease released; not competing for it until promote or auto"
+            holder = self.leadership.holder if self.leadership else None
+            return (f"competing for the lease again (held by {holder or 'nobody'}; taken "
+                    "when it is free or expires)")
+        now = trio.current_time()
+        for machine, act in self.vrrps:
+            if act is None:
+                continue
+            want = wanted_priority(ha.priority, len(self._track_failures(ha)),
+                                   ha.track_weight, self.ha_override)
+            await act(machine.set_priority(want, now, why))
+            if action == "demote":
+                await act(machine.step_down(now, why))
+            elif action == "promote":
+                await act(machine.take_over(now, why))
+        states = ", ".join(f"{m.state} at priority {m.priority}" for m, _ in self.vrrps)
+        return {"demote": f"demoted: {states}; stays backup until promote or auto",
+                "promote": f"promoted: {states}; stays preferred until demote or auto",
+                "auto": f"configured priority again: {states}"}[action]
+
+    def ha_view(self) -> dict[str, Any]:
+        """HA state for the status endpoint, with alerts under ``alerts``."""
+        ha = self.static.ha if self.static else None
+        if ha is None or ha.mode == "standalone":
+            return {"mode": "standalone", "leader": True, "alerts": []}
+        alerts = []
+        if self.ha_override:
+            alerts.append(f"HA held by an operator: {self.ha_override} (ctl ha auto to "
+                          "release)")
+        out: dict[str, Any] = {"mode": ha.mode, "leader": self.is_leader(),
+                               "override": self.ha_override}
+        if ha.mode == "lease":
+            lead = self.leadership
+            out.update(identity=ha.identity, lease=f"{ha.lease_namespace}/{ha.lease_name}",
+                       holder=lead.holder if lead else None)
+        else:
+            now = time.time()
+            routers = []
+            for m, _ in self.vrrps:
+                fam = ipaddress.ip_address(m.config.addresses[0]).version \
+                    if m.config.addresses else 4
+                routers.append({"family": f"IPv{fam}", "vrid": m.config.vrid,
+                                "state": m.state, "priority": m.priority,
+                                "configured_priority": m.config.priority,
+                                "reason": m.reason, "vips": list(m.config.addresses)})
+                if m.priority < m.config.priority and not self.ha_override:
+                    alerts.append(f"VRRP IPv{fam} priority lowered to {m.priority}: "
+                                  f"{m.reason}")
+            peers = [{**p, "seen_ago": round(now - p["seen"], 1)}
+                     for p in self.vrrp_peers.values()]
+            out.update(interface=ha.interface, vrid=ha.vrid, routers=routers, peers=peers)
+            if not any(p["seen_ago"] < 3 * p["interval"] + 1 for p in peers):
+                alerts.append("no VRRP peer heard: this box has no standby")
+        out["alerts"] = alerts
+        return out
+
+    def sync_view(self) -> dict[str, Any] | None:
+        """The cluster sync's state for the status endpoint (None without a cluster)."""
+        sync = self.sync
+        if sync is None:
+            return None
+        return {"synced": sync.synced, "changes": sync.changes,
+                "watches": [{"name": f.name, "state": f.state, "detail": f.detail,
+                             "errors": f.errors} for f in list(sync.follows)],
+                "vips": len(self.ipam.by_service) if self.ipam is not None else 0,
+                "status_writes": self.status_writes, "problems": len(self.problems_seen)}
 
     def _track_failures(self, ha: Any) -> list[str]:
         """The tracked conditions that fail now, each as a reason."""
@@ -614,6 +803,7 @@ class Daemon:
         await self._stop_vrrp()
         sd_notify("STOPPING=1")
         timeout = self.snapshot.drain_timeout
+        self.plane.event("drain", f"draining: up to {timeout:g}s for open flows")
         log.info("draining: up to %gs for open flows", timeout)
         deadline = trio.current_time() + timeout
         if self.local is not None:
@@ -632,6 +822,14 @@ class Daemon:
         log.info("drained, exiting")
 
     def _health_changed(self, down: set[tuple[str, str]]) -> None:
+        was = self.down_seen
+        for lst, key in sorted(down - was):
+            self.plane.event("health", f"listener {lst}: backend {key} is down",
+                             listener=lst, backend=key, health="down")
+        for lst, key in sorted(was - down):
+            self.plane.event("health", f"listener {lst}: backend {key} is up",
+                             listener=lst, backend=key, health="up")
+        self.down_seen = set(down)
         if self.local is not None:
             self.local.set_health(down)
         if self._nursery is not None:
@@ -677,6 +875,8 @@ async def worker_main(fd: int, wid: int) -> None:
                     first = False
             elif kind == "health":
                 worker.set_health(payload)
+            elif kind == "flows":
+                await channel.send("flows", (payload, worker.flow_rows()))
             elif kind == "drain":
                 await worker.drain(trio.current_time() + float(payload))
                 await channel.send("stats", worker.stats)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import tempfile
 from importlib import resources
 
@@ -19,7 +20,8 @@ from .sim.cluster import SimCluster
 log = logging.getLogger("edgelb.demo")
 
 
-def demo_config(web_port: int, cert: str, key: str, kubeconfig: str, tls_dir: str) -> str:
+def demo_config(web_port: int, cert: str, key: str, kubeconfig: str, tls_dir: str,
+                control_dir: str) -> str:
     """The bundled demo config with its ports and paths filled in."""
     text = resources.files("appliance").joinpath("examples/demo.yaml").read_text()
     return (text.replace("{web_port}", str(web_port))
@@ -30,6 +32,8 @@ def demo_config(web_port: int, cert: str, key: str, kubeconfig: str, tls_dir: st
             .replace("{ingress_http}", str(web_port + 8))
             .replace("{ingress_https}", str(web_port + 9))
             .replace("{kubeconfig}", kubeconfig).replace("{tls_dir}", tls_dir)
+            .replace("{control_socket}", os.path.join(control_dir, "control.sock"))
+            .replace("{audit_log}", os.path.join(control_dir, "audit.jsonl"))
             .replace("{cert}", cert).replace("{key}", key))
 
 
@@ -67,7 +71,7 @@ async def run_demo(web_port: int = 8080, log_format: str = "text") -> int:
         cert, key = self_signed(tmp, "demo", dns=("shop.demo.test",))
         sim = await trio.to_thread.run_sync(demo_cluster, tmp, web_port)
         await trio.Path(path).write_text(demo_config(
-            web_port, cert, key, sim.kubeconfig_path, os.path.join(tmp, "tls")))
+            web_port, cert, key, sim.kubeconfig_path, os.path.join(tmp, "tls"), tmp))
         async with trio.open_nursery() as nursery:
             for i in (1, 2, 3):
                 await nursery.start(serve_http, "127.0.0.1", 19000 + i, f"web-{i}")
@@ -87,6 +91,7 @@ async def run_demo(web_port: int = 8080, log_format: str = "text") -> int:
                 nursery.cancel_scope.cancel()
                 sim.stop()
                 return 1
+            elb = os.path.join(os.path.dirname(sys.executable), "edgelb")
             print(f"""
 edgelb demo is running (config: {path})
 
@@ -113,6 +118,14 @@ edgelb demo is running (config: {path})
   curl -sk --resolve shop.cluster.test:{web_port + 9}:127.0.0.120 \\
        https://shop.cluster.test:{web_port + 9}/
   kubectl delete svc shop                                   # its VIP stops answering
+
+  # The control API and the operator console:
+  export EDGELB_SOCKET={tmp}/control.sock
+  {elb} ctl status
+  {elb} ctl listeners web
+  {elb} ctl drain web 127.0.0.1:19001          # no new flows to web-1
+  {elb} ctl events
+  {elb} tui                                    # ? for help, q to quit
 
 Ctrl-C drains and stops.
 """, flush=True)

@@ -256,6 +256,21 @@ class HaSpec:
 
 
 @dataclass(frozen=True)
+class ControlSpec:
+    """The control API (the ``control:`` section): a Unix socket whose callers get a role
+    from their groups, and an audit log of every action."""
+
+    socket: str = "/run/edgelb/control.sock"
+    group: str = "edgelb"  # the socket's group (mode 0660); kept as is if it does not exist
+    audit_log: str = "/var/log/edgelb/audit.jsonl"
+    # Drained, disabled and re-weighted backends survive a restart when this is set.
+    state_file: str = ""
+    admin_group: str = "edgelb-admins"
+    operator_group: str = "edgelb-operators"
+    viewer_group: str = "edgelb-viewers"
+
+
+@dataclass(frozen=True)
 class Snapshot:
     """Everything the datapath needs, immutable, versioned and content-hashed."""
 
@@ -266,6 +281,7 @@ class Snapshot:
     metrics_bind: tuple[str, int] | None = None
     cluster: ClusterSpec | None = None
     ha: HaSpec = field(default_factory=HaSpec)
+    control: ControlSpec = field(default_factory=ControlSpec)
 
     @property
     def digest(self) -> str:

@@ -5,10 +5,12 @@ every process is stopped by its own PID."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 import time
@@ -64,6 +66,9 @@ class Edgelb:
         self.proc: subprocess.Popen[bytes] | None = None
         self.start_args: list[str] = []
         self.prefix: list[str] = []  # e.g. ["ip", "netns", "exec", "ns1"]
+        # A short path of its own: Unix socket paths are limited to 107 bytes.
+        self.control_dir = tempfile.mkdtemp(prefix="elb-")
+        self.socket = os.path.join(self.control_dir, "control.sock")
 
     def start(self, wait_port: int | None = None) -> Edgelb:
         old = getattr(self, "_logf", None)
@@ -72,7 +77,8 @@ class Edgelb:
         self._logf = open(self.log, "wb")
         self.proc = subprocess.Popen(
             [*self.prefix, *EDGELB, *self.start_args, "run", "-c", str(self.path)],
-            stdout=self._logf, stderr=subprocess.STDOUT, cwd=ROOT)
+            stdout=self._logf, stderr=subprocess.STDOUT, cwd=ROOT,
+            env={**os.environ, "EDGELB_SOCKET": self.socket})
         wait_for(lambda: b"serving snapshot" in self.log.read_bytes()
                  or self.proc is None or self.proc.poll() is not None, 20, "edgelb start")
         assert self.proc.poll() is None, self.log.read_text()
@@ -123,6 +129,7 @@ def edgelb(tmp: Path, config: str, wait_port: int | None = None) -> Iterator[Edg
         yield e
     finally:
         e.stop()
+        shutil.rmtree(e.control_dir, ignore_errors=True)
 
 
 def http_listener(port: int, *backends: int, options: str = "", top: str = "",

@@ -233,6 +233,14 @@ class Vrrp:
         self.reason = why
         return [SendAdvert(0), BecomeBackup(why)]
 
+    def take_over(self, now: float, why: str) -> list[Action]:
+        """An operator's promotion: a backup becomes master now rather than after the
+        master down interval; the old master yields to our higher-priority advertisement
+        (RFC 5798 6.4.3)."""
+        if self.state != BACKUP:
+            return []
+        return self._to_master(now, why)
+
     def shutdown(self, now: float) -> list[Action]:
         actions: list[Action] = []
         if self.state == MASTER:
@@ -247,6 +255,20 @@ class Vrrp:
         self.adver_timer = now + self.adver_interval
         self.reason = why
         return [SendAdvert(self.priority), BecomeMaster(why)]
+
+
+def wanted_priority(configured: int, failing: int, weight: int, override: str) -> int:
+    """The priority to run at: the configured one less ``weight`` per failing tracked
+    condition (never below 1), or an operator's choice: ``demote`` runs at 1 (any peer
+    preempts), ``promote`` at 254 (above any peer but an address owner). The address
+    owner (255) keeps 255, as RFC 5798 requires."""
+    if configured == 255:
+        return 255
+    if override == "demote":
+        return 1
+    if override == "promote":
+        return 254
+    return max(1, configured - weight * failing)
 
 
 def _ip_key(ip: str) -> int:

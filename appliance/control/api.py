@@ -1,0 +1,238 @@
+"""The control API's requests and answers, apart from the socket: which path is which
+endpoint, who may call it, query validation, flow filtering and paging. The daemon is
+reached through the ``Plant`` protocol, so the API is tested against any object that
+has those methods.
+
+Endpoints (all JSON; ``?follow=1`` streams JSON lines):
+
+    GET  /v1/whoami                 the caller's user and role
+    GET  /v1/status                 version, uptime, HA, Snapshot, sync, totals, alerts
+    GET  /v1/listeners              one summary per listener
+    GET  /v1/listeners/NAME         its pools and backends: health, admin state, counters
+    GET  /v1/routes                 HTTP routes: host, path -> pool -> backends
+    GET  /v1/flows                  filter, sort and page (a stream of pages with follow)
+    GET  /v1/events                 events since a sequence number (a stream with follow)
+    POST /v1/actions/ACTION         drain, undrain, disable, enable, weight, failover,
+                                    demote, promote, auto, reload (operator or admin)
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+from .admin import AdminError
+from .roles import Caller
+
+# A flow as workers report it (a tuple is far cheaper to gather and sort than a dict).
+FLOW_FIELDS = ("id", "listener", "protocol", "client", "vip", "backend", "bytes_in",
+               "bytes_out", "age", "state")
+_SORTABLE = {f: i for i, f in enumerate(FLOW_FIELDS)} | {"bytes": -1}
+_FILTERS = ("listener", "protocol", "backend", "client", "state", "vip")
+ACTIONS = ("drain", "undrain", "disable", "enable", "weight", "failover", "demote",
+           "promote", "auto", "reload")
+MAX_PAGE = 5000
+
+
+class Plant(Protocol):
+    """What the API needs of the daemon."""
+
+    def status(self) -> dict[str, Any]: ...
+
+    def listeners(self) -> list[dict[str, Any]]: ...
+
+    def listener(self, name: str) -> dict[str, Any] | None: ...
+
+    def routes(self) -> list[dict[str, Any]]: ...
+
+    async def flow_rows(self) -> list[tuple[Any, ...]]: ...
+
+    def events(self, since: int) -> list[dict[str, Any]]: ...
+
+    async def wait_event(self, since: int) -> None: ...
+
+    async def act(self, caller: Caller, action: str, args: dict[str, Any]) -> dict[str, Any]:
+        """Do an action; raises AdminError with the status to answer."""
+        ...
+
+    def audit(self, caller: Caller, action: str, target: dict[str, Any], result: str) -> None:
+        ...
+
+
+@dataclass
+class Reply:
+    """A whole answer, or (with ``stream``) JSON lines as they come."""
+
+    status: int
+    body: Any = None
+    stream: AsyncIterator[Any] | None = None
+    headers: list[tuple[str, str]] = field(default_factory=list)
+
+
+def error(status: int, message: str) -> Reply:
+    return Reply(status, {"error": message, "status": status})
+
+
+class QueryError(ValueError):
+    pass
+
+
+def _int(q: dict[str, str], key: str, default: int, lo: int, hi: int) -> int:
+    raw = q.get(key)
+    if raw is None or raw == "":
+        return default
+    if not raw.isdigit() or not lo <= int(raw) <= hi:
+        raise QueryError(f"query parameter {key!r}: {raw!r} is not a whole number in "
+                         f"{lo}-{hi}")
+    return int(raw)
+
+
+def _float(q: dict[str, str], key: str, default: float, lo: float, hi: float) -> float:
+    raw = q.get(key)
+    if raw is None or raw == "":
+        return default
+    try:
+        v = float(raw)
+    except ValueError:
+        v = lo - 1
+    if not lo <= v <= hi:
+        raise QueryError(f"query parameter {key!r}: {raw!r} is not a number in {lo:g}-{hi:g}")
+    return v
+
+
+def _flag(q: dict[str, str], key: str) -> bool:
+    return q.get(key, "") in ("1", "true", "yes")
+
+
+def select_flows(rows: Sequence[tuple[Any, ...]], q: dict[str, str]
+                 ) -> tuple[int, list[tuple[Any, ...]]]:
+    """Filter (exact ``listener``, ``protocol``, ``state``; substring ``backend``,
+    ``client``, ``vip``; ``q`` anywhere), sort (``sort`` by a field, ``desc``) and page
+    (``offset``, ``limit``) the flows; returns (matching count, the page)."""
+    sel: Sequence[tuple[Any, ...]] = rows
+    for f in _FILTERS:
+        want = q.get(f)
+        if not want:
+            continue
+        i = FLOW_FIELDS.index(f)
+        if f in ("listener", "protocol", "state"):
+            sel = [r for r in sel if r[i] == want]
+        else:
+            sel = [r for r in sel if want in r[i]]
+    text = q.get("q")
+    if text:
+        sel = [r for r in sel if any(text in str(v) for v in r[1:6]) or text == r[9]]
+    sort = q.get("sort", "")
+    desc = _flag(q, "desc")
+    if sort:
+        if sort not in _SORTABLE:
+            raise QueryError(f"cannot sort by {sort!r}; one of {', '.join(_SORTABLE)}")
+        i = _SORTABLE[sort]
+        key = (lambda r: r[6] + r[7]) if i < 0 else (lambda r: r[i])
+        sel = sorted(sel, key=key, reverse=desc)
+    elif desc:
+        sel = list(reversed(sel))
+    offset = _int(q, "offset", 0, 0, 1 << 31)
+    limit = _int(q, "limit", 100, 0, MAX_PAGE)
+    return len(sel), list(sel[offset:offset + limit])
+
+
+def flow_dicts(rows: list[tuple[Any, ...]]) -> list[dict[str, Any]]:
+    return [dict(zip(FLOW_FIELDS, r, strict=True)) for r in rows]
+
+
+async def handle(plant: Plant, caller: Caller, method: str, target: str,
+                 body: bytes) -> Reply:
+    """Answer one request of ``caller``."""
+    if caller.role is None:
+        return error(403, f"user {caller.user} (uid {caller.uid}) has no edgelb role")
+    parts = urlsplit(target)
+    path = unquote(parts.path).rstrip("/") or "/"
+    try:
+        q = dict(parse_qsl(parts.query, keep_blank_values=True, strict_parsing=False))
+        if path.startswith("/v1/actions/"):
+            if method != "POST":
+                return error(405, f"{path} takes POST")
+            return await _action(plant, caller, path.removeprefix("/v1/actions/"), body)
+        if method != "GET":
+            return error(405, f"{path} takes GET")
+        return await _read(plant, caller, path, q)
+    except QueryError as e:
+        return error(400, str(e))
+
+
+async def _read(plant: Plant, caller: Caller, path: str, q: dict[str, str]) -> Reply:
+    if path == "/v1/whoami":
+        return Reply(200, {"user": caller.user, "uid": caller.uid, "role": caller.role})
+    if path == "/v1/status":
+        return Reply(200, plant.status())
+    if path == "/v1/listeners":
+        return Reply(200, {"listeners": plant.listeners()})
+    if path.startswith("/v1/listeners/"):
+        name = path.removeprefix("/v1/listeners/")
+        found = plant.listener(name)
+        if found is None:
+            return error(404, f"no listener named {name!r}")
+        return Reply(200, found)
+    if path == "/v1/routes":
+        return Reply(200, {"routes": plant.routes()})
+    if path == "/v1/flows":
+        select_flows([], q)  # a bad query is refused before anything is gathered
+        if _flag(q, "follow"):
+            interval = _float(q, "interval", 1.0, 0.1, 60.0)
+            return Reply(200, stream=_flow_pages(plant, q, interval))
+        return Reply(200, await _flow_page(plant, q))
+    if path == "/v1/events":
+        since = _int(q, "since", 0, 0, 1 << 62)
+        if _flag(q, "follow"):
+            return Reply(200, stream=_event_stream(plant, since))
+        return Reply(200, {"events": plant.events(since)})
+    return error(404, f"no endpoint {path}")
+
+
+async def _flow_page(plant: Plant, q: dict[str, str]) -> dict[str, Any]:
+    rows = await plant.flow_rows()
+    total, page = select_flows(rows, q)
+    return {"total": total, "all": len(rows), "offset": _int(q, "offset", 0, 0, 1 << 31),
+            "flows": flow_dicts(page)}
+
+
+async def _flow_pages(plant: Plant, q: dict[str, str], interval: float) -> AsyncIterator[Any]:
+    import trio
+
+    while True:
+        yield await _flow_page(plant, q)
+        await trio.sleep(interval)
+
+
+async def _event_stream(plant: Plant, since: int) -> AsyncIterator[Any]:
+    while True:
+        for e in plant.events(since):
+            since = max(since, int(e["seq"]))
+            yield e
+        await plant.wait_event(since)
+
+
+async def _action(plant: Plant, caller: Caller, action: str, body: bytes) -> Reply:
+    if action not in ACTIONS:
+        return error(404, f"no action {action!r}; one of {', '.join(ACTIONS)}")
+    try:
+        args = json.loads(body or b"{}")
+    except ValueError as e:
+        return error(400, f"the body is not JSON: {e}")
+    if not isinstance(args, dict):
+        return error(400, "the body must be a JSON object")
+    if not caller.may("operator"):
+        msg = f"{action} needs the operator or admin role; {caller.user} is a {caller.role}"
+        plant.audit(caller, action, args, f"refused: {msg}")
+        return error(403, msg)
+    try:
+        done = await plant.act(caller, action, args)
+    except AdminError as e:
+        plant.audit(caller, action, args, f"failed: {e}")
+        return error(e.status, str(e))
+    plant.audit(caller, action, args, str(done.get("result", "ok")))
+    return Reply(200, done)

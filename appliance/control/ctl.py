@@ -1,0 +1,241 @@
+"""``edgelb ctl``: every control API endpoint and action from a shell. Tables by default,
+``--json`` for scripts.
+
+Exit status: 0 done; 1 the daemon refused or failed (a reload with config errors, an
+action that cannot be done); 2 usage; 3 edgelb is not running or cannot be reached;
+4 not allowed (no role, or a viewer asking for an action); 5 no such listener, backend
+or endpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from .client import Client, ControlError
+
+EXIT_REFUSED, EXIT_UNREACHABLE, EXIT_FORBIDDEN, EXIT_NOT_FOUND = 1, 3, 4, 5
+
+
+def add_parser(sub: Any) -> None:
+    """Add ``ctl`` and its commands to the ``edgelb`` parser."""
+    ctl = sub.add_parser("ctl", help="query and steer a running daemon (control API)",
+                         description=__doc__,
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    ctl.add_argument("--socket", help="the control socket (default: $EDGELB_SOCKET, "
+                     "else /run/edgelb/control.sock)")
+    ctl.add_argument("--json", action="store_true", help="print the API's JSON")
+    cmds = ctl.add_subparsers(dest="ctl", required=True, metavar="COMMAND")
+    cmds.add_parser("status", help="version, uptime, HA, Snapshot, sync, totals, alerts")
+    cmds.add_parser("whoami", help="your user and role")
+    p = cmds.add_parser("listeners", help="listeners; with a name, its backends")
+    p.add_argument("name", nargs="?")
+    p = cmds.add_parser("backends", help="the backends of a listener, by pool")
+    p.add_argument("name")
+    cmds.add_parser("routes", help="HTTP routes: host and path -> pool -> backends")
+    p = cmds.add_parser("flows", help="open flows: filter, sort, page, or --watch")
+    for f in ("listener", "protocol", "backend", "client", "state", "vip"):
+        p.add_argument(f"--{f}")
+    p.add_argument("-q", "--query", help="text anywhere in the flow")
+    p.add_argument("--sort", help="id, listener, protocol, client, vip, backend, bytes_in, "
+                   "bytes_out, bytes, age, state")
+    p.add_argument("--desc", action="store_true")
+    p.add_argument("--limit", type=int, default=100)
+    p.add_argument("--offset", type=int, default=0)
+    p.add_argument("--watch", action="store_true", help="a new page every --interval")
+    p.add_argument("--interval", type=float, default=1.0)
+    p = cmds.add_parser("events", help="HA changes, reloads, health, actions")
+    p.add_argument("--since", type=int, default=0)
+    p.add_argument("-f", "--follow", action="store_true")
+    for action, text in (("drain", "no new flows; open flows run to their end"),
+                         ("undrain", "back to ready"),
+                         ("disable", "out of the pool; open flows cut after drain_timeout"),
+                         ("enable", "back to ready")):
+        p = cmds.add_parser(action, help=f"a backend: {text}")
+        p.add_argument("listener")
+        p.add_argument("backend", help="its key: address, or pool/address for HTTP")
+    p = cmds.add_parser("weight", help="set a backend's weight (0-256, or 'config')")
+    p.add_argument("listener")
+    p.add_argument("backend")
+    p.add_argument("weight")
+    for action, text in (("failover", "hand the VIPs over (master) or take them (backup)"),
+                         ("demote", "stay backup until promote or auto"),
+                         ("promote", "become master and stay preferred until auto"),
+                         ("auto", "back to the configured priority")):
+        cmds.add_parser(action, help=f"HA: {text}")
+    cmds.add_parser("reload", help="re-read the config (refused, with the errors, if bad)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run one ``ctl`` command; returns the exit status."""
+    client = Client(args.socket)
+    try:
+        return _run(client, args)
+    except ControlError as e:
+        print(f"edgelb ctl: {e.message}", file=sys.stderr)
+        if e.status == 0:
+            return EXIT_UNREACHABLE
+        if e.status == 403:
+            return EXIT_FORBIDDEN
+        if e.status == 404:
+            return EXIT_NOT_FOUND
+        return EXIT_REFUSED
+    except BrokenPipeError:
+        return 0
+    except KeyboardInterrupt:
+        return 130
+
+
+def _out(args: argparse.Namespace, data: Any, table: str) -> int:
+    print(json.dumps(data, indent=2) if args.json else table, flush=True)
+    return 0
+
+
+def _run(client: Client, args: argparse.Namespace) -> int:
+    cmd = args.ctl
+    if cmd == "status":
+        st = client.get("/v1/status")
+        return _out(args, st, format_status(st))
+    if cmd == "whoami":
+        me = client.get("/v1/whoami")
+        return _out(args, me, f"{me['user']} (uid {me['uid']}): {me['role']}")
+    if cmd == "listeners" and not args.name:
+        ls = client.get("/v1/listeners")["listeners"]
+        return _out(args, ls, table(
+            ["NAME", "PROTO", "BIND", "BACKENDS", "DOWN", "NOT READY", "ACTIVE",
+             "ACCEPTED", "REQUESTS"],
+            [[x["name"], x["protocol"], x["bind"], x["backends"], x["down"], x["not_ready"],
+              x["active"], x["accepted"], x["requests"]] for x in ls]))
+    if cmd in ("listeners", "backends"):
+        d = client.get(f"/v1/listeners/{args.name}")
+        rows = [[b["key"], b["address"], b["health"], b["state"],
+                 f"{b['effective_weight']}" + ("" if b["admin_weight"] is None
+                                               else f" (set; config {b['weight']})"),
+                 b["active"], b["connections"], b["requests"], b["connect_failures"],
+                 human_bytes(b["bytes_in"] + b["bytes_out"])]
+                for p in d["pools"] for b in p["backends"]]
+        return _out(args, d, f"{d['name']} {d['protocol']} {d['bind']} "
+                    f"({d['balance']})\n" + table(
+                        ["BACKEND", "ADDRESS", "HEALTH", "STATE", "WEIGHT", "ACTIVE",
+                         "FLOWS", "REQUESTS", "FAILS", "BYTES"], rows))
+    if cmd == "routes":
+        rs = client.get("/v1/routes")["routes"]
+        return _out(args, rs, table(
+            ["LISTENER", "HOST", "PATH", "TYPE", "POOL", "BACKENDS"],
+            [[r["listener"], r["host"], r["path"], r["type"], r["pool"],
+              ",".join(r["backends"]) or "-"] for r in rs]))
+    if cmd == "flows":
+        q = {f: getattr(args, f) for f in ("listener", "protocol", "backend", "client",
+                                           "state", "vip", "sort", "limit", "offset")}
+        q.update(q=args.query, desc=1 if args.desc else None)
+        pages = (client.stream("/v1/flows", interval=args.interval, **q) if args.watch
+                 else iter([client.get("/v1/flows", **q)]))
+        for page in pages:
+            _out(args, page, format_flows(page))
+        return 0
+    if cmd == "events":
+        events = (client.stream("/v1/events", since=args.since) if args.follow
+                  else iter(client.get("/v1/events", since=args.since)["events"]))
+        for e in events:
+            print(json.dumps(e) if args.json else format_event(e), flush=True)
+        return 0
+    if cmd in ("drain", "undrain", "disable", "enable"):
+        r = client.act(cmd, listener=args.listener, backend=args.backend)
+        return _out(args, r, f"{args.listener} {args.backend}: {r['state']}")
+    if cmd == "weight":
+        w: int | None
+        if args.weight == "config":
+            w = None
+        elif args.weight.isdigit():
+            w = int(args.weight)
+        else:
+            print(f"edgelb ctl: weight {args.weight!r} is not 0-256 or 'config'",
+                  file=sys.stderr)
+            return 2
+        r = client.act("weight", listener=args.listener, backend=args.backend, weight=w)
+        return _out(args, r, f"{args.listener} {args.backend}: weight "
+                    f"{r['admin_weight'] if r['admin_weight'] is not None else 'as configured'}")
+    if cmd in ("failover", "demote", "promote", "auto"):
+        r = client.act(cmd)
+        return _out(args, r, r["result"])
+    if cmd == "reload":
+        r = client.act("reload")
+        return _out(args, r, f"reloaded: serving snapshot v{r['snapshot']}")
+    return 2
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """Columns as wide as their widest cell, two spaces apart."""
+    cells = [[str(c) for c in header]] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+                     for r in cells)
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f}{unit}" if unit == "B" else f"{n:.1f}{unit}"
+        n /= 1024
+    return f"{n}B"
+
+
+def human_age(seconds: float) -> str:
+    s = int(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
+def format_status(st: dict[str, Any]) -> str:
+    """The status as a few lines an operator reads at a glance."""
+    ha = st["ha"]
+    lines = [f"edgelb {st['version']} pid {st['pid']} up {human_age(st['uptime'])}, "
+             f"{st['workers']} workers{', DRAINING' if st['draining'] else ''}",
+             f"snapshot v{st['snapshot']['version']} ({st['snapshot']['digest']}): "
+             f"{st['snapshot']['listeners']} listeners, {st['snapshot']['from_cluster']} "
+             "from the cluster"]
+    if ha["mode"] == "vrrp":
+        for r in ha["routers"]:
+            lines.append(f"HA vrrp {r['family']} vrid {r['vrid']}: {r['state'].upper()} "
+                         f"priority {r['priority']}/{r['configured_priority']} "
+                         f"({r['reason']}); VIPs {', '.join(r['vips'])}")
+        for p in ha["peers"]:
+            lines.append(f"  peer {p['address']} priority {p['priority']}, heard "
+                         f"{p['seen_ago']}s ago")
+    elif ha["mode"] == "lease":
+        lines.append(f"HA lease {ha['lease']}: {'LEADER' if ha['leader'] else 'standby'} "
+                     f"(holder {ha['holder'] or 'nobody'})")
+    else:
+        lines.append("HA standalone")
+    sync = st.get("sync")
+    if sync is not None:
+        lines.append(f"cluster: {'in sync' if sync['synced'] else 'NOT in sync'}, "
+                     f"{sync['vips']} VIPs, {sync['changes']} changes, "
+                     f"{sync['status_writes']} status writes")
+    t = st["totals"]
+    lines.append(f"traffic: {t['active']} open flows, {t['accepted']} accepted, "
+                 f"{t['requests']} requests, {human_bytes(t['bytes_in'])} in, "
+                 f"{human_bytes(t['bytes_out'])} out")
+    lines += [f"ALERT: {a}" for a in st["alerts"]]
+    return "\n".join(lines)
+
+
+def format_flows(page: dict[str, Any]) -> str:
+    rows = [[f["id"], f["client"], f["vip"], f["backend"] or "-", f["protocol"],
+             human_bytes(f["bytes_in"]), human_bytes(f["bytes_out"]), human_age(f["age"]),
+             f["state"]] for f in page["flows"]]
+    shown = f"{page['offset'] + 1}-{page['offset'] + len(rows)}" if rows else "none"
+    return table(["ID", "CLIENT", "VIP", "BACKEND", "PROTO", "IN", "OUT", "AGE", "STATE"],
+                 rows) + f"\n{shown} of {page['total']} matching ({page['all']} open)"
+
+
+def format_event(e: dict[str, Any]) -> str:
+    when = datetime.datetime.fromtimestamp(e["time"]).strftime("%H:%M:%S")
+    return f"{e['seq']:>6} {when} {e['kind']:<7} {e['message']}"

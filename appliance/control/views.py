@@ -1,0 +1,93 @@
+"""What the control API shows of listeners, backends and routes: plain data built from
+the listeners (before operators' changes, so a disabled backend is still listed), the
+counters, the health verdicts and the operators' changes. Pure."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..datapath.flows import BackendStats, ListenerStats
+from ..model import Backend, Listener
+from .admin import AdminState
+
+
+def _health(lst: Listener, key: str, checked: set[str], down: set[tuple[str, str]]) -> str:
+    if key not in checked:
+        return "unchecked"
+    return "down" if (lst.name, key) in down else "up"
+
+
+def backend_view(lst: Listener, key: str, b: Backend, stats: BackendStats | None,
+                 checked: set[str], down: set[tuple[str, str]],
+                 admin: AdminState) -> dict[str, Any]:
+    a = admin.get(lst.name, key)
+    st = stats or BackendStats()
+    host, port = lst.backend_address(b) if lst.http is None else b.address
+    return {"key": key, "address": f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
+            "weight": b.weight, "admin_weight": a.weight, "state": a.state,
+            "effective_weight": 0 if a.state != "ready" else
+            (a.weight if a.weight is not None else b.weight),
+            "health": _health(lst, key, checked, down), "active": st.active,
+            "connections": st.connections, "requests": st.requests,
+            "connect_failures": st.connect_failures, "bytes_in": st.bytes_in,
+            "bytes_out": st.bytes_out}
+
+
+def listener_summary(lst: Listener, stats: ListenerStats | None,
+                     down: set[tuple[str, str]], admin: AdminState) -> dict[str, Any]:
+    """One line's worth: counts of backends by health and admin state, and counters."""
+    st = stats or ListenerStats()
+    keys = ([lst.backend_key(b) for b in lst.backends] if lst.http is None else
+            [f"{p.name}/{b.key}" for p in lst.http.pools for b in p.backends])
+    checked = {k for k, _, _ in lst.checked()}
+    n_down = sum(1 for k in checked if (lst.name, k) in down)
+    n_admin = sum(1 for k in keys if admin.get(lst.name, k).state != "ready")
+    return {"name": lst.name, "protocol": lst.protocol, "bind": lst.bind_text,
+            "balance": lst.balance, "backends": len(keys), "down": n_down,
+            "not_ready": n_admin, "active": sum(b.active for b in st.backends.values()),
+            "accepted": st.accepted, "requests": st.requests, "no_backend": st.no_backend,
+            "bytes_in": sum(b.bytes_in for b in st.backends.values()),
+            "bytes_out": sum(b.bytes_out for b in st.backends.values())}
+
+
+def listener_detail(lst: Listener, stats: ListenerStats | None,
+                    down: set[tuple[str, str]], admin: AdminState) -> dict[str, Any]:
+    """The summary plus every pool with its backends."""
+    st = stats or ListenerStats()
+    checked = {k for k, _, _ in lst.checked()}
+    out = listener_summary(lst, stats, down, admin)
+    if lst.http is None:
+        pools = [("", lst.balance, [(lst.backend_key(b), b) for b in lst.backends])]
+    else:
+        pools = [(p.name, p.balance, [(f"{p.name}/{b.key}", b) for b in p.backends])
+                 for p in lst.http.pools]
+    out["pools"] = [{"name": name, "balance": balance,
+                     "backends": [backend_view(lst, k, b, st.backends.get(k), checked, down,
+                                               admin) for k, b in members]}
+                    for name, balance, members in pools]
+    if lst.http is not None:
+        out["bad_requests"] = st.bad_requests
+        out["statuses"] = dict(st.statuses)
+    return out
+
+
+def route_views(listeners: tuple[Listener, ...]) -> list[dict[str, Any]]:
+    """Every HTTP route as host, path and type -> pool -> backends (a pool learned from
+    the cluster is named after its Service and port)."""
+    out = []
+    for lst in listeners:
+        if lst.http is None:
+            continue
+        pools = {p.name: p for p in lst.http.pools}
+        for r in lst.http.routes:
+            for pr in r.paths:
+                p = pools.get(pr.pool)
+                out.append({"listener": lst.name, "host": r.host or "*", "path": pr.path,
+                            "type": pr.type, "pool": pr.pool,
+                            "backends": [b.key for b in p.backends] if p else []})
+        if lst.http.default_pool:
+            p = pools.get(lst.http.default_pool)
+            out.append({"listener": lst.name, "host": "*", "path": "(default)",
+                        "type": "default", "pool": lst.http.default_pool,
+                        "backends": [b.key for b in p.backends] if p else []})
+    return out
