@@ -1,0 +1,678 @@
+"""``edgelb tui``: the operator console. It polls the control API once a second (and only
+for what the open view shows), keeps its tables by key, and asks before anything
+disruptive. A viewer gets no actions; the daemon refuses them anyway."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import time
+from collections import deque
+from collections.abc import Iterable, Sequence
+from typing import Any, ClassVar, TypeVar
+
+from textual import on, work
+from textual.app import App, ComposeResult, SystemCommand
+from textual.binding import Binding, BindingType
+from textual.containers import Horizontal, Vertical
+from textual.screen import ModalScreen, Screen
+from textual.widget import Widget
+from textual.widgets import (
+    DataTable,
+    Footer,
+    Input,
+    Log,
+    Sparkline,
+    Static,
+    TabbedContent,
+    TabPane,
+)
+
+from appliance.control.client import Client, ControlError
+from appliance.control.ctl import format_event, human_age, human_bytes
+
+from .screens import ConfirmScreen, HelpScreen, PromptScreen
+from .source import Api, Source
+
+W = TypeVar("W", bound=Widget)
+PANES = ("overview", "flows", "backends", "routes", "events", "ha")
+SORTS = ("", "bytes", "age", "client", "backend", "listener", "state")
+BACKEND_ACTIONS = {"drain": "drain", "undrain": "undrain", "disable": "disable",
+                   "enable": "enable"}
+HA_ACTIONS = ("failover", "demote", "promote", "auto")
+# Actions that change something: hidden from viewers.
+CHANGES = {"backend", "weight", "ha", "reload_config"}
+COMMANDS = ("overview", "flows", "backends", "routes", "events", "ha", "drain", "undrain",
+            "disable", "enable", "weight", "failover", "demote", "promote", "auto",
+            "reload", "sort", "filter", "q", "quit", "help")
+
+
+class CommandError(ValueError):
+    pass
+
+
+def parse_command(text: str) -> tuple[str, list[str]]:
+    """A ``:`` command line as (command, arguments); raises CommandError when it is not
+    one (the message says what is expected)."""
+    try:
+        words = shlex.split(text.strip().lstrip(":"))
+    except ValueError as e:
+        raise CommandError(str(e)) from None
+    if not words:
+        raise CommandError("empty command")
+    cmd, args = words[0].lower(), words[1:]
+    if cmd not in COMMANDS:
+        raise CommandError(f"unknown command {cmd!r}; ? lists them")
+    need = {"drain": 2, "undrain": 2, "disable": 2, "enable": 2, "weight": 3}
+    if cmd in need and len(args) != need[cmd]:
+        shape = "LISTENER BACKEND" + (" N|config" if cmd == "weight" else "")
+        raise CommandError(f"{cmd} takes {shape}")
+    if cmd == "weight" and args[2] != "config" and not (args[2].isdigit()
+                                                        and int(args[2]) <= 256):
+        raise CommandError(f"weight {args[2]!r} is not 0-256 or 'config'")
+    if cmd == "sort" and (not args or args[0] not in SORTS[1:]):
+        raise CommandError(f"sort by one of {', '.join(SORTS[1:])}")
+    return cmd, args
+
+
+def _rate(history: deque[tuple[float, float]]) -> float:
+    if len(history) < 2:
+        return 0.0
+    (t0, v0), (t1, v1) = history[-2], history[-1]
+    return max(0.0, (v1 - v0) / (t1 - t0)) if t1 > t0 else 0.0
+
+
+class Console(App[int]):
+    """The console, on the control API at ``socket`` (or any ``api``)."""
+
+    TITLE = "edgelb"
+    AUTO_FOCUS = None
+    CSS = """
+    #banner { height: 1; background: $warning; color: $text; display: none; }
+    #banner.shown { display: block; }
+    #command { display: none; dock: bottom; }
+    #command.shown { display: block; }
+    #flow-filter { display: none; }
+    #flow-filter.shown { display: block; }
+    #overview-text { height: auto; }
+    Sparkline { height: 2; margin: 0 1; }
+    .caption { height: 1; color: $text-muted; }
+    #listeners-table { width: 32; }
+    #ha-text { height: auto; }
+    #alerts { height: auto; color: $error; }
+    ConfirmScreen, PromptScreen, HelpScreen { align: center middle; }
+    #dialog { width: 70; height: auto; border: thick $accent; padding: 1 2;
+              background: $surface; }
+    #help { width: 90%; height: 90%; border: thick $accent; background: $surface;
+            padding: 0 1; }
+    """
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("1", "pane('overview')", "Overview", show=False),
+        Binding("2", "pane('flows')", "Flows", show=False),
+        Binding("3", "pane('backends')", "Backends", show=False),
+        Binding("4", "pane('routes')", "Routes", show=False),
+        Binding("5", "pane('events')", "Events", show=False),
+        Binding("6", "pane('ha')", "HA", show=False),
+        Binding("question_mark", "help", "Help"),
+        Binding("colon", "command", "Cmd"),
+        Binding("slash", "filter", "Filter", show=False),
+        Binding("s", "sort", "Sort", show=False),
+        Binding("r", "reverse", "Reverse", show=False),
+        Binding("n", "page(1)", "Next page", show=False),
+        Binding("p", "page(-1)", "Prev page", show=False),
+        Binding("d", "backend('drain')", "Drain"),
+        Binding("u", "backend('undrain')", "Undrain"),
+        Binding("x", "backend('disable')", "Disable"),
+        Binding("e", "backend('enable')", "Enable"),
+        Binding("w", "weight", "Weight"),
+        Binding("f", "ha('failover')", "Failover"),
+        Binding("D", "ha('demote')", "Demote"),
+        Binding("P", "ha('promote')", "Promote"),
+        Binding("A", "ha('auto')", "Auto"),
+        Binding("R", "reload_config", "Reload", show=False),
+        Binding("q", "quit", "Quit"),
+    ]
+
+    def __init__(self, api: Api | None = None, socket: str | None = None,
+                 interval: float = 1.0) -> None:
+        super().__init__()
+        self.source = Source(api if api is not None else Client(socket, timeout=5))
+        self.interval = interval
+        self.role: str | None = None
+        self.user = ""
+        self.status: dict[str, Any] = {}
+        self.seq = 0
+        self.listener_name = ""
+        self.flow_query: dict[str, Any] = {"sort": "", "desc": False, "offset": 0, "q": ""}
+        self.flow_total = 0
+        self.rps: deque[tuple[float, float]] = deque(maxlen=2)
+        self.bps: deque[tuple[float, float]] = deque(maxlen=2)
+        self.rps_line: deque[float] = deque([0.0] * 60, maxlen=60)
+        self.bps_line: deque[float] = deque([0.0] * 60, maxlen=60)
+        self.refreshes = 0
+        self.refresh_seconds = 0.0
+
+    # -- layout ------------------------------------------------------------------------
+
+    def _main(self, selector: str, kind: type[W]) -> W:
+        """A widget of the main screen, also while a dialog is on top."""
+        return self.screen_stack[0].query_one(selector, kind)
+
+    def compose(self) -> ComposeResult:
+        yield Static("", id="topline")
+        yield Static("", id="banner")
+        with TabbedContent(initial="overview", id="panes"):
+            with TabPane("1 Overview", id="overview"):
+                yield Static("connecting ...", id="overview-text")
+                yield Static("requests/s", classes="caption", id="rps-caption")
+                yield Sparkline(list(self.rps_line), id="rps")
+                yield Static("bytes/s", classes="caption", id="bps-caption")
+                yield Sparkline(list(self.bps_line), id="bps")
+                yield Static("", id="alerts")
+            with TabPane("2 Flows", id="flows"):
+                yield Static("", id="flow-info")
+                yield Input(placeholder="filter flows (Enter; empty clears)", id="flow-filter",
+                            disabled=True)
+                yield DataTable(id="flows-table", cursor_type="row", zebra_stripes=True)
+            with TabPane("3 Backends", id="backends"), Horizontal():
+                yield DataTable(id="listeners-table", cursor_type="row")
+                yield DataTable(id="backends-table", cursor_type="row")
+            with TabPane("4 Routes", id="routes"):
+                yield DataTable(id="routes-table", cursor_type="row")
+            with TabPane("5 Events", id="events"):
+                yield Log(id="events-log", max_lines=2000, auto_scroll=True)
+            with TabPane("6 HA", id="ha"), Vertical():
+                yield Static("", id="ha-text")
+        yield Input(placeholder=":command (Enter; Esc closes)", id="command", disabled=True)
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self._main("#flows-table", DataTable).add_columns(
+            "ID", "CLIENT", "VIP", "BACKEND", "PROTO", "IN", "OUT", "AGE", "STATE")
+        self._main("#listeners-table", DataTable).add_columns("LISTENER", "PROTO", "B")
+        self._main("#backends-table", DataTable).add_columns(
+            "BACKEND", "HEALTH", "STATE", "WEIGHT", "ACTIVE", "FLOWS", "REQ", "FAIL", "BYTES")
+        self._main("#routes-table", DataTable).add_columns(
+            "HOST", "PATH", "TYPE", "POOL", "BACKENDS", "LISTENER")
+        self.tick()
+        self.set_interval(self.interval, self.tick)
+
+    # -- polling -----------------------------------------------------------------------
+
+    def tick(self) -> None:
+        # Paused while a dialog is open: the operator is reading what it is about.
+        if isinstance(self.screen, ModalScreen):
+            return
+        self.refresh_data()
+
+    @work(exclusive=True, group="refresh")
+    async def refresh_data(self) -> None:
+        """Read what the open view shows; mark the console disconnected (and keep trying)
+        when the daemon does not answer."""
+        started = time.perf_counter()
+        try:
+            if self.role is None or not self.source.connected:
+                me = await self.source.get("/v1/whoami")
+                if me is None:
+                    self._show_disconnected()
+                    return
+                self.role, self.user = me["role"], me["user"]
+                self.refresh_bindings()
+            status = await self.source.get("/v1/status")
+            if status is None:
+                self._show_disconnected()
+                return
+            self._show_status(status)
+            await self._read_events(status)
+            pane = self._main("#panes", TabbedContent).active
+            if pane == "flows":
+                await self._read_flows()
+            elif pane == "backends":
+                await self._read_backends()
+            elif pane == "routes":
+                await self._read_routes()
+        except ControlError as e:
+            self.notify(f"{e.message}", severity="error", timeout=6)
+        self.refreshes += 1
+        self.refresh_seconds += time.perf_counter() - started
+
+    def _show_disconnected(self) -> None:
+        banner = self._main("#banner", Static)
+        banner.update(f"disconnected: {self.source.error}; retrying every "
+                      f"{self.interval:g}s")
+        banner.add_class("shown")
+        self.role = None
+
+    def _show_status(self, st: dict[str, Any]) -> None:
+        self._main("#banner", Static).remove_class("shown")
+        if st.get("last_event", 0) < self.seq:
+            self.seq = 0  # the daemon restarted: its events start again from 1
+        self.status = st
+        ha = st["ha"]
+        if ha["mode"] == "vrrp":
+            states = "/".join(r["state"].upper() for r in ha["routers"]) or "starting"
+        elif ha["mode"] == "lease":
+            states = "LEADER" if ha["leader"] else "standby"
+        else:
+            states = "standalone"
+        self._main("#topline", Static).update(
+            f"edgelb {st['version']}  {self.user} ({self.role})  HA {states}  "
+            f"snapshot v{st['snapshot']['version']}  up {human_age(st['uptime'])}"
+            + (f"  {len(st['alerts'])} ALERTS" if st["alerts"] else ""))
+        now = time.monotonic()
+        t = st["totals"]
+        self.rps.append((now, t["requests"] + t["accepted"]))
+        self.bps.append((now, t["bytes_in"] + t["bytes_out"]))
+        r, b = _rate(self.rps), _rate(self.bps)
+        self.rps_line.append(r)
+        self.bps_line.append(b)
+        self._main("#rps", Sparkline).data = list(self.rps_line)
+        self._main("#bps", Sparkline).data = list(self.bps_line)
+        self._main("#rps-caption", Static).update(
+            f"requests+connections/s  now {r:.0f}  max {max(self.rps_line):.0f}")
+        self._main("#bps-caption", Static).update(
+            f"bytes/s  now {human_bytes(b)}  max {human_bytes(max(self.bps_line))}")
+        self._main("#overview-text", Static).update(_overview(st))
+        self._main("#alerts", Static).update(
+            "\n".join(f"! {a}" for a in st["alerts"]) or "no alerts")
+        self._main("#ha-text", Static).update(_ha_text(st, self.may_change()))
+
+    async def _read_events(self, st: dict[str, Any]) -> None:
+        if st.get("last_event", 0) <= self.seq:
+            return
+        got = await self.source.get("/v1/events", since=self.seq)
+        if got is None:
+            return
+        log = self._main("#events-log", Log)
+        for e in got["events"]:
+            log.write_line(format_event(e))
+            self.seq = max(self.seq, e["seq"])
+
+    def _page_size(self) -> int:
+        height = self._main("#flows-table", DataTable).size.height
+        return max(5, height - 1) if height else 20
+
+    async def _read_flows(self) -> None:
+        q = self.flow_query
+        page = await self.source.get(
+            "/v1/flows", sort=q["sort"] or None, desc=1 if q["desc"] else None,
+            offset=q["offset"], limit=self._page_size(), q=q["q"] or None)
+        if page is None:
+            return
+        self.flow_total = page["total"]
+        rows = [(f["id"], [f["id"], f["client"], f["vip"], f["backend"] or "-",
+                           f["protocol"], human_bytes(f["bytes_in"]),
+                           human_bytes(f["bytes_out"]), human_age(f["age"]), f["state"]])
+                for f in page["flows"]]
+        sync_rows(self._main("#flows-table", DataTable), rows)
+        first = q["offset"] + 1 if rows else 0
+        self._main("#flow-info", Static).update(
+            f"flows {first}-{q['offset'] + len(rows)} of {page['total']} matching "
+            f"({page['all']} open)  sort: {q['sort'] or 'none'}"
+            f"{' desc' if q['desc'] else ''}  filter: {q['q'] or '-'}   "
+            "/ filter  s sort  r reverse  n/p page")
+
+    async def _read_backends(self) -> None:
+        got = await self.source.get("/v1/listeners")
+        if got is None:
+            return
+        lt = self._main("#listeners-table", DataTable)
+        sync_rows(lt, [(x["name"], [x["name"], x["protocol"], x["backends"]])
+                       for x in got["listeners"]])
+        if not self.listener_name and got["listeners"]:
+            self.listener_name = got["listeners"][0]["name"]
+        if not self.listener_name:
+            return
+        try:
+            d = await self.source.get(f"/v1/listeners/{self.listener_name}")
+        except ControlError:
+            self.listener_name = ""
+            return
+        if d is None:
+            return
+        rows = []
+        for p in d["pools"]:
+            for b in p["backends"]:
+                weight = str(b["effective_weight"]) + (" set" if b["admin_weight"] is not None
+                                                       else "")
+                rows.append((b["key"], [b["key"], b["health"], b["state"], weight,
+                                        b["active"], b["connections"], b["requests"],
+                                        b["connect_failures"],
+                                        human_bytes(b["bytes_in"] + b["bytes_out"])]))
+        sync_rows(self._main("#backends-table", DataTable), rows)
+
+    async def _read_routes(self) -> None:
+        got = await self.source.get("/v1/routes")
+        if got is None:
+            return
+        rows = [(f"{i}", [r["host"], r["path"], r["type"], r["pool"],
+                          ",".join(r["backends"]) or "-", r["listener"]])
+                for i, r in enumerate(got["routes"])]
+        sync_rows(self._main("#routes-table", DataTable), rows)
+
+    # -- who may do what ----------------------------------------------------------------
+
+    def may_change(self) -> bool:
+        return self.role in ("operator", "admin")
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action in CHANGES and not self.may_change():
+            return False  # hidden: a viewer has no actions
+        try:
+            pane = self._main("#panes", TabbedContent).active
+        except Exception:
+            pane = ""  # not composed yet
+        if action in ("backend", "weight"):
+            return pane == "backends"
+        if action == "ha":
+            return pane == "ha"
+        if action in ("filter", "sort", "reverse", "page"):
+            return pane == "flows"
+        return True
+
+    @on(TabbedContent.TabActivated)
+    def _pane_changed(self) -> None:
+        self.refresh_bindings()
+        self.refresh_data()
+
+    # -- navigation ---------------------------------------------------------------------
+
+    def action_pane(self, pane: str) -> None:
+        self._main("#panes", TabbedContent).active = pane
+        if pane == "flows":
+            self._main("#flows-table", DataTable).focus()
+        elif pane == "backends":
+            self._main("#backends-table", DataTable).focus()
+
+    def action_help(self) -> None:
+        self.push_screen(HelpScreen())
+
+    def _open_input(self, selector: str, value: str) -> None:
+        box = self._main(selector, Input)
+        box.disabled = False
+        box.add_class("shown")
+        box.value = value
+        box.focus()
+
+    def _close_input(self, box: Input) -> None:
+        box.remove_class("shown")
+        box.disabled = True
+
+    def action_command(self) -> None:
+        self._open_input("#command", "")
+
+    def action_filter(self) -> None:
+        self._open_input("#flow-filter", self.flow_query["q"])
+
+    def action_sort(self) -> None:
+        i = SORTS.index(self.flow_query["sort"])
+        self.flow_query.update(sort=SORTS[(i + 1) % len(SORTS)], offset=0)
+        self.refresh_data()
+
+    def action_reverse(self) -> None:
+        self.flow_query["desc"] = not self.flow_query["desc"]
+        self.refresh_data()
+
+    def action_page(self, step: int) -> None:
+        size = self._page_size()
+        off = self.flow_query["offset"] + step * size
+        self.flow_query["offset"] = max(0, min(off, max(0, self.flow_total - 1)))
+        self.refresh_data()
+
+    @on(DataTable.HeaderSelected, "#flows-table")
+    def _sort_by_header(self, event: DataTable.HeaderSelected) -> None:
+        name = str(event.label).lower()
+        field = {"in": "bytes_in", "out": "bytes_out", "proto": "protocol"}.get(name, name)
+        if self.flow_query["sort"] == field:
+            self.flow_query["desc"] = not self.flow_query["desc"]
+        self.flow_query.update(sort=field, offset=0)
+        self.refresh_data()
+
+    @on(DataTable.RowHighlighted, "#listeners-table")
+    def _listener_chosen(self, event: DataTable.RowHighlighted) -> None:
+        name = event.row_key.value if event.row_key is not None else ""
+        if name and name != self.listener_name:
+            self.listener_name = name
+            self._main("#backends-table", DataTable).clear()
+            self.refresh_data()
+
+    @on(Input.Submitted, "#flow-filter")
+    def _filter_given(self, event: Input.Submitted) -> None:
+        self.flow_query.update(q=event.value.strip(), offset=0)
+        self._close_input(event.input)
+        self._main("#flows-table", DataTable).focus()
+        self.refresh_data()
+
+    @on(Input.Submitted, "#command")
+    def _command_given(self, event: Input.Submitted) -> None:
+        self._close_input(event.input)
+        text = event.value
+        event.input.value = ""
+        try:
+            cmd, args = parse_command(text)
+        except CommandError as e:
+            self.notify(str(e), severity="error")
+            return
+        self.run_command(cmd, args)
+
+    def key_escape(self) -> None:
+        for box in self.screen_stack[0].query(Input):
+            if box.has_class("shown"):
+                self._close_input(box)
+                self.set_focus(None)
+
+    def run_command(self, cmd: str, args: Sequence[str]) -> None:
+        """Do one parsed ``:`` command."""
+        if cmd in PANES:
+            if cmd == "backends" and args:
+                self.listener_name = args[0]
+            self.action_pane(cmd)
+        elif cmd in ("q", "quit"):
+            self.exit(0)
+        elif cmd == "help":
+            self.action_help()
+        elif cmd == "sort":
+            self.flow_query.update(sort=args[0], desc=len(args) > 1 and args[1] == "desc",
+                                   offset=0)
+            self.action_pane("flows")
+        elif cmd == "filter":
+            self.flow_query.update(q=" ".join(args), offset=0)
+            self.action_pane("flows")
+        elif not self.may_change():
+            self.notify(f"{cmd} needs the operator or admin role; you are a {self.role}",
+                        severity="error")
+        elif cmd in BACKEND_ACTIONS:
+            self._confirm_backend(cmd, args[0], args[1])
+        elif cmd == "weight":
+            self._confirm_weight(args[0], args[1], args[2])
+        elif cmd in HA_ACTIONS:
+            self.action_ha(cmd)
+        elif cmd == "reload":
+            self.action_reload_config()
+
+    def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
+        yield from super().get_system_commands(screen)
+        for pane in PANES:
+            yield SystemCommand(f"Show {pane}", f"the {pane} view",
+                                lambda p=pane: self.action_pane(p))
+        if self.may_change():
+            for action in HA_ACTIONS:
+                yield SystemCommand(f"HA {action}", "asks for confirmation first",
+                                    lambda a=action: self.action_ha(a))
+            yield SystemCommand("Reload the config", "asks for confirmation first",
+                                self.action_reload_config)
+
+    # -- actions ------------------------------------------------------------------------
+
+    def _selected_backend(self) -> str | None:
+        table = self._main("#backends-table", DataTable)
+        if table.row_count == 0:
+            return None
+        key = table.coordinate_to_cell_key(table.cursor_coordinate).row_key
+        return str(key.value) if key.value is not None else None
+
+    def action_backend(self, action: str) -> None:
+        backend = self._selected_backend()
+        if backend is None or not self.listener_name:
+            self.notify("no backend selected", severity="warning")
+            return
+        self._confirm_backend(action, self.listener_name, backend)
+
+    def _confirm_backend(self, action: str, listener: str, backend: str) -> None:
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self._act(action, listener=listener, backend=backend)
+
+        what = {"drain": "no new flows; open flows run to their end",
+                "disable": "out of the pool; open flows are cut after drain_timeout",
+                "undrain": "back to ready", "enable": "back to ready"}[action]
+        self.push_screen(ConfirmScreen(f"{action} {backend} of {listener}?\n({what})"),
+                         answered)
+
+    def action_weight(self) -> None:
+        backend = self._selected_backend()
+        if backend is None or not self.listener_name:
+            self.notify("no backend selected", severity="warning")
+            return
+        listener = self.listener_name
+
+        def given(value: str | None) -> None:
+            if value is None:
+                return
+            try:
+                parse_command(f"weight {listener} {backend} {value}")
+            except CommandError as e:
+                self.notify(str(e), severity="error")
+                return
+            self._confirm_weight(listener, backend, value)
+
+        self.push_screen(PromptScreen(f"Weight for {backend} of {listener} "
+                                      "(0-256, or config):"), given)
+
+    def _confirm_weight(self, listener: str, backend: str, value: str) -> None:
+        weight = None if value == "config" else int(value)
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self._act("weight", listener=listener, backend=backend, weight=weight)
+
+        self.push_screen(ConfirmScreen(f"set the weight of {backend} of {listener} to "
+                                       f"{value}?"), answered)
+
+    def action_ha(self, action: str) -> None:
+        what = {"failover": "the VIPs move to the other box (or to this one, if it is "
+                            "backup)",
+                "demote": "this box stays backup until promote or auto",
+                "promote": "this box takes the VIPs and stays preferred until auto",
+                "auto": "back to the configured priority"}[action]
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self._act(action)
+
+        self.push_screen(ConfirmScreen(f"HA {action}?\n({what})"), answered)
+
+    def action_reload_config(self) -> None:
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self._act("reload")
+
+        self.push_screen(ConfirmScreen("reload the config? (a bad config is refused and "
+                                       "the current one keeps serving)"), answered)
+
+    @work(group="act")
+    async def _act(self, action: str, **args: Any) -> None:
+        log = self._main("#events-log", Log)
+        target = " ".join(f"{v}" for v in args.values() if v is not None)
+        try:
+            r = await self.source.act(action, **args)
+        except ControlError as e:
+            log.write_line(f"       you    {action} {target}: refused: {e.message}")
+            self.notify(f"{action} refused: {e.message}", severity="error", timeout=8)
+            return
+        text = r.get("result", "ok")
+        if "state" in r:
+            w = r["admin_weight"]
+            text = f"{r['state']}, weight {w if w is not None else 'as configured'}"
+        log.write_line(f"       you    {action} {target}: {text}")
+        self.notify(f"{action} {target}: {text}", timeout=6)
+        self.refresh_data()
+
+
+def sync_rows(table: DataTable[Any], rows: list[tuple[str, list[Any]]]) -> None:
+    """Make ``table`` show ``rows`` (key, cells), touching only the cells that changed
+    when the keys are the same, in the same order, as before."""
+    keys = [k for k, _ in rows]
+    current = [str(r.value) for r in table.rows]
+    if keys == current:
+        columns = list(table.columns)
+        for key, cells in rows:
+            old = table.get_row(key)
+            for col, (a, b) in zip(columns, zip(old, cells, strict=False), strict=False):
+                if a != b:
+                    table.update_cell(key, col, b)
+        return
+    cursor = table.cursor_row
+    table.clear()
+    for key, cells in rows:
+        table.add_row(*cells, key=key)
+    if rows:
+        table.move_cursor(row=min(cursor, len(rows) - 1))
+
+
+def _overview(st: dict[str, Any]) -> str:
+    ha = st["ha"]
+    lines = [f"edgelb {st['version']} pid {st['pid']}, {st['workers']} workers, up "
+             f"{human_age(st['uptime'])}{'  DRAINING' if st['draining'] else ''}",
+             f"snapshot v{st['snapshot']['version']} {st['snapshot']['digest']}: "
+             f"{st['snapshot']['listeners']} listeners ({st['snapshot']['from_cluster']} "
+             "from the cluster)"]
+    if ha["mode"] == "vrrp":
+        for r in ha["routers"]:
+            lines.append(f"HA {r['family']}: {r['state'].upper()} priority {r['priority']}"
+                         f"/{r['configured_priority']}  VIPs {', '.join(r['vips'])}")
+        for p in ha["peers"]:
+            lines.append(f"   peer {p['address']} priority {p['priority']}, heard "
+                         f"{p['seen_ago']}s ago")
+    elif ha["mode"] == "lease":
+        lines.append(f"HA lease {ha['lease']}: {'LEADER' if ha['leader'] else 'standby'}"
+                     f" (holder {ha['holder'] or 'nobody'})")
+    else:
+        lines.append("HA standalone (no peer)")
+    sync = st.get("sync")
+    if sync is None:
+        lines.append("cluster: not followed (static config only)")
+    else:
+        lines.append(f"cluster: {'in sync' if sync['synced'] else 'NOT IN SYNC'}, "
+                     f"{sync['vips']} VIPs, {sync['changes']} changes, "
+                     f"{sync['problems']} problems")
+    t = st["totals"]
+    lines.append(f"traffic: {t['active']} open flows, {t['accepted']} accepted, "
+                 f"{t['requests']} requests")
+    return "\n".join(lines)
+
+
+def _ha_text(st: dict[str, Any], may_change: bool) -> str:
+    ha = st["ha"]
+    out = [_overview(st).split("\n", 2)[2].split("\ncluster:")[0]]
+    if ha["mode"] == "vrrp":
+        for r in ha["routers"]:
+            out.append(f"{r['family']} vrid {r['vrid']}: last change: {r['reason']}")
+    if ha.get("override"):
+        out.append(f"held by an operator: {ha['override']}")
+    if ha["mode"] == "standalone":
+        out.append("\nNo HA configured: nothing to fail over to.")
+    elif may_change:
+        out.append("\nf failover (hand over, or take over if backup)   D demote   P promote"
+                   "   A auto")
+    else:
+        out.append("\n(read-only: failover needs the operator or admin role)")
+    return "\n".join(out)
+
+
+def run_console(socket: str | None, no_color: bool = False) -> int:
+    """Run the console until the operator quits; returns the exit status."""
+    if no_color:
+        os.environ["NO_COLOR"] = "1"
+    result = Console(socket=socket).run()
+    return result or 0
