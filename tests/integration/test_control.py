@@ -1,0 +1,266 @@
+"""The control API for real: a daemon, `edgelb ctl` run as real users with real groups,
+raw requests on the Unix socket, the audit log, and traffic that follows a drain."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from appliance.control.client import Client, ControlError
+from tests.accounts import CONTROL_ROLES, Accounts, users  # noqa: F401
+from tests.helpers import EDGELB, Server, ask, edgelb, free_port, named, wait_for
+
+
+def _config(port: int, b1: int, b2: int, extra: str = "", workers: int = 1) -> str:
+    return f"""
+workers: {workers}
+drain_timeout: 1s
+listeners:
+  - name: web
+    bind: 127.0.0.1:{port}
+    backends:
+      - {{address: 127.0.0.1:{b1}}}
+      - {{address: 127.0.0.1:{b2}}}
+    health: {{type: tcp, interval: 0.2, rise: 1, fall: 1}}
+{extra}"""
+
+
+def _raw(path: str, data: bytes) -> tuple[int, dict[str, object]]:
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(5)
+        s.connect(path)
+        s.sendall(data)
+        out = b""
+        while chunk := s.recv(65536):
+            out += chunk
+    head, _, body = out.partition(b"\r\n\r\n")
+    return int(head.split()[1]), json.loads(body)
+
+
+def _refused(port: int) -> bool:
+    """edgelb closed a new connection at once (no usable backend)."""
+    try:
+        return ask(port) == b""
+    except ConnectionResetError:
+        return True
+
+
+def _spread(port: int, n: int = 20) -> set[bytes]:
+    return {ask(port) for _ in range(n)}
+
+
+def test_roles_actions_and_audit(tmp_path: Path, users: Accounts) -> None:  # noqa: F811
+    port = free_port()
+    with Server(named("one")) as one, Server(named("two")) as two, \
+            edgelb(tmp_path, _config(port, one.port, two.port, CONTROL_ROLES),
+                   wait_port=port) as e:
+        os.chmod(os.path.dirname(e.socket), 0o755)
+        env = {"EDGELB_SOCKET": e.socket}
+        sock = Path(e.socket)
+        assert oct(sock.stat().st_mode & 0o777) == "0o660"
+        wait_for(lambda: _spread(port) == {b"one", b"two"}, 10, "both backends")
+
+        # A viewer reads but cannot act.
+        r = users.run("elbt-view", "ctl", "whoami", env=env)
+        assert r.returncode == 0 and "viewer" in r.stdout, r.stderr
+        r = users.run("elbt-view", "ctl", "listeners", "web", env=env)
+        assert r.returncode == 0 and "127.0.0.1:" in r.stdout
+        r = users.run("elbt-view", "ctl", "drain", "web", f"127.0.0.1:{one.port}", env=env)
+        assert r.returncode == 4 and "operator" in r.stderr
+        assert _spread(port) == {b"one", b"two"}
+
+        # In the socket's group but without a role: refused by the API.
+        r = users.run("elbt-none", "ctl", "status", env=env)
+        assert r.returncode == 4 and "no edgelb role" in r.stderr
+        # Not even in the socket's group: the kernel refuses the connect.
+        r = users.run("elbt-out", "ctl", "status", env=env)
+        assert r.returncode == 3 and "permission denied" in r.stderr
+
+        # An operator drains: new connections all go to the other backend.
+        r = users.run("elbt-op", "ctl", "drain", "web", f"127.0.0.1:{one.port}", env=env)
+        assert r.returncode == 0, r.stderr
+        wait_for(lambda: _spread(port) == {b"two"}, 5, "traffic off the drained backend")
+        r = users.run("elbt-op", "ctl", "--json", "listeners", "web", env=env)
+        states = {b["key"]: b["state"] for b in json.loads(r.stdout)["pools"][0]["backends"]}
+        assert states[f"127.0.0.1:{one.port}"] == "drain"
+        r = users.run("elbt-op", "ctl", "undrain", "web", f"127.0.0.1:{one.port}", env=env)
+        assert r.returncode == 0
+        wait_for(lambda: _spread(port) == {b"one", b"two"}, 5, "traffic back")
+        r = users.run("elbt-op", "ctl", "weight", "web", "127.0.0.1:1", "3", env=env)
+        assert r.returncode == 5 and "no backend" in r.stderr
+
+        audit = [json.loads(line) for line in
+                 (Path(e.control_dir) / "audit.jsonl").read_text().splitlines()]
+        seen = [(a["user"], a["role"], a["action"], a["result"].split(":")[0])
+                for a in audit]
+        assert seen == [("elbt-view", "viewer", "drain", "refused"),
+                        ("elbt-op", "operator", "drain", "ok"),
+                        ("elbt-op", "operator", "undrain", "ok"),
+                        ("elbt-op", "operator", "weight", "failed")]
+        assert audit[1]["target"] == {"listener": "web", "backend": f"127.0.0.1:{one.port}"}
+        assert audit[1]["uid"] > 0 and audit[1]["time"].endswith("+00:00")
+        assert "elbt-op" in e.logs()  # a copy in the daemon's log
+
+
+def test_malformed_requests_get_4xx(tmp_path: Path) -> None:
+    port = free_port()
+    with Server(named("one")) as one, \
+            edgelb(tmp_path, _config(port, one.port, one.port + 1), wait_port=port) as e:
+        p = e.socket
+        cases = [
+            (b"GET /v1/nothing HTTP/1.1\r\nHost: x\r\n\r\n", 404, "no endpoint"),
+            (b"DELETE /v1/status HTTP/1.1\r\nHost: x\r\n\r\n", 405, "takes GET"),
+            (b"GET /v1/actions/drain HTTP/1.1\r\nHost: x\r\n\r\n", 405, "takes POST"),
+            (b"POST /v1/actions/drain HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n{nope",
+             400, "not JSON"),
+            (b"POST /v1/actions/drain HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n[]",
+             400, "JSON object"),
+            (b"POST /v1/actions/drain HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}",
+             400, "needs \"listener\""),
+            (b"POST /v1/actions/explode HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
+             404, "no action"),
+            (b"GET /v1/flows?limit=lots HTTP/1.1\r\nHost: x\r\n\r\n", 400, "limit"),
+            (b"GET /v1/flows?sort=colour HTTP/1.1\r\nHost: x\r\n\r\n", 400, "sort"),
+            (b"POST /v1/actions/reload HTTP/1.1\r\nHost: x\r\n"
+             b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 411, "Content-Length"),
+            (b"GET /v1/status HTTP/1.1\r\nHost: x\r\nBad Header: y\r\n\r\n", 400, ""),
+            (b"GET /v1/listeners/nope HTTP/1.1\r\nHost: x\r\n\r\n", 404, "no listener"),
+        ]
+        for data, status, words in cases:
+            got, body = _raw(p, data)
+            assert got == status, (data, body)
+            assert words in str(body["error"]), (data, body)
+        # The daemon is unharmed.
+        assert Client(p).get("/v1/status")["snapshot"]["version"] == 1
+
+
+def test_reload_by_api_names_the_bad_key(tmp_path: Path) -> None:
+    port = free_port()
+    with Server(named("one")) as one, \
+            edgelb(tmp_path, _config(port, one.port, one.port + 1), wait_port=port) as e:
+        c = Client(e.socket)
+        e.rewrite(_config(port, one.port, one.port + 1).replace("interval: 0.2",
+                                                                "interval: soon"))
+        with pytest.raises(ControlError) as err:
+            c.act("reload")
+        assert err.value.status == 409
+        assert "listeners[0].health.interval" in err.value.message
+        assert "line" in err.value.message
+        assert ask(port) == b"one"
+        e.rewrite(_config(port, one.port, one.port + 1))
+        assert c.act("reload")["snapshot"] == 2
+        kinds = [ev["message"] for ev in c.get("/v1/events")["events"]]
+        assert any("reload refused" in m for m in kinds)
+        assert any("reloaded: serving snapshot v2" in m for m in kinds)
+
+
+def test_disable_cuts_open_flows_drain_keeps_them(tmp_path: Path) -> None:
+    port = free_port()
+    with Server(named("one")) as one, Server(named("two")) as two, \
+            edgelb(tmp_path, _config(port, one.port, two.port), wait_port=port) as e:
+        c = Client(e.socket)
+        wait_for(lambda: _spread(port) == {b"one", b"two"}, 10, "both backends")
+        held = []
+        for _ in range(4):
+            s = socket.create_connection(("127.0.0.1", port), timeout=5)
+            s.sendall(b"who\n")
+            held.append((s, s.makefile("rb").readline().strip()))
+        on_one = [s for s, who in held if who == b"one"]
+        on_two = [s for s, who in held if who == b"two"]
+        assert on_one and on_two
+        c.act("drain", listener="web", backend=f"127.0.0.1:{one.port}")
+        c.act("disable", listener="web", backend=f"127.0.0.1:{two.port}")
+        time.sleep(2.0)  # past drain_timeout (1 s)
+        for s in on_one:  # drained: still served
+            s.sendall(b"who\n")
+            assert s.makefile("rb").readline().strip() == b"one"
+        for s in on_two:  # disabled: cut
+            s.settimeout(3)
+            try:
+                s.sendall(b"who\n")
+                assert s.recv(100) == b""
+            except OSError:
+                pass
+        for s, _ in held:
+            s.close()
+        assert _refused(port)  # neither takes new flows
+        c.act("enable", listener="web", backend=f"127.0.0.1:{two.port}")
+        wait_for(lambda: ask(port) == b"two", 5, "enabled backend")
+
+
+def test_flows_across_workers_filter_page_and_stream(tmp_path: Path) -> None:
+    port = free_port()
+    with Server(named("one")) as one, Server(named("two")) as two, \
+            edgelb(tmp_path, _config(port, one.port, two.port, workers=2),
+                   wait_port=port) as e:
+        c = Client(e.socket)
+        held = []
+        for _ in range(30):
+            s = socket.create_connection(("127.0.0.1", port), timeout=5)
+            s.sendall(b"who\n")
+            assert s.makefile("rb").readline().strip() in (b"one", b"two")
+            held.append(s)
+        try:
+            page = c.get("/v1/flows", limit=10, sort="client")
+            assert page["all"] == 30 and page["total"] == 30 and len(page["flows"]) == 10
+            assert {f["id"].split(".")[0] for f in
+                    c.get("/v1/flows", limit=100)["flows"]} == {"0", "1"}  # both workers
+            port0 = held[0].getsockname()[1]
+            mine = c.get("/v1/flows", client=f":{port0}")["flows"]
+            assert len(mine) == 1
+            assert mine[0]["backend"] in (f"127.0.0.1:{one.port}", f"127.0.0.1:{two.port}")
+            assert mine[0]["vip"] == f"127.0.0.1:{port}" and mine[0]["bytes_in"] == 4
+            stream = c.stream("/v1/flows", limit=1, interval=0.2)
+            assert next(stream)["total"] == 30
+            assert next(stream)["total"] == 30
+            stream.close()
+            r = subprocess.run([*EDGELB, "ctl", "flows", "--limit", "3"], capture_output=True,
+                               text=True, env={**os.environ, "EDGELB_SOCKET": e.socket})
+            assert r.returncode == 0 and "1-3 of 30 matching" in r.stdout
+        finally:
+            for s in held:
+                s.close()
+
+
+def test_operator_changes_survive_restart_and_events_stream(tmp_path: Path) -> None:
+    port = free_port()
+    state = tmp_path / "state.json"
+    extra = f"control:\n  state_file: {state}\n"
+    with Server(named("one")) as one, Server(named("two")) as two:
+        cfg = _config(port, one.port, two.port, extra)
+        with edgelb(tmp_path, cfg, wait_port=port) as e:
+            c = Client(e.socket)
+            events = c.stream("/v1/events")
+            c.act("drain", listener="web", backend=f"127.0.0.1:{one.port}")
+            # The stream replays what happened since 0, then the drain as it is done.
+            kinds = []
+            for ev in events:
+                kinds.append(ev["kind"])
+                if ev["kind"] == "action":
+                    assert "drain" in ev["message"] and "root (admin)" in ev["message"]
+                    break
+            events.close()
+            assert kinds[0] == "start"
+        with edgelb(tmp_path, cfg, wait_port=port) as e:
+            c = Client(e.socket)
+            backends = c.get("/v1/listeners/web")["pools"][0]["backends"]
+            assert [b["state"] for b in backends] == ["drain", "ready"]
+            wait_for(lambda: _spread(port) == {b"two"}, 5, "drain kept after restart")
+
+
+def test_a_second_daemon_on_the_same_socket_is_refused(tmp_path: Path) -> None:
+    port = free_port()
+    with Server(named("one")) as one, \
+            edgelb(tmp_path, _config(port, one.port, one.port + 1), wait_port=port) as e:
+        cfg = tmp_path / "other.yaml"
+        cfg.write_text(_config(free_port(), one.port, one.port + 1))
+        r = subprocess.run([*EDGELB, "run", "-c", str(cfg)], capture_output=True, text=True,
+                           env={**os.environ, "EDGELB_SOCKET": e.socket}, timeout=20)
+        assert r.returncode == 1 and "another edgelb" in r.stderr
+        assert Client(e.socket).get("/v1/status")["pid"] == e.proc.pid  # type: ignore[union-attr]
