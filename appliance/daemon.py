@@ -526,7 +526,21 @@ class Daemon:
         self.is_leader = lambda: any(m.state == "master" for m, _ in self.vrrps)
         wake = trio.Event()
 
+        # Actions are carried out one batch at a time, in the order the machine made them:
+        # the timer and the receiver both drive it, and a VIP added after it was removed
+        # (two batches interleaved at a thread hop) would stay on a backup.
+        in_order = trio.Lock()
+
         async def act(actions: list[Any]) -> None:
+            if not actions:
+                return
+            async with in_order:
+                await carry_out(actions)
+            # The timer loop sleeps until the deadline it last saw: an operator's
+            # promotion (or any change made outside it) must wake it.
+            wake.set()
+
+        async def carry_out(actions: list[Any]) -> None:
             for a in actions:
                 if isinstance(a, SendAdvert):
                     adv = Advert(ha.vrid, a.priority, machine.config.interval_cs,

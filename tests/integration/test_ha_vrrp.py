@@ -14,7 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from ..helpers import Edgelb, wait_for
+from appliance.control.client import Client
+
+from ..helpers import EDGELB, Edgelb, wait_for
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("ip") is None,
                                 reason="needs root and iproute2 for network namespaces")
@@ -195,6 +197,44 @@ def test_edgelb_pair_elects_fails_over_and_preempts(lab: Lab) -> None:
         a.stop()
         wait_for(lambda: lab.curl("c") == "b", 5, "b after a clean stop")
         assert not lab.has_vip("a")
+    finally:
+        a.stop()
+        b.stop()
+
+
+def test_operator_failover_demote_promote_auto_with_events(lab: Lab) -> None:
+    a = lab.edgelb("a", 200)
+    b = lab.edgelb("b", 100)
+    ca, cb = Client(a.socket), Client(b.socket)
+    try:
+        wait_for(lambda: lab.curl("c") == "a", 10, "a serves the VIP")
+        wait_for(lambda: bool(cb.get("/v1/status")["ha"]["peers"]), 5, "b hears a")
+        st = cb.get("/v1/status")["ha"]
+        assert st["routers"][0]["state"] == "backup"
+        assert st["peers"][0]["address"] == "10.77.0.1" and st["peers"][0]["priority"] == 200
+        # failover on the master: it steps down and stays down (a has the higher
+        # priority and would preempt at once otherwise).
+        assert ca.act("failover")["result"].startswith("demoted")
+        wait_for(lambda: lab.curl("c") == "b", 5, "b serves the VIP after the failover")
+        time.sleep(1)
+        assert lab.curl("c") == "b" and not lab.has_vip("a")
+        st = ca.get("/v1/status")
+        assert st["ha"]["override"] == "demote" and st["ha"]["routers"][0]["priority"] == 1
+        assert any("operator" in x for x in st["alerts"])
+        # auto: a's configured 200 preempts again.
+        ca.act("auto")
+        wait_for(lambda: lab.curl("c") == "a", 5, "a preempts after auto")
+        # promote the backup: b takes the VIPs now and keeps them.
+        assert cb.act("promote")["result"].startswith("promoted")
+        wait_for(lambda: lab.curl("c") == "b", 5, "b after promote")
+        time.sleep(1)
+        assert lab.curl("c") == "b"
+        r = subprocess.run([*EDGELB, "ctl", "events"], capture_output=True, text=True,
+                           env={**os.environ, "EDGELB_SOCKET": b.socket})
+        assert "operator root (admin): promote" in r.stdout
+        assert "IPv4 VRRP master" in r.stdout
+        cb.act("auto")
+        wait_for(lambda: lab.curl("c") == "a", 5, "a preempts after b's auto")
     finally:
         a.stop()
         b.stop()
