@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from appliance.control.client import Client
 from appliance.sim import objects as k8s
 from appliance.sim.cluster import SimCluster
 
@@ -299,6 +300,17 @@ listeners: []
             lease = sim.api.get("Lease", "edgelb", "kube-system")
             assert lease is not None
             assert lease["spec"]["holderIdentity"] == standby.path.parent.name
+            # An operator hands the lease over: the leader releases it, the other takes it.
+            leader.start()
+            r = Client(standby.socket).act("failover")
+            assert r["result"].startswith("demoted: lease released")
+            wait_for(lambda: (sim.api.get("Lease", "edgelb", "kube-system") or {}).get(
+                "spec", {}).get("holderIdentity") == leader.path.parent.name, 10,
+                "the other box takes the lease")
+            ha = Client(standby.socket).get("/v1/status")["ha"]
+            assert not ha["leader"] and ha["override"] == "demote"
+            wait_for(lambda: Client(leader.socket).get("/v1/status")["ha"]["leader"], 5,
+                     "the other box leads")
         finally:
             for b in boxes:
                 b.stop()
