@@ -97,6 +97,7 @@ class Console(App[int]):
     #overview-text { height: auto; }
     Sparkline { height: 2; margin: 0 1; }
     .caption { height: 1; color: $text-muted; }
+    DataTable { height: 1fr; }
     #listeners-table { width: 32; }
     #ha-text { height: auto; }
     #alerts { height: auto; color: $error; }
@@ -378,11 +379,14 @@ class Console(App[int]):
     # -- navigation ---------------------------------------------------------------------
 
     def action_pane(self, pane: str) -> None:
+        # Focus leaves the old view first: a focused widget in a hidden pane would be
+        # refocused and pull its pane back to the front.
+        self.set_focus(None)
         self._main("#panes", TabbedContent).active = pane
-        if pane == "flows":
-            self._main("#flows-table", DataTable).focus()
-        elif pane == "backends":
-            self._main("#backends-table", DataTable).focus()
+        first = {"flows": "#flows-table", "backends": "#backends-table",
+                 "routes": "#routes-table"}.get(pane)
+        if first:
+            self._main(first, DataTable).focus()
 
     def action_help(self) -> None:
         self.push_screen(HelpScreen())

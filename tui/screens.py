@@ -68,6 +68,7 @@ class ConfirmScreen(ModalScreen[bool]):
 class PromptScreen(ModalScreen[str | None]):
     """One value typed in (Enter) or nothing (Esc)."""
 
+    AUTO_FOCUS = "Input"
     BINDINGS = [Binding("escape", "cancel", "Cancel")]
 
     def __init__(self, question: str) -> None:
