@@ -11,6 +11,7 @@ from collections import deque
 from collections.abc import Iterable, Sequence
 from typing import Any, ClassVar, TypeVar
 
+from rich.text import Text
 from textual import on, work
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding, BindingType
@@ -160,18 +161,18 @@ class Console(App[int]):
         return self.screen_stack[0].query_one(selector, kind)
 
     def compose(self) -> ComposeResult:
-        yield Static("", id="topline")
-        yield Static("", id="banner")
+        yield Static("", id="topline", markup=False)
+        yield Static("", id="banner", markup=False)
         with TabbedContent(initial="overview", id="panes"):
             with TabPane("1 Overview", id="overview"):
-                yield Static("connecting ...", id="overview-text")
-                yield Static("requests/s", classes="caption", id="rps-caption")
+                yield Static("connecting ...", id="overview-text", markup=False)
+                yield Static("requests/s", classes="caption", id="rps-caption", markup=False)
                 yield Sparkline(list(self.rps_line), id="rps")
-                yield Static("bytes/s", classes="caption", id="bps-caption")
+                yield Static("bytes/s", classes="caption", id="bps-caption", markup=False)
                 yield Sparkline(list(self.bps_line), id="bps")
-                yield Static("", id="alerts")
+                yield Static("", id="alerts", markup=False)
             with TabPane("2 Flows", id="flows"):
-                yield Static("", id="flow-info")
+                yield Static("", id="flow-info", markup=False)
                 yield Input(placeholder="filter flows (Enter; empty clears)", id="flow-filter",
                             disabled=True)
                 yield DataTable(id="flows-table", cursor_type="row", zebra_stripes=True)
@@ -183,7 +184,7 @@ class Console(App[int]):
             with TabPane("5 Events", id="events"):
                 yield Log(id="events-log", max_lines=2000, auto_scroll=True)
             with TabPane("6 HA", id="ha"), Vertical():
-                yield Static("", id="ha-text")
+                yield Static("", id="ha-text", markup=False)
         yield Input(placeholder=":command (Enter; Esc closes)", id="command", disabled=True)
         yield Footer()
 
@@ -233,7 +234,7 @@ class Console(App[int]):
             elif pane == "routes":
                 await self._read_routes()
         except ControlError as e:
-            self.notify(f"{e.message}", severity="error", timeout=6)
+            self.notify(f"{e.message}", severity="error", timeout=6, markup=False)
         self.refreshes += 1
         self.refresh_seconds += time.perf_counter() - started
 
@@ -290,8 +291,10 @@ class Console(App[int]):
             self.seq = max(self.seq, e["seq"])
 
     def _page_size(self) -> int:
+        """The rows the flows table shows: only those are fetched (and rendered)."""
         height = self._main("#flows-table", DataTable).size.height
-        return max(5, height - 1) if height else 20
+        # Before the first layout of the view: the screen less the lines around it.
+        return max(5, (height or self.size.height - 7) - 1)
 
     async def _read_flows(self) -> None:
         q = self.flow_query
@@ -310,8 +313,7 @@ class Console(App[int]):
         self._main("#flow-info", Static).update(
             f"flows {first}-{q['offset'] + len(rows)} of {page['total']} matching "
             f"({page['all']} open)  sort: {q['sort'] or 'none'}"
-            f"{' desc' if q['desc'] else ''}  filter: {q['q'] or '-'}   "
-            "/ filter  s sort  r reverse  n/p page")
+            f"{' desc' if q['desc'] else ''}  filter: {q['q'] or '-'}  [/ s r n p]")
 
     async def _read_backends(self) -> None:
         got = await self.source.get("/v1/listeners")
@@ -455,7 +457,7 @@ class Console(App[int]):
         try:
             cmd, args = parse_command(text)
         except CommandError as e:
-            self.notify(str(e), severity="error")
+            self.notify(str(e), severity="error", markup=False)
             return
         self.run_command(cmd, args)
 
@@ -484,7 +486,7 @@ class Console(App[int]):
             self.action_pane("flows")
         elif not self.may_change():
             self.notify(f"{cmd} needs the operator or admin role; you are a {self.role}",
-                        severity="error")
+                        severity="error", markup=False)
         elif cmd in BACKEND_ACTIONS:
             self._confirm_backend(cmd, args[0], args[1])
         elif cmd == "weight":
@@ -518,7 +520,7 @@ class Console(App[int]):
     def action_backend(self, action: str) -> None:
         backend = self._selected_backend()
         if backend is None or not self.listener_name:
-            self.notify("no backend selected", severity="warning")
+            self.notify("no backend selected", severity="warning", markup=False)
             return
         self._confirm_backend(action, self.listener_name, backend)
 
@@ -536,7 +538,7 @@ class Console(App[int]):
     def action_weight(self) -> None:
         backend = self._selected_backend()
         if backend is None or not self.listener_name:
-            self.notify("no backend selected", severity="warning")
+            self.notify("no backend selected", severity="warning", markup=False)
             return
         listener = self.listener_name
 
@@ -546,7 +548,7 @@ class Console(App[int]):
             try:
                 parse_command(f"weight {listener} {backend} {value}")
             except CommandError as e:
-                self.notify(str(e), severity="error")
+                self.notify(str(e), severity="error", markup=False)
                 return
             self._confirm_weight(listener, backend, value)
 
@@ -592,20 +594,22 @@ class Console(App[int]):
             r = await self.source.act(action, **args)
         except ControlError as e:
             log.write_line(f"       you    {action} {target}: refused: {e.message}")
-            self.notify(f"{action} refused: {e.message}", severity="error", timeout=8)
+            self.notify(f"{action} refused: {e.message}", severity="error", timeout=8, markup=False)
             return
         text = r.get("result", "ok")
         if "state" in r:
             w = r["admin_weight"]
             text = f"{r['state']}, weight {w if w is not None else 'as configured'}"
         log.write_line(f"       you    {action} {target}: {text}")
-        self.notify(f"{action} {target}: {text}", timeout=6)
+        self.notify(f"{action} {target}: {text}", timeout=6, markup=False)
         self.refresh_data()
 
 
 def sync_rows(table: DataTable[Any], rows: list[tuple[str, list[Any]]]) -> None:
     """Make ``table`` show ``rows`` (key, cells), touching only the cells that changed
-    when the keys are the same, in the same order, as before."""
+    when the keys are the same, in the same order, as before. Cells are plain text: an
+    address like [fe80::1]:80 must not be read as markup."""
+    rows = [(k, [Text(str(c)) for c in cells]) for k, cells in rows]
     keys = [k for k, _ in rows]
     current = [str(r.value) for r in table.rows]
     if keys == current:
@@ -613,7 +617,7 @@ def sync_rows(table: DataTable[Any], rows: list[tuple[str, list[Any]]]) -> None:
         for key, cells in rows:
             old = table.get_row(key)
             for col, (a, b) in zip(columns, zip(old, cells, strict=False), strict=False):
-                if a != b:
+                if str(a) != str(b):
                     table.update_cell(key, col, b)
         return
     cursor = table.cursor_row
@@ -621,7 +625,7 @@ def sync_rows(table: DataTable[Any], rows: list[tuple[str, list[Any]]]) -> None:
     for key, cells in rows:
         table.add_row(*cells, key=key)
     if rows:
-        table.move_cursor(row=min(cursor, len(rows) - 1))
+        table.move_cursor(row=min(cursor, len(rows) - 1), animate=False)
 
 
 def _overview(st: dict[str, Any]) -> str:

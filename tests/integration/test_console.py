@@ -66,7 +66,7 @@ async def settle(pilot: Pilot[Any], app: Console, rounds: int = 3) -> None:
 
 def rows(app: Console, table: str) -> list[list[Any]]:
     t = app.query_one(table, DataTable)
-    return [list(t.get_row_at(i)) for i in range(t.row_count)]
+    return [[str(c) for c in t.get_row_at(i)] for i in range(t.row_count)]
 
 
 def text(app: Console, widget: str) -> str:

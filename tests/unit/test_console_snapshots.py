@@ -1,0 +1,171 @@
+"""Snapshots of the console's main views at 80x24 with fixed data (the control API's
+answers as recorded from a daemon, with the clock-dependent fields pinned), so that a
+layout change shows up as a diff of the SVGs in __snapshots__. Update them on purpose
+with ``pytest --snapshot-update tests/unit/test_console_snapshots.py``."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from textual.pilot import Pilot
+
+from appliance.control.api import flow_dicts, select_flows
+from appliance.control.client import ControlError
+from tui.app import Console
+
+STATUS = {
+    "version": "0.1.0", "pid": 4242, "config": "/etc/edgelb/edgelb.yaml", "uptime": 3725.0,
+    "snapshot": {"version": 7, "digest": "3f2a9c1b0d4e", "listeners": 3, "from_cluster": 1},
+    "workers": 2, "draining": False,
+    "ha": {"mode": "vrrp", "leader": True, "override": "", "interface": "eth0", "vrid": 51,
+           "routers": [{"family": "IPv4", "vrid": 51, "state": "master", "priority": 150,
+                        "configured_priority": 150,
+                        "reason": "no advertisement from a master for 3.41s",
+                        "vips": ["192.0.2.10", "192.0.2.11"]}],
+           "peers": [{"address": "10.0.0.2", "priority": 100, "interval": 1.0,
+                      "seen": 0.0, "seen_ago": 0.4}]},
+    "sync": {"synced": True, "changes": 31, "watches": [], "vips": 4, "status_writes": 9,
+             "problems": 0},
+    "totals": {"accepted": 1200, "requests": 5400, "active": 3, "bytes_in": 1 << 20,
+               "bytes_out": 9 << 20},
+    "alerts": ["listener api: no healthy backend"], "last_event": 3,
+}
+LISTENERS = [
+    {"name": "web", "protocol": "tcp", "bind": "192.0.2.10:443", "balance": "round_robin",
+     "backends": 3, "down": 0, "not_ready": 1, "active": 3, "accepted": 1200, "requests": 0,
+     "no_backend": 0, "bytes_in": 1 << 20, "bytes_out": 9 << 20},
+    {"name": "api", "protocol": "http", "bind": "192.0.2.11:80", "balance": "least_conn",
+     "backends": 1, "down": 1, "not_ready": 0, "active": 0, "accepted": 80, "requests": 5400,
+     "no_backend": 2, "bytes_in": 0, "bytes_out": 0},
+]
+
+
+def _backend(key: str, health: str, state: str, weight: int, admin: int | None,
+             active: int) -> dict[str, Any]:
+    return {"key": key, "address": key, "weight": weight, "admin_weight": admin,
+            "state": state, "effective_weight": 0 if state != "ready" else (admin or weight),
+            "health": health, "active": active, "connections": 400 + active, "requests": 0,
+            "connect_failures": 1 if health == "down" else 0, "bytes_in": 300000,
+            "bytes_out": 3000000}
+
+
+WEB = {**LISTENERS[0], "pools": [{"name": "", "balance": "round_robin", "backends": [
+    _backend("10.0.1.1:30443", "up", "ready", 1, None, 2),
+    _backend("10.0.1.2:30443", "up", "drain", 1, None, 1),
+    _backend("10.0.1.3:30443", "unchecked", "ready", 1, 4, 0)]}]}
+ROUTES = [{"listener": "api", "host": "shop.example.com", "path": "/api", "type": "Prefix",
+           "pool": "default/api:80", "backends": ["10.0.1.1:30080", "10.0.1.2:30080"]},
+          {"listener": "api", "host": "*", "path": "(default)", "type": "default",
+           "pool": "default/web:80", "backends": ["10.0.1.3:30081"]}]
+# The first client is IPv6 with letters in brackets: data is never read as markup.
+FLOWS = [(f"{i % 2}.{i}", "web", "tcp", "[fe80::1]:40001" if i == 1 else
+          f"198.51.100.{i}:{40000 + i}", "192.0.2.10:443",
+          f"10.0.1.{i % 3 + 1}:30443", 1000 * i, 20000 * i, float(i * 7), "established")
+         for i in range(1, 41)]
+EVENTS = [{"seq": 1, "time": 0.0, "kind": "start", "message": "edgelb 0.1.0 serving "
+           "snapshot v1: 3 listeners"},
+          {"seq": 2, "time": 0.0, "kind": "ha", "message": "IPv4 VRRP master: no "
+           "advertisement from a master for 3.41s"},
+          {"seq": 3, "time": 0.0, "kind": "action", "message": "ops (operator): drain web "
+           "10.0.1.2:30443 -> state drain, weight config"}]
+
+
+class FixedApi:
+    """The control API's answers, fixed; refuses actions as a viewer's daemon would."""
+
+    def __init__(self, role: str = "operator") -> None:
+        self.role = role
+
+    def get(self, path: str, **q: Any) -> Any:
+        if path == "/v1/whoami":
+            return {"user": "ops", "uid": 1001, "role": self.role}
+        if path == "/v1/status":
+            return STATUS
+        if path == "/v1/listeners":
+            return {"listeners": LISTENERS}
+        if path == "/v1/listeners/web":
+            return WEB
+        if path == "/v1/routes":
+            return {"routes": ROUTES}
+        if path == "/v1/events":
+            return {"events": [e for e in EVENTS if e["seq"] > int(q.get("since", 0))]}
+        if path == "/v1/flows":
+            query = {k: str(v) for k, v in q.items() if v is not None}
+            total, page = select_flows(FLOWS, query)
+            return {"total": total, "all": len(FLOWS), "offset": int(q.get("offset", 0)),
+                    "flows": flow_dicts(page)}
+        raise ControlError(404, f"no endpoint {path}")
+
+    def act(self, action: str, **args: Any) -> Any:
+        raise ControlError(403, "not in a snapshot")
+
+
+def _app(role: str = "operator") -> Console:
+    app = Console(api=FixedApi(role), interval=3600)
+    # Still pictures: an animation in flight when the picture is taken would make it
+    # differ from run to run (and headless, some never finish).
+    app.animation_level = "none"
+    return app
+
+
+def _after(*keys: str) -> Callable[[Pilot[Any]], Awaitable[None]]:
+    """Press ``keys`` once the first refresh is in, then wait for the view's own."""
+    async def run_before(pilot: Pilot[Any]) -> None:
+        app = pilot.app
+        assert isinstance(app, Console)
+        for _ in range(200):
+            if app.refreshes >= 1:
+                break
+            await pilot.pause(0.02)
+        done = app.refreshes
+        for k in keys:
+            await pilot.press(k)
+        for _ in range(200):
+            if app.refreshes > done or not keys:
+                break
+            await pilot.pause(0.02)
+        await pilot.pause(0.1)
+    return run_before
+
+
+def _events_at_midnight(monkeypatch: Any) -> None:
+    # Event times render in local time: pin the zone so the snapshot is the same anywhere.
+    monkeypatch.setenv("TZ", "UTC")
+    import time
+
+    time.tzset()
+
+
+def test_overview(snap_compare: Any) -> None:
+    assert snap_compare(_app(), run_before=_after(), terminal_size=(80, 24))
+
+
+def test_flows(snap_compare: Any) -> None:
+    assert snap_compare(_app(), run_before=_after("2"), terminal_size=(80, 24))
+
+
+def test_backends(snap_compare: Any) -> None:
+    assert snap_compare(_app(), run_before=_after("3"), terminal_size=(80, 24))
+
+
+def test_backends_for_a_viewer(snap_compare: Any) -> None:
+    assert snap_compare(_app("viewer"), run_before=_after("3"), terminal_size=(80, 24))
+
+
+def test_routes(snap_compare: Any) -> None:
+    assert snap_compare(_app(), run_before=_after("4"), terminal_size=(80, 24))
+
+
+def test_events(snap_compare: Any, monkeypatch: Any) -> None:
+    _events_at_midnight(monkeypatch)
+    assert snap_compare(_app(), run_before=_after("5"), terminal_size=(80, 24))
+
+
+def test_ha(snap_compare: Any) -> None:
+    assert snap_compare(_app(), run_before=_after("6"), terminal_size=(80, 24))
+
+
+def test_help(snap_compare: Any) -> None:
+    assert snap_compare(_app(), run_before=_after("question_mark"), terminal_size=(80, 24))
+
