@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import shutil
+import socket
 import subprocess
 import textwrap
 from collections.abc import Awaitable, Callable
