@@ -87,7 +87,10 @@ def accounts() -> Iterator[Accounts]:
                 subprocess.run(["useradd", "-M", "-N", "-d", "/nonexistent", "-s",
                                 "/bin/sh", user], check=True)
                 made_users.append(user)
-            subprocess.run(["usermod", "-G", ",".join(groups) or "", user], check=True)
+            # '*': no password login, but not locked (sshd refuses locked accounts even
+            # for keys when it runs without PAM).
+            subprocess.run(["usermod", "-p", "*", "-G", ",".join(groups) or "", user],
+                           check=True)
         yield Accounts(shared_python(tmp))
     finally:
         for user in made_users:

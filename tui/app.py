@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import sys
 import time
 from collections import deque
 from collections.abc import Iterable, Sequence
@@ -680,6 +681,12 @@ def _ha_text(st: dict[str, Any], may_change: bool) -> str:
 
 def run_console(socket: str | None, no_color: bool = False) -> int:
     """Run the console until the operator quits; returns the exit status."""
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        # Over SSH this is the forced command: a command asked for without a terminal
+        # gets this line, not a console drawn into a pipe (nor a shell).
+        print("edgelb tui needs a terminal: connect with ssh -t (commands are not run "
+              "here)", file=sys.stderr)
+        return 2
     if no_color:
         os.environ["NO_COLOR"] = "1"
     result = Console(socket=socket).run()
