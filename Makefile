@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 DEB_PKGS := haproxy nginx iperf3 wrk curl netcat-openbsd iproute2 procps openssl kubectl keepalived tcpdump openssh-server openssh-client tmux
 
-.PHONY: demo test test-unit bench bench-l4 bench-l7 bench-cluster bench-failover lint deb-deps clean
+.PHONY: demo test test-unit bench bench-l4 bench-l7 bench-cluster bench-failover bench-console lint deb-deps clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -40,6 +40,10 @@ bench: $(STAMP) deb-deps
 	$(BIN)/python -m tests.bench.l7
 	$(BIN)/python -m tests.bench.cluster
 	$(BIN)/python -m tests.bench.failover
+	$(BIN)/python -m tests.bench.console
+
+bench-console: $(STAMP) deb-deps
+	$(BIN)/python -m tests.bench.console
 
 bench-cluster: $(STAMP) deb-deps
 	$(BIN)/python -m tests.bench.cluster
