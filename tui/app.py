@@ -31,7 +31,7 @@ from textual.widgets import (
 )
 
 from appliance.control.client import Client, ControlError
-from appliance.control.ctl import format_event, human_age, human_bytes
+from appliance.control.ctl import format_event, human_age, human_bytes, status_lines
 
 from .screens import ConfirmScreen, HelpScreen, PromptScreen
 from .source import Api, Source
@@ -275,7 +275,7 @@ class Console(App[int]):
             f"requests+connections/s  now {r:.0f}  max {max(self.rps_line):.0f}")
         self._main("#bps-caption", Static).update(
             f"bytes/s  now {human_bytes(b)}  max {human_bytes(max(self.bps_line))}")
-        self._main("#overview-text", Static).update(_overview(st))
+        self._main("#overview-text", Static).update("\n".join(status_lines(st)))
         self._main("#alerts", Static).update(
             "\n".join(f"! {a}" for a in st["alerts"]) or "no alerts")
         self._main("#ha-text", Static).update(_ha_text(st, self.may_change()))
@@ -629,44 +629,9 @@ def sync_rows(table: DataTable[Any], rows: list[tuple[str, list[Any]]]) -> None:
         table.move_cursor(row=min(cursor, len(rows) - 1), animate=False)
 
 
-def _overview(st: dict[str, Any]) -> str:
-    ha = st["ha"]
-    lines = [f"edgelb {st['version']} pid {st['pid']}, {st['workers']} workers, up "
-             f"{human_age(st['uptime'])}{'  DRAINING' if st['draining'] else ''}",
-             f"snapshot v{st['snapshot']['version']} {st['snapshot']['digest']}: "
-             f"{st['snapshot']['listeners']} listeners ({st['snapshot']['from_cluster']} "
-             "from the cluster)"]
-    if ha["mode"] == "vrrp":
-        for r in ha["routers"]:
-            lines.append(f"HA {r['family']}: {r['state'].upper()} priority {r['priority']}"
-                         f"/{r['configured_priority']}  VIPs {', '.join(r['vips'])}")
-        for p in ha["peers"]:
-            lines.append(f"   peer {p['address']} priority {p['priority']}, heard "
-                         f"{p['seen_ago']}s ago")
-    elif ha["mode"] == "lease":
-        lines.append(f"HA lease {ha['lease']}: {'LEADER' if ha['leader'] else 'standby'}"
-                     f" (holder {ha['holder'] or 'nobody'})")
-    else:
-        lines.append("HA standalone (no peer)")
-    sync = st.get("sync")
-    if sync is None:
-        lines.append("cluster: not followed (static config only)")
-    else:
-        lines.append(f"cluster: {'in sync' if sync['synced'] else 'NOT IN SYNC'}, "
-                     f"{sync['vips']} VIPs, {sync['changes']} changes, "
-                     f"{sync['problems']} problems")
-    t = st["totals"]
-    lines.append(f"traffic: {t['active']} open flows, {t['accepted']} accepted, "
-                 f"{t['requests']} requests")
-    return "\n".join(lines)
-
-
 def _ha_text(st: dict[str, Any], may_change: bool) -> str:
     ha = st["ha"]
-    out = [_overview(st).split("\n", 2)[2].split("\ncluster:")[0]]
-    if ha["mode"] == "vrrp":
-        for r in ha["routers"]:
-            out.append(f"{r['family']} vrid {r['vrid']}: last change: {r['reason']}")
+    out = [line for line in status_lines(st) if line.startswith(("HA", "  peer"))]
     if ha.get("override"):
         out.append(f"held by an operator: {ha['override']}")
     if ha["mode"] == "standalone":

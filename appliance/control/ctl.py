@@ -194,7 +194,12 @@ def human_age(seconds: float) -> str:
 
 
 def format_status(st: dict[str, Any]) -> str:
-    """The status as a few lines an operator reads at a glance."""
+    """The status as a few lines an operator reads at a glance, alerts last."""
+    return "\n".join(status_lines(st) + [f"ALERT: {a}" for a in st["alerts"]])
+
+
+def status_lines(st: dict[str, Any]) -> list[str]:
+    """The daemon, its Snapshot, HA (with peers), sync and traffic, a line each."""
     ha = st["ha"]
     lines = [f"edgelb {st['version']} pid {st['pid']} up {human_age(st['uptime'])}, "
              f"{st['workers']} workers{', DRAINING' if st['draining'] else ''}",
@@ -223,8 +228,7 @@ def format_status(st: dict[str, Any]) -> str:
     lines.append(f"traffic: {t['active']} open flows, {t['accepted']} accepted, "
                  f"{t['requests']} requests, {human_bytes(t['bytes_in'])} in, "
                  f"{human_bytes(t['bytes_out'])} out")
-    lines += [f"ALERT: {a}" for a in st["alerts"]]
-    return "\n".join(lines)
+    return lines
 
 
 def format_flows(page: dict[str, Any]) -> str:

@@ -13,8 +13,10 @@ and an upstream socket to a discarding backend. Then, at each size:
    view, a refresh every second) for --seconds: mean and max time per refresh (request
    and drawing) and the console process's CPU.
 
-HAProxy has no UDP flows and no equivalent console, so there is no peer in this one;
-compare sizes within a run. Prints a markdown table and writes JSON to
+As root it runs in a network namespace of its own with the ephemeral port range widened
+(each UDP flow's upstream socket takes a local port; the default range stops at ~28,000
+flows per source address). HAProxy has no UDP flows and no equivalent console, so there
+is no peer in this one; compare sizes within a run. Prints a markdown table and writes JSON to
 tests/bench/results/.
 """
 
@@ -86,7 +88,7 @@ def sink() -> tuple[socket.socket, int]:
 def open_flows(port: int, n: int, already: int) -> None:
     """Flows ``already`` .. ``n`` - 1: one datagram each from its own address."""
     for i in range(already, n):
-        ip = f"127.0.1.{i // 25000 + 1}"
+        ip = f"127.0.1.{i // 25000 + 1}"  # not 127.0.0.1, where upstream sockets bind
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:
             s.bind((ip, 20000 + i % 25000))
@@ -108,7 +110,32 @@ def timed(fn: Any, n: int = 30) -> dict[str, float]:
             "p99": round(ms[min(len(ms) - 1, int(len(ms) * 0.99))], 1)}
 
 
+NETNS = f"elb-bench-{os.getpid()}"
+
+
+def in_own_namespace() -> int | None:
+    """As root, run this benchmark again inside a network namespace of its own whose
+    ephemeral port range is widened: every UDP flow holds an upstream socket with its
+    own local port, and the default range (32768-60999) stops at ~28,000 flows per
+    source address. Returns the exit status, or None to run here."""
+    if os.geteuid() != 0 or os.environ.get("EDGELB_BENCH_NS"):
+        return None
+    subprocess.run(["ip", "netns", "add", NETNS], check=True)
+    try:
+        subprocess.run(["ip", "-n", NETNS, "link", "set", "lo", "up"], check=True)
+        subprocess.run(["ip", "netns", "exec", NETNS, "sysctl", "-qw",
+                        "net.ipv4.ip_local_port_range=1024 65000"], check=True)
+        return subprocess.run(["ip", "netns", "exec", NETNS, sys.executable, "-m",
+                               "tests.bench.console", *sys.argv[1:]], cwd=ROOT,
+                              env={**os.environ, "EDGELB_BENCH_NS": NETNS}).returncode
+    finally:
+        subprocess.run(["ip", "netns", "del", NETNS], check=False)
+
+
 def main() -> None:
+    status = in_own_namespace()
+    if status is not None:
+        raise SystemExit(status)
     ap = argparse.ArgumentParser()
     ap.add_argument("--flows", type=int, nargs="+", default=[10000, 50000])
     ap.add_argument("--seconds", type=float, default=10.0)
@@ -142,14 +169,19 @@ listeners:
             script.write_text(CONSOLE)
             for n in sorted(args.flows):
                 t = time.perf_counter()
-                open_flows(port, n, have)
+                # A datagram the listeners' buffers dropped opened no flow: the next
+                # pass sends again from every address (an open flow is only touched).
+                for attempt in range(4):
+                    open_flows(port, n, have)
+                    try:
+                        wait_for(lambda n=n: api.get("/v1/flows", limit=0)["all"] >= n, 20,
+                                 f"{n} flows")
+                        break
+                    except AssertionError:
+                        if attempt == 3:
+                            raise SystemExit(f"only {api.get('/v1/flows', limit=0)['all']} "
+                                             f"of {n} flows opened") from None
                 have = n
-                try:
-                    wait_for(lambda n=n: api.get("/v1/flows", limit=0)["all"] >= n, 60,
-                             f"{n} flows")
-                except AssertionError:
-                    raise SystemExit(f"only {api.get('/v1/flows', limit=0)['all']} of {n} "
-                                     "flows opened") from None
                 opened = time.perf_counter() - t
                 page = timed(lambda: api.get("/v1/flows", limit=50))
                 by_bytes = timed(lambda: api.get("/v1/flows", limit=50, sort="bytes",
