@@ -213,7 +213,10 @@ def test_ingress_routes_to_services(rig: Rig) -> None:
                                        ("shop.test", "/", "Prefix", "web", 80)]))
     wait_for(lambda: "svc api" in try_get("127.0.0.120", rig.ingress_port, "/api/x",
                                           "shop.test"), 10, "ingress route")
-    assert "svc web" in get("127.0.0.120", rig.ingress_port, "/cart", "shop.test")
+    # The services and the Ingress may arrive in different rebuilds: a path whose
+    # service is not known yet is served once it is.
+    wait_for(lambda: "svc web" in try_get("127.0.0.120", rig.ingress_port, "/cart",
+                                          "shop.test"), 10, "the other route")
     assert " 404 " in get("127.0.0.120", rig.ingress_port, "/", "other.test")
     ing = sim.api.get("Ingress", "shop")
     assert ing is not None
