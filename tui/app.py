@@ -110,12 +110,9 @@ class Console(App[int]):
             padding: 0 1; }
     """
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("1", "pane('overview')", "Overview", show=False),
-        Binding("2", "pane('flows')", "Flows", show=False),
-        Binding("3", "pane('backends')", "Backends", show=False),
-        Binding("4", "pane('routes')", "Routes", show=False),
-        Binding("5", "pane('events')", "Events", show=False),
-        Binding("6", "pane('ha')", "HA", show=False),
+        # 1-6: the views, in tab order (the tabs show the keys, the footer need not).
+        *(Binding(str(i), f"pane({pane!r})", pane.title(), show=False)
+          for i, pane in enumerate(PANES, 1)),
         Binding("question_mark", "help", "Help"),
         Binding("colon", "command", "Cmd"),
         Binding("slash", "filter", "Filter", show=False),
