@@ -72,6 +72,24 @@ def _write_secret_file(path: str, content: bytes) -> None:
     os.replace(tmp, path)
 
 
+def watchdog_interval() -> float | None:
+    """Half of systemd's WatchdogSec (``WATCHDOG_USEC``) when it is watching this
+    process, as sd_watchdog_enabled(3) advises; None otherwise."""
+    usec = os.environ.get("WATCHDOG_USEC", "")
+    pid = os.environ.get("WATCHDOG_PID", "")
+    if not usec.isdigit() or int(usec) == 0 or (pid and pid != str(os.getpid())):
+        return None
+    return int(usec) / 2e6
+
+
+async def ping_watchdog(every: float) -> None:
+    """WATCHDOG=1 while the control process's trio loop runs: a hung loop (and with it
+    reloads, health checks and the control API) gets the unit restarted by systemd."""
+    while True:
+        sd_notify("WATCHDOG=1")
+        await trio.sleep(every)
+
+
 def sd_notify(state: str) -> None:
     """Tell systemd about a state change when run as Type=notify; a no-op otherwise."""
     if not os.environ.get("NOTIFY_SOCKET"):
@@ -193,6 +211,9 @@ class Daemon:
                 self.plane.event("start", f"edgelb {__version__} serving snapshot "
                                  f"v{snap.version}: {len(snap.listeners)} listeners")
                 sd_notify("READY=1")
+                every = watchdog_interval()
+                if every is not None:
+                    nursery.start_soon(ping_watchdog, every)
                 self.ready.set()
                 task_status.started()
                 async for signum in sigs:

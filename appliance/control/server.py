@@ -51,7 +51,9 @@ def open_control_socket(spec: ControlSpec) -> socket.socket:
         sock.bind(path)
         os.chmod(path, 0o660)
         try:
-            os.chown(path, -1, grp.getgrnam(spec.group).gr_gid)
+            gid = grp.getgrnam(spec.group).gr_gid
+            if os.stat(path).st_gid != gid:  # as the service user, it already is
+                os.chown(path, -1, gid)
         except KeyError:
             log.warning("control socket %s: no group %r, so only %s can connect", path,
                         spec.group, "root" if os.getuid() == 0 else "this user")

@@ -44,6 +44,28 @@ def test_sd_notify_ready_reloading_stopping(tmp_path: Path) -> None:
         sock.close()
 
 
+def test_sd_notify_watchdog_pings(tmp_path: Path) -> None:
+    """With WATCHDOG_USEC (systemd's WatchdogSec), WATCHDOG=1 comes every half period."""
+    path = str(tmp_path / "notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    sock.settimeout(15)
+    port = free_port()
+    (tmp_path / "c.yaml").write_text(
+        f"listeners:\n  - {{name: a, bind: 127.0.0.1:{port}, backends: [127.0.0.1:9]}}\n")
+    proc = subprocess.Popen([*EDGELB, "run", "-c", str(tmp_path / "c.yaml")],
+                            env={**os.environ, "NOTIFY_SOCKET": path,
+                                 "WATCHDOG_USEC": "400000"}, stderr=subprocess.DEVNULL)
+    try:
+        assert sock.recv(4096) == b"READY=1"
+        pings = [sock.recv(4096) for _ in range(4)]
+        assert pings == [b"WATCHDOG=1"] * 4
+    finally:
+        proc.kill()
+        proc.wait()
+        sock.close()
+
+
 def test_json_logs(tmp_path: Path) -> None:
     port = free_port()
     (tmp_path / "c.yaml").write_text(
