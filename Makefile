@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 DEB_PKGS := haproxy nginx iperf3 wrk curl netcat-openbsd iproute2 procps openssl kubectl keepalived tcpdump openssh-server openssh-client tmux
 
-.PHONY: demo test test-unit bench bench-l4 bench-l7 bench-cluster bench-failover bench-console lint deb-deps clean
+.PHONY: wheel demo test test-unit bench bench-l4 bench-l7 bench-cluster bench-failover bench-console lint deb-deps clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -56,6 +56,11 @@ bench-l4: $(STAMP) deb-deps
 
 bench-l7: $(STAMP) deb-deps
 	$(BIN)/python -m tests.bench.l7
+
+# The wheel the Ansible role installs (ansible/roles/edgelb: edgelb_wheel).
+wheel: $(STAMP)
+	rm -rf dist build
+	$(BIN)/pip wheel -q --no-deps -w dist .
 
 lint: $(STAMP)
 	$(BIN)/ruff check appliance tui tests
