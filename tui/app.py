@@ -90,6 +90,11 @@ class Console(App[int]):
     TITLE = "edgelb"
     AUTO_FOCUS = None
     CSS = """
+    /* The views fill what the top line and the footer leave, exactly: a screen taller
+       than the terminal scrolls by a line whenever a table takes focus. */
+    Screen { overflow-y: hidden; }
+    #panes { height: 1fr; }
+    #topline { height: 1; }
     #banner { height: 1; background: $warning; color: $text; display: none; }
     #banner.shown { display: block; }
     #command { display: none; dock: bottom; }
@@ -296,11 +301,15 @@ class Console(App[int]):
 
     async def _read_flows(self) -> None:
         q = self.flow_query
+        limit = self._page_size()
         page = await self.source.get(
             "/v1/flows", sort=q["sort"] or None, desc=1 if q["desc"] else None,
-            offset=q["offset"], limit=self._page_size(), q=q["q"] or None)
+            offset=q["offset"], limit=limit, q=q["q"] or None)
         if page is None:
             return
+        if self._page_size() != limit:
+            # Laid out (or resized) meanwhile: fetch the page that fits.
+            self.call_later(self.refresh_data)
         self.flow_total = page["total"]
         rows = [(f["id"], [f["id"], f["client"], f["vip"], f["backend"] or "-",
                            f["protocol"], human_bytes(f["bytes_in"]),

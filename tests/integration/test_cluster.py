@@ -253,7 +253,8 @@ def test_rbac_manifest_allows_exactly_what_edgelb_uses(rig: Rig) -> None:
     wait_for(lambda: ("patch", "networking.k8s.io", "ingresses/status") in sim.api.calls,
              10, "ingress status")
     wait_for(lambda: ("create", "", "events") in sim.api.calls, 10, "an event")
-    rules = next(doc for doc in yaml.safe_load_all((ROOT / "ansible/roles/edgelb/files/rbac.yaml").read_text())
+    manifest = ROOT / "ansible/roles/edgelb/files/rbac.yaml"
+    rules = next(doc for doc in yaml.safe_load_all(manifest.read_text())
              if doc["kind"] == "ClusterRole")["rules"]
     allowed = {(verb, group, res) for r in rules for group in r["apiGroups"]
                for res in r["resources"] for verb in r["verbs"]}

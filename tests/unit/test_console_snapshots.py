@@ -115,7 +115,7 @@ def _after(*keys: str) -> Callable[[Pilot[Any]], Awaitable[None]]:
         app = pilot.app
         assert isinstance(app, Console)
         for _ in range(200):
-            if app.refreshes >= 1:
+            if app.refreshes >= 1 and app.status:
                 break
             await pilot.pause(0.02)
         done = app.refreshes
@@ -125,7 +125,17 @@ def _after(*keys: str) -> Callable[[Pilot[Any]], Awaitable[None]]:
             if app.refreshes > done or not keys:
                 break
             await pilot.pause(0.02)
-        await pilot.pause(0.1)
+        # Quiet: no refresh for 0.3 s (a view may fetch again once it is laid out).
+        quiet, seen = 0, app.refreshes
+        for _ in range(100):
+            await pilot.pause(0.05)
+            quiet = quiet + 1 if app.refreshes == seen else 0
+            seen = app.refreshes
+            if quiet >= 6:
+                break
+        # Drawn: a picture taken before the last update reached the screen would lack it.
+        app.screen.refresh(layout=True)
+        await pilot.pause(0.2)
     return run_before
 
 
