@@ -16,8 +16,9 @@ from pathlib import Path
 from ..helpers import EDGELB, Server, ask, can_connect, edgelb, free_port, metrics, named, wait_for
 
 
-def test_sd_notify_ready_reloading_stopping(tmp_path: Path) -> None:
-    """A real NOTIFY_SOCKET, as systemd provides for Type=notify."""
+def _notified(tmp_path: Path, **env: str) -> tuple[socket.socket, subprocess.Popen[bytes]]:
+    """A daemon started as systemd starts a Type=notify unit: with a real NOTIFY_SOCKET
+    (returned, to read its messages) and ``env``."""
     path = str(tmp_path / "notify.sock")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(path)
@@ -25,9 +26,15 @@ def test_sd_notify_ready_reloading_stopping(tmp_path: Path) -> None:
     port = free_port()
     (tmp_path / "c.yaml").write_text(
         f"listeners:\n  - {{name: a, bind: 127.0.0.1:{port}, backends: [127.0.0.1:9]}}\n")
-    proc = subprocess.Popen([*EDGELB, "run", "-c",
-                             str(tmp_path / "c.yaml")], env={**os.environ, "NOTIFY_SOCKET": path},
+    proc = subprocess.Popen([*EDGELB, "run", "-c", str(tmp_path / "c.yaml")],
+                            env={**os.environ, "NOTIFY_SOCKET": path, **env},
                             stderr=subprocess.DEVNULL)
+    return sock, proc
+
+
+def test_sd_notify_ready_reloading_stopping(tmp_path: Path) -> None:
+    """READY, RELOADING and STOPPING, as systemd expects of Type=notify."""
+    sock, proc = _notified(tmp_path)
     try:
         assert sock.recv(4096) == b"READY=1"
         proc.send_signal(signal.SIGHUP)
@@ -46,16 +53,7 @@ def test_sd_notify_ready_reloading_stopping(tmp_path: Path) -> None:
 
 def test_sd_notify_watchdog_pings(tmp_path: Path) -> None:
     """With WATCHDOG_USEC (systemd's WatchdogSec), WATCHDOG=1 comes every half period."""
-    path = str(tmp_path / "notify.sock")
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sock.bind(path)
-    sock.settimeout(15)
-    port = free_port()
-    (tmp_path / "c.yaml").write_text(
-        f"listeners:\n  - {{name: a, bind: 127.0.0.1:{port}, backends: [127.0.0.1:9]}}\n")
-    proc = subprocess.Popen([*EDGELB, "run", "-c", str(tmp_path / "c.yaml")],
-                            env={**os.environ, "NOTIFY_SOCKET": path,
-                                 "WATCHDOG_USEC": "400000"}, stderr=subprocess.DEVNULL)
+    sock, proc = _notified(tmp_path, WATCHDOG_USEC="400000")
     try:
         assert sock.recv(4096) == b"READY=1"
         pings = [sock.recv(4096) for _ in range(4)]
