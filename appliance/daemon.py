@@ -153,7 +153,6 @@ class Daemon:
         self.problems_seen: set[Any] = set()
         self.is_leader: Callable[[], bool] = lambda: True  # standalone: always
         self.leadership: Any = None
-        self.vrrp: Any = None  # the first VRRP instance (IPv4 if any), for metrics
         self.vrrps: list[tuple[Any, Any]] = []  # (machine, its action runner)
         self.applying = trio.Lock()
         self.status_writes = 0
@@ -164,7 +163,7 @@ class Daemon:
         self.raw_listeners: tuple[Listener, ...] = ()
         self.ha_override = ""  # "", "demote" or "promote": an operator's HA choice
         self.vrrp_peers: dict[str, dict[str, Any]] = {}  # by peer address
-        self.worker_restarts = 0
+        self._lease_io: Any = None  # (read, write) of the Lease, once lease mode runs
         self.down_seen: set[tuple[str, str]] = set()
 
     # -- start and stop ------------------------------------------------------------
@@ -285,7 +284,6 @@ class Daemon:
         self.retired = merge([self.retired, wp.stats])
         if self.draining or self._nursery is None or self.snapshot is None:
             return
-        self.worker_restarts += 1
         self.plane.event("worker", f"worker {wp.wid} (pid {wp.proc.pid}) exited with "
                          f"status {code}; starting a new one")
         log.error("worker %d (pid %d) exited with status %s; starting a new one", wp.wid,
@@ -542,8 +540,6 @@ class Daemon:
                                   ha.preempt_delay), source)
         sock: Any = (VrrpSocket if version == 4 else VrrpSocket6)(ha.interface, source, peers)
         self.vrrps.append((machine, None))
-        if self.vrrp is None:
-            self.vrrp = machine
         self.is_leader = lambda: any(m.state == "master" for m, _ in self.vrrps)
         wake = trio.Event()
 
@@ -551,6 +547,11 @@ class Daemon:
         # the timer and the receiver both drive it, and a VIP added after it was removed
         # (two batches interleaved at a thread hop) would stay on a backup.
         in_order = trio.Lock()
+
+        def announce(count: int, interval: float) -> None:
+            """Gratuitous ARP / unsolicited NA for the VIPs, from a thread (scapy blocks)."""
+            self._nursery_start(trio.to_thread.run_sync, gratuitous_arp, ha.interface,
+                                [str(v) for v in vips.addresses], count, interval)
 
         async def act(actions: list[Any]) -> None:
             if not actions:
@@ -573,16 +574,12 @@ class Daemon:
                              machine.priority, a.reason, ", ".join(added) or "present")
                     self.plane.event("ha", f"IPv{version} VRRP master: {a.reason}",
                                      state="master", family=version)
-                    self._nursery_start(trio.to_thread.run_sync, gratuitous_arp,
-                                        ha.interface, [str(v) for v in vips.addresses],
-                                        ha.garp_count, ha.garp_interval)
+                    announce(ha.garp_count, ha.garp_interval)
                 elif isinstance(a, Reannounce):
                     log.warning("VRRP: %s; announcing the VIPs again", a.reason)
                     self.plane.event("ha", f"IPv{version} VRRP: {a.reason}; announcing "
                                      "the VIPs again", state="master", family=version)
-                    self._nursery_start(trio.to_thread.run_sync, gratuitous_arp,
-                                        ha.interface, [str(v) for v in vips.addresses],
-                                        ha.garp_count, ha.garp_interval)
+                    announce(ha.garp_count, ha.garp_interval)
                 elif isinstance(a, BecomeBackup):
                     gone = await trio.to_thread.run_sync(vips.remove)
                     log.info("VRRP backup (vrid %d, priority %d): %s%s", ha.vrid,
@@ -607,9 +604,7 @@ class Daemon:
                     while ha.garp_refresh > 0:
                         await trio.sleep(ha.garp_refresh)
                         if machine.state == "master":
-                            await trio.to_thread.run_sync(
-                                gratuitous_arp, ha.interface,
-                                [str(v) for v in vips.addresses], 1, 0.0)
+                            announce(1, 0.0)
 
                 async def track() -> None:
                     """Lower the priority for each tracked condition that fails; hold an
@@ -672,11 +667,11 @@ class Daemon:
             return (f"competing for the lease again (held by {holder or 'nobody'}; taken "
                     "when it is free or expires)")
         now = trio.current_time()
+        want = wanted_priority(ha.priority, len(self._track_failures(ha)), ha.track_weight,
+                               self.ha_override)
         for machine, act in self.vrrps:
             if act is None:
                 continue
-            want = wanted_priority(ha.priority, len(self._track_failures(ha)),
-                                   ha.track_weight, self.ha_override)
             await act(machine.set_priority(want, now, why))
             if action == "demote":
                 await act(machine.step_down(now, why))
@@ -734,17 +729,18 @@ class Daemon:
                 "vips": len(self.ipam.by_service) if self.ipam is not None else 0,
                 "status_writes": self.status_writes, "problems": len(self.problems_seen)}
 
+    def no_healthy_backend(self, lst: Listener) -> bool:
+        """Every actively checked backend of ``lst`` is down (False without checks)."""
+        keys = [k for k, _, _ in lst.checked()]
+        return bool(keys) and all((lst.name, k) in self.health.down for k in keys)
+
     def _track_failures(self, ha: Any) -> list[str]:
         """The tracked conditions that fail now, each as a reason."""
         out = []
         snap = self.snapshot
-        down = self.health.down
         for name in ha.track_listeners:
             lst = snap.listener(name) if snap else None
-            if lst is None:
-                continue
-            keys = [k for k, _, _ in lst.checked()]
-            if keys and all((name, k) in down for k in keys):
+            if lst is not None and self.no_healthy_backend(lst):
                 out.append(f"listener {name} has no healthy backend")
         if ha.track_api_timeout and self.sync is not None:
             now = time.monotonic()
@@ -773,7 +769,7 @@ class Daemon:
 
         assert self.static is not None
         ha = self.static.ha
-        io = getattr(self, "_lease_io", None)
+        io = self._lease_io
         if io is None or self.leadership is None or not self.leadership.leading():
             return
         read, write = io

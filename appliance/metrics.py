@@ -49,7 +49,8 @@ def _cluster_metrics(daemon: Daemon) -> Iterator[Metric]:
                                "status); always 1 when standalone")
     leader.add_metric([], 1 if daemon.is_leader() else 0)
     yield leader
-    vrrp = getattr(daemon, "vrrp", None)
+    # The first virtual router: IPv4's when there is one (they start in version order).
+    vrrp = daemon.vrrps[0][0] if daemon.vrrps else None
     if vrrp is not None:
         state = GaugeMetricFamily("edgelb_vrrp_state", "1 for the VRRP state this box is "
                                   "in", labels=["state"])

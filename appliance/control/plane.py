@@ -81,11 +81,8 @@ class ControlPlane:
         snap = d.snapshot
         totals = d.stats()
         backends = [b for st in totals.values() for b in st.backends.values()]
-        alerts = []
-        for lst in d.raw_listeners:
-            keys = [k for k, _, _ in lst.checked()]
-            if keys and all((lst.name, k) in d.health.down for k in keys):
-                alerts.append(f"listener {lst.name}: no healthy backend")
+        alerts = [f"listener {lst.name}: no healthy backend" for lst in d.raw_listeners
+                  if d.no_healthy_backend(lst)]
         ha = d.ha_view()
         alerts += ha.pop("alerts", [])
         sync = d.sync_view()
