@@ -14,7 +14,7 @@ from typing import Any
 
 import trio
 
-from ..datapath.http1 import CHUNKED, LENGTH, HttpError, parse_request
+from ..datapath.http1 import CHUNKED, LENGTH, HttpError, chunk, parse_request
 from ..model import ControlSpec, HttpLimits
 from .api import Plant, Reply, error, handle
 from .roles import identify
@@ -111,8 +111,8 @@ async def _answer(conn: trio.socket.SocketType, spec: ControlSpec, plant: Plant)
             reply = error(500, f"internal error: {type(e).__name__}")
         try:
             await _send_reply(conn, reply)
-        except OSError:
-            return
+        except (OSError, trio.BrokenResourceError):
+            return  # the client left before its answer was sent
 
 
 async def _read_request(conn: trio.socket.SocketType) -> tuple[str, str, bytes]:
@@ -142,13 +142,6 @@ async def _read_request(conn: trio.socket.SocketType) -> tuple[str, str, bytes]:
     return req.method.decode(), req.target.decode("latin-1"), body[:length]
 
 
-async def _send_all(conn: trio.socket.SocketType, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        n = await conn.send(view)
-        view = view[n:]
-
-
 def _head(status: int, extra: list[tuple[str, str]]) -> bytes:
     lines = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}",
              "Content-Type: application/json", "Connection: close", "Cache-Control: no-store"]
@@ -157,13 +150,14 @@ def _head(status: int, extra: list[tuple[str, str]]) -> bytes:
 
 
 async def _send_reply(conn: trio.socket.SocketType, reply: Reply) -> None:
+    out = trio.SocketStream(conn)
     if reply.stream is None:
         data = json.dumps(reply.body, default=_jsonable).encode() + b"\n"
-        await _send_all(conn, _head(reply.status, reply.headers) +
-                        f"Content-Length: {len(data)}\r\n\r\n".encode() + data)
+        await out.send_all(_head(reply.status, reply.headers) +
+                           f"Content-Length: {len(data)}\r\n\r\n".encode() + data)
         return
-    await _send_all(conn, _head(reply.status, reply.headers) +
-                    b"Transfer-Encoding: chunked\r\n\r\n")
+    await out.send_all(_head(reply.status, reply.headers) +
+                       b"Transfer-Encoding: chunked\r\n\r\n")
     stream = reply.stream
     async with trio.open_nursery() as nursery:
         async def gone() -> None:
@@ -178,8 +172,7 @@ async def _send_reply(conn: trio.socket.SocketType, reply: Reply) -> None:
         nursery.start_soon(gone)
         try:
             async for item in stream:
-                line = json.dumps(item, default=_jsonable).encode() + b"\n"
-                await _send_all(conn, f"{len(line):x}\r\n".encode() + line + b"\r\n")
+                await out.send_all(chunk(json.dumps(item, default=_jsonable).encode() + b"\n"))
         finally:
             aclose = getattr(stream, "aclose", None)
             if aclose is not None:
