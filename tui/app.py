@@ -31,7 +31,14 @@ from textual.widgets import (
 )
 
 from appliance.control.client import Client, ControlError
-from appliance.control.ctl import format_event, human_age, human_bytes, status_lines
+from appliance.control.ctl import (
+    FLOW_COLUMNS,
+    flow_cells,
+    format_event,
+    human_age,
+    human_bytes,
+    status_lines,
+)
 
 from .screens import ConfirmScreen, HelpScreen, PromptScreen
 from .source import Api, Source
@@ -39,8 +46,7 @@ from .source import Api, Source
 W = TypeVar("W", bound=Widget)
 PANES = ("overview", "flows", "backends", "routes", "events", "ha")
 SORTS = ("", "bytes", "age", "client", "backend", "listener", "state")
-BACKEND_ACTIONS = {"drain": "drain", "undrain": "undrain", "disable": "disable",
-                   "enable": "enable"}
+BACKEND_ACTIONS = ("drain", "undrain", "disable", "enable")
 HA_ACTIONS = ("failover", "demote", "promote", "auto")
 # Actions that change something: hidden from viewers.
 CHANGES = {"backend", "weight", "ha", "reload_config"}
@@ -192,8 +198,7 @@ class Console(App[int]):
         yield Footer()
 
     def on_mount(self) -> None:
-        self._main("#flows-table", DataTable).add_columns(
-            "ID", "CLIENT", "VIP", "BACKEND", "PROTO", "IN", "OUT", "AGE", "STATE")
+        self._main("#flows-table", DataTable).add_columns(*FLOW_COLUMNS)
         self._main("#listeners-table", DataTable).add_columns("LISTENER", "PROTO", "B")
         self._main("#backends-table", DataTable).add_columns(
             "BACKEND", "HEALTH", "STATE", "WEIGHT", "ACTIVE", "FLOWS", "REQ", "FAIL", "BYTES")
@@ -311,10 +316,7 @@ class Console(App[int]):
             # Laid out (or resized) meanwhile: fetch the page that fits.
             self.call_later(self.refresh_data)
         self.flow_total = page["total"]
-        rows = [(f["id"], [f["id"], f["client"], f["vip"], f["backend"] or "-",
-                           f["protocol"], human_bytes(f["bytes_in"]),
-                           human_bytes(f["bytes_out"]), human_age(f["age"]), f["state"]])
-                for f in page["flows"]]
+        rows = [(f["id"], flow_cells(f)) for f in page["flows"]]
         sync_rows(self._main("#flows-table", DataTable), rows)
         first = q["offset"] + 1 if rows else 0
         self._main("#flow-info", Static).update(

@@ -231,13 +231,21 @@ def status_lines(st: dict[str, Any]) -> list[str]:
     return lines
 
 
+FLOW_COLUMNS = ("ID", "CLIENT", "VIP", "BACKEND", "PROTO", "IN", "OUT", "AGE", "STATE")
+
+
+def flow_cells(f: dict[str, Any]) -> list[Any]:
+    """One flow as the cells under FLOW_COLUMNS (the table here and the console's)."""
+    return [f["id"], f["client"], f["vip"], f["backend"] or "-", f["protocol"],
+            human_bytes(f["bytes_in"]), human_bytes(f["bytes_out"]), human_age(f["age"]),
+            f["state"]]
+
+
 def format_flows(page: dict[str, Any]) -> str:
-    rows = [[f["id"], f["client"], f["vip"], f["backend"] or "-", f["protocol"],
-             human_bytes(f["bytes_in"]), human_bytes(f["bytes_out"]), human_age(f["age"]),
-             f["state"]] for f in page["flows"]]
+    rows = [flow_cells(f) for f in page["flows"]]
     shown = f"{page['offset'] + 1}-{page['offset'] + len(rows)}" if rows else "none"
-    return table(["ID", "CLIENT", "VIP", "BACKEND", "PROTO", "IN", "OUT", "AGE", "STATE"],
-                 rows) + f"\n{shown} of {page['total']} matching ({page['all']} open)"
+    return table(FLOW_COLUMNS, rows) + \
+        f"\n{shown} of {page['total']} matching ({page['all']} open)"
 
 
 def format_event(e: dict[str, Any]) -> str:

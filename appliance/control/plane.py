@@ -23,9 +23,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("edgelb.control")
 
 MAX_EVENTS = 2000
-_BACKEND_ACTIONS = {"drain": ("drain", None), "undrain": ("ready", None),
-                    "disable": ("maint", None), "enable": ("ready", None),
-                    "weight": (None, None)}
+# Each backend action and the state it sets (weight keeps the state).
+_BACKEND_ACTIONS = {"drain": "drain", "undrain": "ready", "disable": "maint",
+                    "enable": "ready", "weight": None}
 
 
 class ControlPlane:
@@ -143,7 +143,7 @@ class ControlPlane:
             listener, backend = args.get("listener"), args.get("backend")
             if not isinstance(listener, str) or not isinstance(backend, str):
                 raise AdminError(400, f"{action} needs \"listener\" and \"backend\" (strings)")
-            state = _BACKEND_ACTIONS[action][0]
+            state = _BACKEND_ACTIONS[action]
             weight = None
             reset = False
             if action == "weight":

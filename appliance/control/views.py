@@ -8,7 +8,7 @@ from typing import Any
 
 from ..datapath.flows import BackendStats, ListenerStats
 from ..model import Backend, Listener
-from .admin import AdminState
+from .admin import AdminState, backend_keys
 
 
 def _health(lst: Listener, key: str, checked: set[str], down: set[tuple[str, str]]) -> str:
@@ -37,8 +37,7 @@ def listener_summary(lst: Listener, stats: ListenerStats | None,
                      down: set[tuple[str, str]], admin: AdminState) -> dict[str, Any]:
     """One line's worth: counts of backends by health and admin state, and counters."""
     st = stats or ListenerStats()
-    keys = ([lst.backend_key(b) for b in lst.backends] if lst.http is None else
-            [f"{p.name}/{b.key}" for p in lst.http.pools for b in p.backends])
+    keys = [k for k, _ in backend_keys(lst)]
     checked = {k for k, _, _ in lst.checked()}
     n_down = sum(1 for k in checked if (lst.name, k) in down)
     n_admin = sum(1 for k in keys if admin.get(lst.name, k).state != "ready")
