@@ -65,6 +65,24 @@ class _Sender:
     def close(self) -> None:
         self.sock.close()
 
+    def _accept(self, data: bytes, src: str, dst: str, hops: int,
+                hops_name: str) -> Advert | None:
+        """The advertisement in ``data`` if it may be heeded (RFC 5798 7.1: TTL or hop
+        limit 255; from a configured peer, when there are any; well formed); None
+        after logging why not. Our own, looped back, is dropped silently."""
+        if src == self.source:
+            return None
+        if hops != TTL:
+            log.warning("VRRP from %s dropped: %s %d, not 255", src, hops_name, hops)
+            return None
+        if self.peers and src not in self.peers:
+            return None
+        try:
+            return decode(data, src, dst)
+        except ValueError as e:
+            log.warning("VRRP from %s dropped: %s", src, e)
+            return None
+
 
 class VrrpSocket(_Sender):
     """A raw socket bound to one interface, in the VRRP group (or to unicast peers)."""
@@ -99,17 +117,11 @@ class VrrpSocket(_Sender):
             ihl = (data[0] & 0x0F) * 4
             ttl, proto = data[8], data[9]
             dst = socket.inet_ntoa(data[16:20])
-            if proto != PROTOCOL or src == self.source:
+            if proto != PROTOCOL:
                 continue
-            if ttl != TTL:
-                log.warning("VRRP from %s dropped: TTL %d, not 255", src, ttl)
-                continue
-            if self.peers and src not in self.peers:
-                continue
-            try:
-                return decode(data[ihl:], src, dst), src
-            except ValueError as e:
-                log.warning("VRRP from %s dropped: %s", src, e)
+            adv = self._accept(data[ihl:], src, dst, ttl, "TTL")
+            if adv is not None:
+                return adv, src
 
 
 IPV6_RECVHOPLIMIT = getattr(socket, "IPV6_RECVHOPLIMIT", 51)
@@ -162,17 +174,9 @@ class VrrpSocket6(_Sender):
                     hops = struct.unpack("@i", value[:4])[0]
                 elif level == socket.IPPROTO_IPV6 and kind == IPV6_PKTINFO:
                     dst = socket.inet_ntop(socket.AF_INET6, value[:16])
-            if src == self.source:
-                continue
-            if hops != TTL:
-                log.warning("VRRP from %s dropped: hop limit %d, not 255", src, hops)
-                continue
-            if self.peers and src not in self.peers:
-                continue
-            try:
-                return decode(data, src, dst), src
-            except ValueError as e:
-                log.warning("VRRP from %s dropped: %s", src, e)
+            adv = self._accept(data, src, dst, hops, "hop limit")
+            if adv is not None:
+                return adv, src
 
 
 class Vips:

@@ -87,19 +87,23 @@ def router(ip: str, prio: int, preempt: bool = True, delay: float = 0.0) -> Vrrp
     return Vrrp(VrrpConfig(51, prio, ("192.0.2.100",), 10, preempt, delay), ip)
 
 
-def test_election_by_priority_and_by_address_on_a_tie() -> None:
-    a, b, c = router("192.0.2.1", 100), router("192.0.2.2", 200), router("192.0.2.3", 100)
-    link = Link(a, b, c)
-    for r in (a, b, c):
+def elected(*routers: Vrrp) -> Link:
+    """``routers`` started together on one link and run for a second: one master."""
+    link = Link(*routers)
+    for r in routers:
         link.start(r)
     link.run(1)
+    return link
+
+
+def test_election_by_priority_and_by_address_on_a_tie() -> None:
+    a, b, c = router("192.0.2.1", 100), router("192.0.2.2", 200), router("192.0.2.3", 100)
+    link = elected(a, b, c)
     assert link.master() == ["192.0.2.2"]
     # Two masters of equal priority (a healed split brain): the higher address stays.
     d, e = router("192.0.2.4", 100), router("192.0.2.5", 100)
     for r in (d, e):
-        alone = Link(r)
-        alone.start(r)
-        alone.run(1)
+        elected(r)
     assert d.state == e.state == MASTER
     joined = Link(d, e)
     joined.now = 1.0
@@ -109,10 +113,7 @@ def test_election_by_priority_and_by_address_on_a_tie() -> None:
 
 def test_failover_times() -> None:
     a, b = router("192.0.2.1", 200), router("192.0.2.2", 100)
-    link = Link(a, b)
-    link.start(a)
-    link.start(b)
-    link.run(1)
+    link = elected(a, b)
     assert link.master() == ["192.0.2.1"]
     # Dies silently: b takes over after Master_Down_Interval (3 x 0.1 s + skew ~0.06 s).
     link.routers.remove(a)
@@ -126,10 +127,7 @@ def test_failover_times() -> None:
 
 def test_shutdown_sends_priority_zero_for_a_fast_takeover() -> None:
     a, b = router("192.0.2.1", 200), router("192.0.2.2", 100)
-    link = Link(a, b)
-    link.start(a)
-    link.start(b)
-    link.run(1)
+    link = elected(a, b)
     actions = a.shutdown(link.now)
     assert SendAdvert(0) in actions and any(isinstance(x, BecomeBackup) for x in actions)
     link.deliver(a, actions)
@@ -162,10 +160,7 @@ def test_owner_takes_over_at_once_and_tracking_hands_over() -> None:
     actions = owner.start(0.0)
     assert owner.state == MASTER and any(isinstance(a, BecomeMaster) for a in actions)
     a, b = router("192.0.2.1", 200), router("192.0.2.2", 150)
-    link = Link(a, b)
-    link.start(a)
-    link.start(b)
-    link.run(1)
+    link = elected(a, b)
     # a's tracked listener lost its backends: its priority drops below b's, b preempts.
     link.deliver(a, a.set_priority(50, link.now, "no healthy backend"))
     link.run(1)
