@@ -4,16 +4,16 @@ never the system's /run/edgelb."""
 from __future__ import annotations
 
 import shutil
-import tempfile
 from collections.abc import Iterator
 
 import pytest
 
+from tests.helpers import short_dir
+
 
 @pytest.fixture(autouse=True)
 def _control_socket(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    # Short: Unix socket paths are limited to 107 bytes, pytest's tmp_path is longer.
-    d = tempfile.mkdtemp(prefix="elb-")
+    d = short_dir()
     path = f"{d}/control.sock"
     monkeypatch.setenv("EDGELB_SOCKET", path)
     yield path

@@ -4,6 +4,7 @@ every process is stopped by its own PID."""
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import signal
@@ -22,6 +23,20 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 # The ``edgelb`` command as an operator types it, from this checkout's environment.
 EDGELB = [sys.executable, "-m", "appliance.cli"]
+
+_short_base: str | None = None
+
+
+def short_dir() -> str:
+    """A fresh directory with a short path (Unix socket paths are limited to 107 bytes).
+    All of them live in one directory that is removed when the test process exits, so a
+    daemon that outlives its test, or a test that never cleans up, leaves nothing behind."""
+    global _short_base
+    if _short_base is None:
+        _short_base = tempfile.mkdtemp(prefix="elb-")
+        os.chmod(_short_base, 0o711)  # test users reach their sockets below it
+        atexit.register(shutil.rmtree, _short_base, True)
+    return tempfile.mkdtemp(dir=_short_base)
 
 
 def free_port(kind: int = socket.SOCK_STREAM, host: str = "127.0.0.1") -> int:
@@ -67,7 +82,7 @@ class Edgelb:
         self.start_args: list[str] = []
         self.prefix: list[str] = []  # e.g. ["ip", "netns", "exec", "ns1"]
         # A short path of its own: Unix socket paths are limited to 107 bytes.
-        self.control_dir = tempfile.mkdtemp(prefix="elb-")
+        self.control_dir = short_dir()
         self.socket = os.path.join(self.control_dir, "control.sock")
 
     def start(self, wait_port: int | None = None) -> Edgelb:
