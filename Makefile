@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 DEB_PKGS := haproxy nginx iperf3 wrk curl netcat-openbsd iproute2 procps openssl kubectl keepalived tcpdump openssh-server openssh-client tmux
 
-.PHONY: wheel demo test test-unit bench bench-l4 bench-l7 bench-cluster bench-failover bench-console lint deb-deps clean
+.PHONY: wheel image image-deps test-system demo test test-unit bench bench-l4 bench-l7 bench-cluster bench-failover bench-console lint deb-deps clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -61,6 +61,30 @@ bench-l7: $(STAMP) deb-deps
 wheel: $(STAMP)
 	rm -rf dist build
 	$(BIN)/pip wheel -q --no-deps -w dist .
+
+# The appliance image (images/build): Debian 12 with edgelb installed by the Ansible role.
+# Root's SSH key is AUTHORIZED_KEYS, or a key made once in images/out (test-system's).
+IMAGE_PKGS := debootstrap e2fsprogs fdisk extlinux syslinux-common qemu-system-x86 openssh-client
+IMAGE_KEY  := images/out/admin_ed25519
+
+image-deps:
+	@missing=""; for p in $(IMAGE_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing:$$missing"; apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	  else echo "make image needs root (and:$$missing)" >&2; exit 2; fi; \
+	fi
+
+image: wheel image-deps
+	@mkdir -p images/out; [ -f $(IMAGE_KEY) ] || ssh-keygen -q -t ed25519 -N '' -C edgelb-admin -f $(IMAGE_KEY)
+	AUTHORIZED_KEYS=$${AUTHORIZED_KEYS:-$(IMAGE_KEY).pub} images/build images/out
+
+# Boots the image under qemu and checks it over SSH (about 10 minutes; not in CI, where
+# tests/integration/test_ansible.py runs the same role against localhost).
+test-system: image
+	@$(BIN)/python -m pytest -q -p no:cacheprovider -s tests/system; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$rc
 
 lint: $(STAMP)
 	$(BIN)/ruff check appliance tui tests

@@ -237,7 +237,9 @@ LINT = shutil.which("ansible-lint", path=str(Path(sys.executable).parent))
 
 
 @pytest.mark.skipif(LINT is None, reason="ansible-lint not installed (test extras)")
-def test_role_is_ansible_lint_clean() -> None:
+@pytest.mark.parametrize("where", ["ansible", "images"])
+def test_playbooks_are_ansible_lint_clean(where: str) -> None:
+    """The role with site.yml, and the image build's playbook."""
     r = subprocess.run([str(LINT), "--offline", "--profile", "production"],
-                       cwd=ROOT / "ansible", capture_output=True, text=True, timeout=300)
+                       cwd=ROOT / where, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
