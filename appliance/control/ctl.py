@@ -26,18 +26,29 @@ def add_parser(sub: Any) -> None:
     ctl = sub.add_parser("ctl", help="query and steer a running daemon (control API)",
                          description=__doc__,
                          formatter_class=argparse.RawDescriptionHelpFormatter)
-    ctl.add_argument("--socket", help="the control socket (default: $EDGELB_SOCKET, "
-                     "else /run/edgelb/control.sock)")
-    ctl.add_argument("--json", action="store_true", help="print the API's JSON")
-    cmds = ctl.add_subparsers(dest="ctl", required=True, metavar="COMMAND")
-    cmds.add_parser("status", help="version, uptime, HA, Snapshot, sync, totals, alerts")
-    cmds.add_parser("whoami", help="your user and role")
-    p = cmds.add_parser("listeners", help="listeners; with a name, its backends")
+    # The options go before or after the command (`ctl status --json`, as kubectl
+    # users type it): each command takes them too, and sets them only when given.
+    common = argparse.ArgumentParser(add_help=False)
+    for parser, default in ((ctl, None), (common, argparse.SUPPRESS)):
+        parser.add_argument("--socket", default=default,
+                            help="the control socket (default: $EDGELB_SOCKET, "
+                                 "else /run/edgelb/control.sock)")
+        parser.add_argument("--json", action="store_true",
+                            default=False if default is None else default,
+                            help="print the API's JSON")
+    commands = ctl.add_subparsers(dest="ctl", required=True, metavar="COMMAND")
+
+    def command(name: str, **kw: Any) -> argparse.ArgumentParser:
+        return commands.add_parser(name, parents=[common], **kw)  # type: ignore[no-any-return]
+
+    command("status", help="version, uptime, HA, Snapshot, sync, totals, alerts")
+    command("whoami", help="your user and role")
+    p = command("listeners", help="listeners; with a name, its backends")
     p.add_argument("name", nargs="?")
-    p = cmds.add_parser("backends", help="the backends of a listener, by pool")
+    p = command("backends", help="the backends of a listener, by pool")
     p.add_argument("name")
-    cmds.add_parser("routes", help="HTTP routes: host and path -> pool -> backends")
-    p = cmds.add_parser("flows", help="open flows: filter, sort, page, or --watch")
+    command("routes", help="HTTP routes: host and path -> pool -> backends")
+    p = command("flows", help="open flows: filter, sort, page, or --watch")
     for f in ("listener", "protocol", "backend", "client", "state", "vip"):
         p.add_argument(f"--{f}")
     p.add_argument("-q", "--query", help="text anywhere in the flow")
@@ -48,17 +59,17 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--offset", type=int, default=0)
     p.add_argument("--watch", action="store_true", help="a new page every --interval")
     p.add_argument("--interval", type=float, default=1.0)
-    p = cmds.add_parser("events", help="HA changes, reloads, health, actions")
+    p = command("events", help="HA changes, reloads, health, actions")
     p.add_argument("--since", type=int, default=0)
     p.add_argument("-f", "--follow", action="store_true")
     for action, text in (("drain", "no new flows; open flows run to their end"),
                          ("undrain", "back to ready"),
                          ("disable", "out of the pool; open flows cut after drain_timeout"),
                          ("enable", "back to ready")):
-        p = cmds.add_parser(action, help=f"a backend: {text}")
+        p = command(action, help=f"a backend: {text}")
         p.add_argument("listener")
         p.add_argument("backend", help="its key: address, or pool/address for HTTP")
-    p = cmds.add_parser("weight", help="set a backend's weight (0-256, or 'config')")
+    p = command("weight", help="set a backend's weight (0-256, or 'config')")
     p.add_argument("listener")
     p.add_argument("backend")
     p.add_argument("weight")
@@ -66,8 +77,8 @@ def add_parser(sub: Any) -> None:
                          ("demote", "stay backup until promote or auto"),
                          ("promote", "become master and stay preferred until auto"),
                          ("auto", "back to the configured priority")):
-        cmds.add_parser(action, help=f"HA: {text}")
-    cmds.add_parser("reload", help="re-read the config (refused, with the errors, if bad)")
+        command(action, help=f"HA: {text}")
+    command("reload", help="re-read the config (refused, with the errors, if bad)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from appliance.cli import _parser
 from appliance.config import ConfigError, load_text
 from appliance.control.admin import AdminError, AdminState
 from appliance.control.api import QueryError, select_flows
@@ -143,3 +144,19 @@ def test_control_config_errors_name_key_and_line() -> None:
     snap = load_text("listeners: []\ncontrol:\n  socket: /run/x.sock\n  roles:\n"
                      "    viewer: staff\n")
     assert snap.control.socket == "/run/x.sock" and snap.control.viewer_group == "staff"
+
+
+@pytest.mark.parametrize("argv", [
+    ["ctl", "--json", "status"], ["ctl", "status", "--json"],
+    ["ctl", "--socket", "/x.sock", "flows", "--json", "--limit", "5"],
+    ["ctl", "flows", "--socket", "/x.sock", "--json"],
+])
+def test_ctl_options_go_before_or_after_the_command(argv: list[str]) -> None:
+    args = _parser().parse_args(argv)
+    assert args.json is True
+    assert args.socket == ("/x.sock" if "--socket" in argv else None)
+
+
+def test_ctl_options_default_when_not_given() -> None:
+    args = _parser().parse_args(["ctl", "status"])
+    assert args.json is False and args.socket is None
