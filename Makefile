@@ -13,16 +13,21 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[test,dev]'
 	touch $(STAMP)
 
-# Debian packages the tests and benchmarks drive as real peers; only as root, only
-# what is missing (a developer without root gets skips that say why).
-deb-deps:
-	@missing=""; for p in $(DEB_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+# Installs the Debian packages of $(1) that are missing, as root; otherwise runs $(2).
+define apt_missing
+	@missing=""; for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    echo "installing:$$missing"; apt-get update -qq && \
 	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
-	  else echo "not root: cannot install$$missing (tests that need them will skip)"; fi; \
+	  else $(2); fi; \
 	fi
+endef
+
+# Debian packages the tests and benchmarks drive as real peers; only as root, only
+# what is missing (a developer without root gets skips that say why).
+deb-deps:
+	$(call apt_missing,$(DEB_PKGS),echo "not root: cannot install$$missing (tests that need them will skip)")
 
 demo: $(STAMP) deb-deps
 	$(BIN)/edgelb demo
@@ -68,13 +73,7 @@ IMAGE_PKGS := debootstrap e2fsprogs fdisk extlinux syslinux-common qemu-system-x
 IMAGE_KEY  := images/out/admin_ed25519
 
 image-deps:
-	@missing=""; for p in $(IMAGE_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
-	if [ -n "$$missing" ]; then \
-	  if [ "$$(id -u)" = 0 ]; then \
-	    echo "installing:$$missing"; apt-get update -qq && \
-	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
-	  else echo "make image needs root (and:$$missing)" >&2; exit 2; fi; \
-	fi
+	$(call apt_missing,$(IMAGE_PKGS),echo "make image needs root (and:$$missing)" >&2; exit 2)
 
 image: wheel image-deps
 	@mkdir -p images/out; [ -f $(IMAGE_KEY) ] || ssh-keygen -q -t ed25519 -N '' -C edgelb-admin -f $(IMAGE_KEY)
