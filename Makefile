@@ -79,7 +79,7 @@ image: wheel image-deps
 	@mkdir -p images/out; [ -f $(IMAGE_KEY) ] || ssh-keygen -q -t ed25519 -N '' -C edgelb-admin -f $(IMAGE_KEY)
 	AUTHORIZED_KEYS=$${AUTHORIZED_KEYS:-$(IMAGE_KEY).pub} images/build images/out
 
-# Boots the image under qemu and checks it over SSH (7.5 minutes here under TCG, image build included; not in CI, where
+# Boots the image under qemu and checks it over SSH (9 minutes here under TCG, image build included; not in CI, where
 # tests/integration/test_ansible.py runs the same role against localhost).
 test-system: image
 	@$(BIN)/python -m pytest -q -p no:cacheprovider -s tests/system; rc=$$?; \

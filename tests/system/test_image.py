@@ -8,7 +8,7 @@ forwarded to loopback, and check from this host what an operator would:
   forwarded port to a backend on the box;
 - `systemctl reload edgelb` puts a new Snapshot in force and an open connection carries
   on through it;
-- a second play reports changed=0;
+- a second play, and a `--check` play, report changed=0;
 - a bad config variable fails the play, and the running config stays and keeps serving.
 
 KVM is tried first where /dev/kvm exists, and TCG when KVM does not bring the box up
@@ -70,7 +70,7 @@ class Box:
             assert r.returncode == 0, f"{command}: {r.stdout}{r.stderr}"
         return r
 
-    def play(self, **over: object) -> subprocess.CompletedProcess[str]:
+    def play(self, *args: str, **over: object) -> subprocess.CompletedProcess[str]:
         (self.tmp / "inventory").write_text(
             "[edgelb]\n"
             f"vm ansible_host=127.0.0.1 ansible_port={self.ssh_port} ansible_user=root "
@@ -85,7 +85,7 @@ class Box:
         (self.tmp / "vars.json").write_text(json.dumps(v))
         return subprocess.run(
             [str(PLAYBOOK), "-i", str(self.tmp / "inventory"), "-e",
-             f"@{self.tmp / 'vars.json'}", "site.yml"], cwd=ROOT / "ansible", text=True,
+             f"@{self.tmp / 'vars.json'}", *args, "site.yml"], cwd=ROOT / "ansible", text=True,
             capture_output=True, timeout=1200,
             env={**os.environ, "ANSIBLE_NOCOLOR": "1", "ANSIBLE_HOST_KEY_CHECKING": "0"})
 
@@ -232,10 +232,13 @@ def test_play_over_ssh_configures_traffic_reload_keeps_a_connection(box: Box) ->
     assert _try_echo(box)
 
 
-def test_second_play_changes_nothing(box: Box) -> None:
+def test_second_play_and_check_mode_change_nothing(box: Box) -> None:
     second = box.play()
     assert second.returncode == 0, second.stdout[-4000:]
     assert recap(second.stdout)["changed"] == 0, second.stdout[-4000:]
+    check = box.play("--check")
+    assert check.returncode == 0, check.stdout[-4000:]
+    assert recap(check.stdout)["changed"] == 0, check.stdout[-4000:]
 
 
 def test_bad_config_variable_fails_the_play_and_the_running_config_stays(box: Box) -> None:
