@@ -55,6 +55,10 @@ COMMANDS = ("overview", "flows", "backends", "routes", "events", "ha", "drain", 
             "reload", "sort", "filter", "q", "quit", "help")
 
 
+class _Closed(Exception):
+    """The console stopped while a request was out: its widgets may be gone."""
+
+
 class CommandError(ValueError):
     pass
 
@@ -215,6 +219,14 @@ class Console(App[int]):
             return
         self.refresh_data()
 
+    async def _get(self, path: str, **query: Any) -> Any | None:
+        """The source's answer, unless the console stopped while it was out (the answer
+        comes from a thread, and by then the screens may have been taken down)."""
+        got = await self.source.get(path, **query)
+        if not self.is_running:
+            raise _Closed
+        return got
+
     @work(exclusive=True, group="refresh")
     async def refresh_data(self) -> None:
         """Read what the open view shows; mark the console disconnected (and keep trying)
@@ -222,13 +234,13 @@ class Console(App[int]):
         started = time.perf_counter()
         try:
             if self.role is None or not self.source.connected:
-                me = await self.source.get("/v1/whoami")
+                me = await self._get("/v1/whoami")
                 if me is None:
                     self._show_disconnected()
                     return
                 self.role, self.user = me["role"], me["user"]
                 self.refresh_bindings()
-            status = await self.source.get("/v1/status")
+            status = await self._get("/v1/status")
             if status is None:
                 self._show_disconnected()
                 return
@@ -243,6 +255,8 @@ class Console(App[int]):
                 await self._read_routes()
         except ControlError as e:
             self.notify(f"{e.message}", severity="error", timeout=6, markup=False)
+        except _Closed:
+            return
         self.refreshes += 1
         self.refresh_seconds += time.perf_counter() - started
 
@@ -290,7 +304,7 @@ class Console(App[int]):
     async def _read_events(self, st: dict[str, Any]) -> None:
         if st.get("last_event", 0) <= self.seq:
             return
-        got = await self.source.get("/v1/events", since=self.seq)
+        got = await self._get("/v1/events", since=self.seq)
         if got is None:
             return
         log = self._main("#events-log", Log)
@@ -307,7 +321,7 @@ class Console(App[int]):
     async def _read_flows(self) -> None:
         q = self.flow_query
         limit = self._page_size()
-        page = await self.source.get(
+        page = await self._get(
             "/v1/flows", sort=q["sort"] or None, desc=1 if q["desc"] else None,
             offset=q["offset"], limit=limit, q=q["q"] or None)
         if page is None:
@@ -325,7 +339,7 @@ class Console(App[int]):
             f"{' desc' if q['desc'] else ''}  filter: {q['q'] or '-'}  [/ s r n p]")
 
     async def _read_backends(self) -> None:
-        got = await self.source.get("/v1/listeners")
+        got = await self._get("/v1/listeners")
         if got is None:
             return
         lt = self._main("#listeners-table", DataTable)
@@ -336,7 +350,7 @@ class Console(App[int]):
         if not self.listener_name:
             return
         try:
-            d = await self.source.get(f"/v1/listeners/{self.listener_name}")
+            d = await self._get(f"/v1/listeners/{self.listener_name}")
         except ControlError:
             self.listener_name = ""
             return
@@ -354,7 +368,7 @@ class Console(App[int]):
         sync_rows(self._main("#backends-table", DataTable), rows)
 
     async def _read_routes(self) -> None:
-        got = await self.source.get("/v1/routes")
+        got = await self._get("/v1/routes")
         if got is None:
             return
         rows = [(f"{i}", [r["host"], r["path"], r["type"], r["pool"],
@@ -601,6 +615,8 @@ class Console(App[int]):
         target = " ".join(f"{v}" for v in args.values() if v is not None)
         try:
             r = await self.source.act(action, **args)
+            if not self.is_running:
+                return  # done and audited by the daemon; nothing left here to show it
         except ControlError as e:
             log.write_line(f"       you    {action} {target}: refused: {e.message}")
             self.notify(f"{action} refused: {e.message}", severity="error", timeout=8, markup=False)

@@ -5,10 +5,13 @@ with ``pytest --snapshot-update tests/unit/test_console_snapshots.py``."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from textual.pilot import Pilot
+from textual.widgets import Static
 
 from appliance.control.api import flow_dicts, select_flows
 from appliance.control.client import ControlError
@@ -63,7 +66,8 @@ FLOWS = [(f"{i % 2}.{i}", "web", "tcp", "[fe80::1]:40001" if i == 1 else
           f"198.51.100.{i}:{40000 + i}", "192.0.2.10:443",
           f"10.0.1.{i % 3 + 1}:30443", 1000 * i, 20000 * i, float(i * 7), "established")
          for i in range(1, 41)]
-EVENTS = [{"seq": 1, "time": 0.0, "kind": "start", "message": "edgelb 0.1.0 serving "
+EVENTS: list[dict[str, Any]] = [
+          {"seq": 1, "time": 0.0, "kind": "start", "message": "edgelb 0.1.0 serving "
            "snapshot v1: 3 listeners"},
           {"seq": 2, "time": 0.0, "kind": "ha", "message": "IPv4 VRRP master: no "
            "advertisement from a master for 3.41s"},
@@ -179,3 +183,51 @@ def test_ha(snap_compare: Any) -> None:
 def test_help(snap_compare: Any) -> None:
     assert snap_compare(_app(), run_before=_after("question_mark"), terminal_size=(80, 24))
 
+
+
+def test_closing_while_a_request_is_out_is_quiet() -> None:
+    """The console closing while a refresh waits on the daemon: the answer comes back
+    once the console has stopped running, while its screens are being taken down. The
+    refresh must drop it quietly, not touch the going widgets and fail the app (a
+    clean-clone CI run caught this as NoMatches('#banner'))."""
+    app = Console(api=None, interval=3600)
+    before: list[int] = []
+    late: list[str] = []
+
+    class ClosingApi(FixedApi):
+        def get(self, path: str, **q: Any) -> Any:
+            if before:
+                late.append(path)
+            elif path == "/v1/status" and app.refreshes >= 1:
+                before.append(app.refreshes)
+                deadline = time.monotonic() + 5
+                while time.monotonic() < deadline and app.is_running:
+                    time.sleep(0)  # answer the moment the console stops
+            return super().get(path, **q)
+
+    app.source.api = ClosingApi()
+
+    class Holder(Static):
+        async def on_unmount(self) -> None:
+            # Holds the taking down of the main screen until the late answer was dealt
+            # with, so that the refresh cannot be cancelled before it sees the answer.
+            for _ in range(50):
+                if late or app.refreshes != before[0]:
+                    return
+                await asyncio.sleep(0.01)
+
+    async def run() -> None:  # Textual runs on asyncio; the suite's async tests on trio
+        async with app.run_test() as pilot:
+            for _ in range(200):
+                if app.refreshes >= 1:
+                    break
+                await pilot.pause(0.02)
+            await app.screen_stack[0].mount(Holder())
+            app.refresh_data()  # this one waits on the daemon while the console closes
+            for _ in range(100):
+                if before:
+                    break
+                await pilot.pause(0.01)
+
+    asyncio.run(run())
+    assert before and app.refreshes == before[0] and late == []
