@@ -5,6 +5,7 @@ every process is stopped by its own PID."""
 from __future__ import annotations
 
 import atexit
+import json
 import os
 import shutil
 import signal
@@ -23,6 +24,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 # The ``edgelb`` command as an operator types it, from this checkout's environment.
 EDGELB = [sys.executable, "-m", "appliance.cli"]
+
+# ansible-playbook from this checkout's environment (the test extras), or None.
+ANSIBLE_PLAYBOOK = shutil.which("ansible-playbook", path=str(Path(sys.executable).parent))
 
 _short_base: str | None = None
 
@@ -286,3 +290,22 @@ def read_response(s: socket.socket) -> bytes:
     while len(body) < length:
         body += s.recv(4096)
     return head + b"\r\n\r\n" + body
+
+
+def site_play(tmp: Path, inventory: str, variables: dict[str, object], *args: str,
+              timeout: float = 900) -> subprocess.CompletedProcess[str]:
+    """``ansible-playbook site.yml`` with ``inventory`` (its text) and ``variables`` as
+    extra vars, both written to ``tmp``; ``args`` are more options, e.g. ``--check``."""
+    (tmp / "inventory").write_text(inventory)
+    (tmp / "vars.json").write_text(json.dumps(variables))
+    return subprocess.run(
+        [str(ANSIBLE_PLAYBOOK), "-i", str(tmp / "inventory"), "-e", f"@{tmp / 'vars.json'}",
+         *args, "site.yml"], cwd=ROOT / "ansible", text=True, capture_output=True,
+        timeout=timeout, env={**os.environ, "ANSIBLE_NOCOLOR": "1", "ANSIBLE_FORCE_COLOR": "0",
+                              "ANSIBLE_HOST_KEY_CHECKING": "0"})
+
+
+def play_recap(out: str, host: str) -> dict[str, int]:
+    """The PLAY RECAP counters (ok, changed, failed, ...) of ``host`` in a play's output."""
+    line = next(x for x in out.splitlines() if x.startswith(f"{host} ") and "ok=" in x)
+    return {k: int(v) for k, v in (f.split("=") for f in line.split()[2:])}

@@ -13,7 +13,6 @@ the test starts the installed daemon itself and sends SIGHUP as ExecReload does.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -25,9 +24,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import ROOT, wait_for
+from tests.helpers import ANSIBLE_PLAYBOOK, ROOT, play_recap, site_play, wait_for
 
-PLAYBOOK = shutil.which("ansible-playbook", path=str(Path(sys.executable).parent))
 WRITES = ["/opt/edgelb", "/etc/edgelb", "/etc/sysctl.d/60-edgelb.conf",
           "/etc/systemd/system/edgelb.service", "/etc/ssh/sshd_config.d/edgelb-console.conf",
           "/etc/ssh/edgelb_authorized_keys"]
@@ -35,7 +33,7 @@ USERS = ["edgelb", "elbt-console"]
 GROUPS = ["edgelb", "edgelb-admins", "edgelb-operators", "edgelb-viewers"]
 
 NEEDS = pytest.mark.skipif(
-    os.geteuid() != 0 or PLAYBOOK is None or not os.path.exists("/usr/bin/python3")
+    os.geteuid() != 0 or ANSIBLE_PLAYBOOK is None or not os.path.exists("/usr/bin/python3")
     or not os.path.exists("/usr/sbin/sshd"),
     reason="needs root, ansible-playbook (test extras), Debian's python3 and sshd")
 
@@ -55,9 +53,6 @@ class Box:
         subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w",
                         str(tmp / "dist"), str(ROOT)], check=True, capture_output=True)
         self.wheel = next((tmp / "dist").glob("edgelb-*.whl"))
-        (tmp / "inventory").write_text(
-            "[edgelb]\nlocalhost ansible_connection=local "
-            "ansible_python_interpreter=/usr/bin/python3\n")
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f",
                         str(tmp / "console.key")], check=True)
         self.port = 18900 + os.getpid() % 50
@@ -81,22 +76,12 @@ class Box:
         return v
 
     def play(self, *args: str, **over: object) -> subprocess.CompletedProcess[str]:
-        extra = self.tmp / "vars.json"
-        extra.write_text(json.dumps(self.vars(**over)))
-        return subprocess.run(
-            [str(PLAYBOOK), "-i", str(self.tmp / "inventory"),
-             "-e", f"@{extra}", *args, "site.yml"], cwd=ROOT / "ansible", text=True,
-            capture_output=True, timeout=900,
-            env={**os.environ, "ANSIBLE_NOCOLOR": "1", "ANSIBLE_FORCE_COLOR": "0"})
+        return site_play(self.tmp, "[edgelb]\nlocalhost ansible_connection=local "
+                         "ansible_python_interpreter=/usr/bin/python3\n",
+                         self.vars(**over), *args)
 
     def close(self) -> None:
         subprocess.run(["ip", "netns", "del", self.ns], check=False)
-
-
-def recap(out: str) -> dict[str, int]:
-    """The PLAY RECAP counters of the one host."""
-    line = next(x for x in out.splitlines() if x.startswith("localhost") and "ok=" in x)
-    return {k: int(v) for k, v in (f.split("=") for f in line.split()[2:])}
 
 
 @pytest.fixture
@@ -135,7 +120,7 @@ def _in_ns(box: Box, *cmd: str, user: str | None = None) -> list[str]:
 def test_role_installs_a_working_daemon_idempotently(box: Box) -> None:
     first = box.play()
     assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-2000:]
-    assert recap(first.stdout)["failed"] == 0
+    assert play_recap(first.stdout, "localhost")["failed"] == 0
     conf = Path("/etc/edgelb/edgelb.yaml")
     st = conf.stat()
     assert oct(st.st_mode & 0o777) == "0o640" and st.st_uid == 0
@@ -194,16 +179,16 @@ def test_role_installs_a_working_daemon_idempotently(box: Box) -> None:
 
         # Idempotent: a second play changes nothing, and neither does --check.
         second = box.play()
-        assert second.returncode == 0 and recap(second.stdout)["changed"] == 0, \
+        assert second.returncode == 0 and play_recap(second.stdout, "localhost")["changed"] == 0, \
             second.stdout[-4000:]
         check = box.play("--check")
-        assert check.returncode == 0 and recap(check.stdout)["changed"] == 0, \
+        assert check.returncode == 0 and play_recap(check.stdout, "localhost")["changed"] == 0, \
             check.stdout[-4000:]
 
         # A bad config variable fails the play; the file in place stays as it was.
         before = conf.read_text()
         bad = box.play(edgelb_config={"listeners": [{"name": "web", "bind": "nowhere"}]})
-        assert bad.returncode != 0 and recap(bad.stdout)["failed"] == 1
+        assert bad.returncode != 0 and play_recap(bad.stdout, "localhost")["failed"] == 1
         assert "listeners[0].bind" in bad.stdout + bad.stderr
         assert conf.read_text() == before
 
@@ -212,7 +197,7 @@ def test_role_installs_a_working_daemon_idempotently(box: Box) -> None:
         assert isinstance(more, dict)
         more["drain_timeout"] = "7s"
         changed = box.play(edgelb_config=more)
-        assert changed.returncode == 0 and recap(changed.stdout)["changed"] == 1
+        assert changed.returncode == 0 and play_recap(changed.stdout, "localhost")["changed"] == 1
         assert "drain_timeout: 7s" in conf.read_text()
         daemon.send_signal(signal.SIGHUP)
         try:

@@ -23,7 +23,6 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -32,12 +31,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import ROOT, free_port, wait_for
+from tests.helpers import ANSIBLE_PLAYBOOK, ROOT, free_port, play_recap, site_play, wait_for
 
 OUT = ROOT / "images" / "out"
 IMAGE = Path(os.environ.get("EDGELB_IMAGE", OUT / "edgelb.img"))
 KEY = Path(os.environ.get("EDGELB_IMAGE_KEY", OUT / "admin_ed25519"))
-PLAYBOOK = shutil.which("ansible-playbook", path=str(Path(sys.executable).parent))
 QEMU = shutil.which("qemu-system-x86_64")
 SERVICE_PORT = 8080  # the listener's port on the box
 BACKEND_PORT = 9000  # a line-echo backend on the box's loopback
@@ -71,7 +69,7 @@ class Box:
         return r
 
     def play(self, *args: str, **over: object) -> subprocess.CompletedProcess[str]:
-        (self.tmp / "inventory").write_text(
+        inventory = (
             "[edgelb]\n"
             f"vm ansible_host=127.0.0.1 ansible_port={self.ssh_port} ansible_user=root "
             f"ansible_ssh_private_key_file={KEY} ansible_python_interpreter=/usr/bin/python3 "
@@ -82,26 +80,15 @@ class Box:
             "edgelb_config": config(),
         }
         v.update(over)
-        (self.tmp / "vars.json").write_text(json.dumps(v))
-        return subprocess.run(
-            [str(PLAYBOOK), "-i", str(self.tmp / "inventory"), "-e",
-             f"@{self.tmp / 'vars.json'}", *args, "site.yml"], cwd=ROOT / "ansible", text=True,
-            capture_output=True, timeout=1200,
-            env={**os.environ, "ANSIBLE_NOCOLOR": "1", "ANSIBLE_HOST_KEY_CHECKING": "0"})
+        return site_play(self.tmp, inventory, v, *args, timeout=1200)
 
 
-def config(drain_timeout: str = "5s") -> dict[str, object]:
+def config() -> dict[str, object]:
     """The edgelb.yaml the plays give the box: one TCP listener to the echo backend."""
-    return {"drain_timeout": drain_timeout,
+    return {"drain_timeout": "5s",
             "control": {"state_file": "/var/lib/edgelb/state.json"},
             "listeners": [{"name": "echo", "bind": f"0.0.0.0:{SERVICE_PORT}",
                            "backends": [f"127.0.0.1:{BACKEND_PORT}"]}]}
-
-
-def recap(out: str) -> dict[str, int]:
-    """The PLAY RECAP counters of the box."""
-    line = next(x for x in out.splitlines() if x.startswith("vm ") and "ok=" in x)
-    return {k: int(v) for k, v in (f.split("=") for f in line.split()[2:])}
 
 
 def _accels() -> list[str]:
@@ -135,7 +122,7 @@ def _stop(box: Box) -> None:
 @pytest.fixture(scope="module")
 def box() -> Iterator[Box]:
     # Run on purpose (`make test-system`): what is missing is a failure, never a skip.
-    if not IMAGE.exists() or not KEY.exists() or QEMU is None or PLAYBOOK is None:
+    if not IMAGE.exists() or not KEY.exists() or QEMU is None or ANSIBLE_PLAYBOOK is None:
         pytest.fail("needs `make image` (images/out/edgelb.img and its admin key), "
                     "qemu-system-x86_64 and ansible-playbook")
     tmp = Path(tempfile.mkdtemp(prefix="elbt-vm-"))
@@ -215,7 +202,7 @@ def test_play_over_ssh_configures_traffic_reload_keeps_a_connection(box: Box) ->
             ".serve_forever()\n'")
     first = box.play()
     assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-2000:]
-    assert recap(first.stdout)["changed"] >= 1
+    assert play_recap(first.stdout, "vm")["changed"] >= 1
     wait_for(lambda: _try_echo(box), 60, "traffic through the forwarded port")
 
     # An open connection carries on through `systemctl reload` and its new Snapshot.
@@ -235,17 +222,17 @@ def test_play_over_ssh_configures_traffic_reload_keeps_a_connection(box: Box) ->
 def test_second_play_and_check_mode_change_nothing(box: Box) -> None:
     second = box.play()
     assert second.returncode == 0, second.stdout[-4000:]
-    assert recap(second.stdout)["changed"] == 0, second.stdout[-4000:]
+    assert play_recap(second.stdout, "vm")["changed"] == 0, second.stdout[-4000:]
     check = box.play("--check")
     assert check.returncode == 0, check.stdout[-4000:]
-    assert recap(check.stdout)["changed"] == 0, check.stdout[-4000:]
+    assert play_recap(check.stdout, "vm")["changed"] == 0, check.stdout[-4000:]
 
 
 def test_bad_config_variable_fails_the_play_and_the_running_config_stays(box: Box) -> None:
     conf_before = box.ssh("sha256sum /etc/edgelb/edgelb.yaml").stdout
     version = _version(box)
     bad = box.play(edgelb_config={"listeners": [{"name": "echo", "bind": "nowhere"}]})
-    assert bad.returncode != 0 and recap(bad.stdout)["failed"] == 1
+    assert bad.returncode != 0 and play_recap(bad.stdout, "vm")["failed"] == 1
     assert "listeners[0].bind" in bad.stdout + bad.stderr
     assert box.ssh("sha256sum /etc/edgelb/edgelb.yaml").stdout == conf_before
     assert box.ssh("systemctl is-active edgelb").stdout.strip() == "active"
