@@ -79,8 +79,10 @@ image: wheel image-deps
 	@mkdir -p images/out; [ -f $(IMAGE_KEY) ] || ssh-keygen -q -t ed25519 -N '' -C edgelb-admin -f $(IMAGE_KEY)
 	AUTHORIZED_KEYS=$${AUTHORIZED_KEYS:-$(IMAGE_KEY).pub} images/build images/out
 
-# Boots the image under qemu and checks it over SSH (9 minutes here under TCG, image build included; not in CI, where
-# tests/integration/test_ansible.py runs the same role against localhost).
+# Boots the image under qemu and checks it over SSH (about 10 minutes here under TCG,
+# build included). Not in CI, where tests/integration/test_ansible.py runs the same role
+# against localhost. The image is built with the test's VARS: a config baked in.
+test-system: export VARS := tests/system/image-vars.yml
 test-system: image
 	@$(BIN)/python -m pytest -q -p no:cacheprovider -s tests/system; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$rc

@@ -3,7 +3,8 @@ images/out/edgelb.img under qemu from its own boot loader, with SSH and one serv
 forwarded to loopback, and check from this host what an operator would:
 
 - it boots to a login prompt on the serial console and to sshd, with host keys of its own;
-- the edgelb unit is active under the box's systemd (Type=notify, watchdog armed);
+- the edgelb unit is active under the box's systemd (Type=notify, watchdog armed), with
+  the config baked in by `make test-system` (VARS=tests/system/image-vars.yml);
 - ansible-playbook over SSH configures a listener, and traffic flows through the
   forwarded port to a backend on the box;
 - `systemctl reload edgelb` puts a new Snapshot in force and an open connection carries
@@ -184,6 +185,10 @@ def test_boots_to_serial_console_sshd_and_an_active_unit(box: Box) -> None:
         "systemctl show -p Type -p WatchdogUSec -p NRestarts -p User edgelb").stdout.split())
     assert props == {"Type": "notify", "WatchdogUSec": "10s", "NRestarts": "0",
                      "User": "edgelb"}
+    # The config baked in with VARS (tests/system/image-vars.yml) is in force from boot.
+    assert "drain_timeout: 6s" in box.ssh("cat /etc/edgelb/edgelb.yaml").stdout
+    listeners = json.loads(box.ssh("/opt/edgelb/bin/edgelb ctl --json listeners").stdout)
+    assert [x["name"] for x in listeners] == ["echo"]
     # A real systemd is PID 1; the daemon runs as the unprivileged user.
     assert box.ssh("cat /proc/1/comm").stdout.strip() == "systemd"
     pid = box.ssh("systemctl show -p MainPID --value edgelb").stdout.strip()
