@@ -32,10 +32,14 @@ deb-deps:
 demo: $(STAMP) deb-deps
 	$(BIN)/edgelb demo
 
-# pytest exits 5 when it collected no tests: that is a failure, not a pass.
-test: $(STAMP) deb-deps
-	@$(BIN)/python -m pytest -q -p no:cacheprovider; rc=$$?; \
+# Runs pytest with $(1); it exits 5 when it collected no tests: a failure, not a pass.
+define pytest_some
+	@$(BIN)/python -m pytest -q -p no:cacheprovider $(1); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$rc
+endef
+
+test: $(STAMP) deb-deps
+	$(call pytest_some,)
 
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests/unit
@@ -84,8 +88,7 @@ image: wheel image-deps
 # against localhost. The image is built with the test's VARS: a config baked in.
 test-system: export VARS := tests/system/image-vars.yml
 test-system: image
-	@$(BIN)/python -m pytest -q -p no:cacheprovider -s tests/system; rc=$$?; \
-	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$rc
+	$(call pytest_some,-s tests/system)
 
 lint: $(STAMP)
 	$(BIN)/ruff check appliance tui tests
