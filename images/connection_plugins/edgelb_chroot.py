@@ -49,7 +49,8 @@ class Connection(ConnectionBase):  # type: ignore[misc]  # ansible is untyped
         return self
 
     def _popen(self, cmd: str, stdin: int | IO[bytes] = subprocess.PIPE) -> subprocess.Popen[bytes]:
-        self._connect()
+        # Connected already: ConnectionBase's exec_command, put_file and fetch_file, which
+        # each method here calls first, connect once (ensure_connect).
         return subprocess.Popen(["chroot", self.root, "/bin/sh", "-c", cmd], stdin=stdin,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
