@@ -106,8 +106,9 @@ listeners:
     backends: [127.0.0.1:{backend}]
     tls: [{{hosts: [bench.test], cert: {crt}, key: {key}}}]
 """)
-    return subprocess.Popen([*EDGELB, "run", "-c", str(cfg)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    # The log goes to a file: a daemon that does not come up says why there.
+    with open(tmp / f"edgelb{workers}.log", "wb") as log:
+        return subprocess.Popen([*EDGELB, "run", "-c", str(cfg)], stdout=log, stderr=log)
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
