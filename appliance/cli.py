@@ -85,7 +85,7 @@ def _main(argv: list[str] | None) -> int:
 
         return trio.run(run_demo, args.port, args.log_format)
     if args.command == "_worker":
-        from .daemon import worker_main
+        from .datapath.workers import worker_main
 
         trio.run(worker_main, args.fd, args.id)
         return 0

@@ -7,6 +7,8 @@ the Listener and Backend it started with until it ends (or its backend's drain d
 from __future__ import annotations
 
 import hashlib
+import ipaddress
+from collections.abc import Collection
 from dataclasses import dataclass, field, replace
 
 BALANCERS = ("round_robin", "least_conn", "p2c", "maglev")
@@ -93,6 +95,14 @@ class BackendTls:
 PATH_TYPES = ("Exact", "Prefix", "ImplementationSpecific")
 
 
+def path_elements(path: str) -> tuple[str, ...]:
+    """Path elements split by '/', a trailing slash ignored: ``/a/b/`` -> ("a", "b")."""
+    parts = path.split("/")[1:]
+    if parts and parts[-1] == "":
+        parts.pop()
+    return tuple(parts)
+
+
 @dataclass(frozen=True)
 class PathRule:
     """An Ingress HTTPIngressPath: ``path`` of ``type`` goes to ``pool``."""
@@ -100,6 +110,16 @@ class PathRule:
     path: str
     type: str
     pool: str
+
+    @property
+    def match_key(self) -> tuple[str, object]:
+        """What the rule matches: two rules of one host with the same key claim the
+        same requests. ``Exact`` matches the path as given; ``Prefix`` (and
+        ``ImplementationSpecific``, which edgelb reads as Prefix) matches whole path
+        elements, a trailing slash ignored."""
+        if self.type == "Exact":
+            return ("exact", self.path)
+        return ("prefix", path_elements(self.path))
 
 
 @dataclass(frozen=True)
@@ -109,6 +129,22 @@ class Route:
 
     host: str
     paths: tuple[PathRule, ...]
+
+
+def route_conflicts(routes: tuple[Route, ...] | list[Route]) -> list[str]:
+    """Each rule that claims what an earlier rule of the same host already claims (the
+    first one given wins), as a message."""
+    seen: set[tuple[str, tuple[str, object]]] = set()
+    out = []
+    for route in routes:
+        host = route.host.lower()
+        for rule in route.paths:
+            claim = (host, rule.match_key)
+            if claim in seen:
+                out.append(f"host {route.host or '*'!r} path {rule.path!r} ({rule.type}) "
+                           "is given twice; the first one wins")
+            seen.add(claim)
+    return out
 
 
 @dataclass(frozen=True)
@@ -194,6 +230,11 @@ class Listener:
     def backend_address(self, b: Backend) -> tuple[str, int]:
         return (b.host, self.backend_port or b.port)
 
+    def no_healthy_backend(self, down: Collection[tuple[str, str]]) -> bool:
+        """Every actively checked backend is down (False without active checks)."""
+        keys = [k for k, _, _ in self.checked()]
+        return bool(keys) and all((self.name, k) in down for k in keys)
+
     def checked(self) -> list[tuple[str, Backend, HealthSpec]]:
         """The backends under active health checks, with their key within this listener
         (``pool/address`` for HTTP pools) and the spec; none when checks are off."""
@@ -204,6 +245,31 @@ class Listener:
                      self.health) for b in self.backends]
         return [(f"{p.name}/{b.key}", b, p.health)
                 for p in self.http.pools if p.health.type != "none" for b in p.backends]
+
+
+# An address pool larger than this is refused: IPAM lists its addresses.
+MAX_POOL = 1 << 20
+
+
+def pool_addresses(text: str) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    """The addresses of an address pool: ``192.0.2.0/28`` (all its addresses but network
+    and broadcast for IPv4 wider than /31), ``192.0.2.10-192.0.2.20``, or one address.
+    Raises ValueError for anything else."""
+    text = text.strip()
+    if "-" in text:
+        lo_text, hi_text = (t.strip() for t in text.split("-", 1))
+        lo, hi = ipaddress.ip_address(lo_text), ipaddress.ip_address(hi_text)
+        if lo.version != hi.version or int(hi) < int(lo):
+            raise ValueError(f"{text!r} is not a range low-high of one IP version")
+        if int(hi) - int(lo) > MAX_POOL:
+            raise ValueError(f"{text!r} is too large a range")
+        return [ipaddress.ip_address(int(lo) + i) for i in range(int(hi) - int(lo) + 1)]
+    net = ipaddress.ip_network(text, strict=False)
+    if net.num_addresses > MAX_POOL:
+        raise ValueError(f"{text!r} is too large a pool")
+    if net.version == 4 and net.prefixlen < 31:
+        return list(net.hosts())
+    return list(net)
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ from textual.widgets import (
 )
 
 from appliance.control.client import Client, ControlError
-from appliance.control.ctl import (
+from appliance.control.format import (
     FLOW_COLUMNS,
     flow_cells,
     format_event,

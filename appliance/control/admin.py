@@ -8,32 +8,37 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, replace
+from enum import StrEnum
 from typing import Any
 
 from ..model import Backend, Listener
+from ..views import ActionRefused
 
-STATES = ("ready", "drain", "maint")
+# An action that names a listener or backend that does not exist, or a bad value.
+AdminError = ActionRefused
 
 
-class AdminError(ValueError):
-    """An action names a listener or backend that does not exist, or a bad value; the
-    message says which."""
+class BackendState(StrEnum):
+    """What an operator set for a backend, in HAProxy's words."""
 
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
+    READY = "ready"
+    DRAIN = "drain"  # no new flows; open flows run to their end (weight 0 in force)
+    MAINT = "maint"  # out of the pool; open flows cut after drain_timeout
+
+
+STATES = tuple(str(s) for s in BackendState)
 
 
 @dataclass(frozen=True)
 class BackendAdmin:
     """What an operator set for one backend of one listener."""
 
-    state: str = "ready"
+    state: BackendState = BackendState.READY
     weight: int | None = None  # None: the weight from the config or the cluster
 
     @property
     def is_default(self) -> bool:
-        return self.state == "ready" and self.weight is None
+        return self.state == BackendState.READY and self.weight is None
 
 
 def backend_keys(lst: Listener) -> list[tuple[str, Backend]]:
@@ -69,7 +74,7 @@ class AdminState:
                                    or not 0 <= weight <= 256):
             raise AdminError(400, f"weight {weight!r} is not a whole number in 0-256")
         old = self.get(listener, key)
-        new = BackendAdmin(state if state is not None else old.state,
+        new = BackendAdmin(BackendState(state) if state is not None else old.state,
                            None if reset_weight else weight if weight is not None
                            else old.weight)
         if new.is_default:
@@ -95,9 +100,9 @@ class AdminState:
                 a = self.backends.get((lst.name, prefix + key_of(b)))
                 if a is None:
                     out.append(b)
-                elif a.state == "maint":
+                elif a.state == BackendState.MAINT:
                     continue
-                elif a.state == "drain":
+                elif a.state == BackendState.DRAIN:
                     out.append(replace(b, weight=0))
                 else:
                     out.append(replace(b, weight=a.weight if a.weight is not None
@@ -122,6 +127,8 @@ class AdminState:
         a cluster may bring them back."""
         self.backends = {}
         for e in json.loads(text):
-            a = BackendAdmin(str(e["state"]), e["weight"])
-            if a.state in STATES and not a.is_default:
+            if str(e["state"]) not in STATES:
+                continue
+            a = BackendAdmin(BackendState(str(e["state"])), e["weight"])
+            if not a.is_default:
                 self.backends[(str(e["listener"]), str(e["backend"]))] = a

@@ -24,12 +24,11 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from .admin import AdminError
+import trio
+
+from ..views import FLOW_FIELDS, ActionRefused, FlowRow
 from .roles import Caller
 
-# A flow as workers report it (a tuple is far cheaper to gather and sort than a dict).
-FLOW_FIELDS = ("id", "listener", "protocol", "client", "vip", "backend", "bytes_in",
-               "bytes_out", "age", "state")
 _SORTABLE = {f: i for i, f in enumerate(FLOW_FIELDS)} | {"bytes": -1}
 _FILTERS = ("listener", "protocol", "backend", "client", "state", "vip")
 ACTIONS = ("drain", "undrain", "disable", "enable", "weight", "failover", "demote",
@@ -48,14 +47,14 @@ class Plant(Protocol):
 
     def routes(self) -> list[dict[str, Any]]: ...
 
-    async def flow_rows(self) -> list[tuple[Any, ...]]: ...
+    async def flow_rows(self) -> list[FlowRow]: ...
 
     def events(self, since: int) -> list[dict[str, Any]]: ...
 
     async def wait_event(self, since: int) -> None: ...
 
     async def act(self, caller: Caller, action: str, args: dict[str, Any]) -> dict[str, Any]:
-        """Do an action; raises AdminError with the status to answer."""
+        """Do an action; raises ActionRefused with the status to answer."""
         ...
 
     def audit(self, caller: Caller, action: str, target: dict[str, Any], result: str) -> None:
@@ -107,12 +106,12 @@ def _flag(q: dict[str, str], key: str) -> bool:
     return q.get(key, "") in ("1", "true", "yes")
 
 
-def select_flows(rows: Sequence[tuple[Any, ...]], q: dict[str, str]
-                 ) -> tuple[int, list[tuple[Any, ...]]]:
+def select_flows(rows: Sequence[FlowRow], q: dict[str, str]
+                 ) -> tuple[int, list[FlowRow]]:
     """Filter (exact ``listener``, ``protocol``, ``state``; substring ``backend``,
     ``client``, ``vip``; ``q`` anywhere), sort (``sort`` by a field, ``desc``) and page
     (``offset``, ``limit``) the flows; returns (matching count, the page)."""
-    sel: Sequence[tuple[Any, ...]] = rows
+    sel: Sequence[FlowRow] = rows
     for f in _FILTERS:
         want = q.get(f)
         if not want:
@@ -140,7 +139,7 @@ def select_flows(rows: Sequence[tuple[Any, ...]], q: dict[str, str]
     return len(sel), list(sel[offset:offset + limit])
 
 
-def flow_dicts(rows: list[tuple[Any, ...]]) -> list[dict[str, Any]]:
+def flow_dicts(rows: list[FlowRow]) -> list[dict[str, Any]]:
     return [dict(zip(FLOW_FIELDS, r, strict=True)) for r in rows]
 
 
@@ -201,8 +200,6 @@ async def _flow_page(plant: Plant, q: dict[str, str]) -> dict[str, Any]:
 
 
 async def _flow_pages(plant: Plant, q: dict[str, str], interval: float) -> AsyncIterator[Any]:
-    import trio
-
     while True:
         yield await _flow_page(plant, q)
         await trio.sleep(interval)
@@ -231,7 +228,7 @@ async def _action(plant: Plant, caller: Caller, action: str, body: bytes) -> Rep
         return error(403, msg)
     try:
         done = await plant.act(caller, action, args)
-    except AdminError as e:
+    except ActionRefused as e:
         plant.audit(caller, action, args, f"failed: {e}")
         return error(e.status, str(e))
     plant.audit(caller, action, args, str(done.get("result", "ok")))

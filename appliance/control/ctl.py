@@ -10,13 +10,12 @@ or endpoint.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import sys
-from collections.abc import Sequence
 from typing import Any
 
 from .client import Client, ControlError
+from .format import format_event, format_flows, format_status, human_bytes, table
 
 EXIT_REFUSED, EXIT_UNREACHABLE, EXIT_FORBIDDEN, EXIT_NOT_FOUND = 1, 3, 4, 5
 
@@ -177,88 +176,3 @@ def _run(client: Client, args: argparse.Namespace) -> int:
         r = client.act("reload")
         return _out(args, r, f"reloaded: serving snapshot v{r['snapshot']}")
     return 2
-
-
-def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """Columns as wide as their widest cell, two spaces apart."""
-    cells = [[str(c) for c in header]] + [[str(c) for c in r] for r in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
-                     for r in cells)
-
-
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.0f}{unit}" if unit == "B" else f"{n:.1f}{unit}"
-        n /= 1024
-    return f"{n}B"
-
-
-def human_age(seconds: float) -> str:
-    s = int(seconds)
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s"
-    return f"{s // 3600}h{s % 3600 // 60:02d}m"
-
-
-def format_status(st: dict[str, Any]) -> str:
-    """The status as a few lines an operator reads at a glance, alerts last."""
-    return "\n".join(status_lines(st) + [f"ALERT: {a}" for a in st["alerts"]])
-
-
-def status_lines(st: dict[str, Any]) -> list[str]:
-    """The daemon, its Snapshot, HA (with peers), sync and traffic, a line each."""
-    ha = st["ha"]
-    lines = [f"edgelb {st['version']} pid {st['pid']} up {human_age(st['uptime'])}, "
-             f"{st['workers']} workers{', DRAINING' if st['draining'] else ''}",
-             f"snapshot v{st['snapshot']['version']} ({st['snapshot']['digest']}): "
-             f"{st['snapshot']['listeners']} listeners, {st['snapshot']['from_cluster']} "
-             "from the cluster"]
-    if ha["mode"] == "vrrp":
-        for r in ha["routers"]:
-            lines.append(f"HA vrrp {r['family']} vrid {r['vrid']}: {r['state'].upper()} "
-                         f"priority {r['priority']}/{r['configured_priority']} "
-                         f"({r['reason']}); VIPs {', '.join(r['vips'])}")
-        for p in ha["peers"]:
-            lines.append(f"  peer {p['address']} priority {p['priority']}, heard "
-                         f"{p['seen_ago']}s ago")
-    elif ha["mode"] == "lease":
-        lines.append(f"HA lease {ha['lease']}: {'LEADER' if ha['leader'] else 'standby'} "
-                     f"(holder {ha['holder'] or 'nobody'})")
-    else:
-        lines.append("HA standalone")
-    sync = st.get("sync")
-    if sync is not None:
-        lines.append(f"cluster: {'in sync' if sync['synced'] else 'NOT in sync'}, "
-                     f"{sync['vips']} VIPs, {sync['changes']} changes, "
-                     f"{sync['status_writes']} status writes")
-    t = st["totals"]
-    lines.append(f"traffic: {t['active']} open flows, {t['accepted']} accepted, "
-                 f"{t['requests']} requests, {human_bytes(t['bytes_in'])} in, "
-                 f"{human_bytes(t['bytes_out'])} out")
-    return lines
-
-
-FLOW_COLUMNS = ("ID", "CLIENT", "VIP", "BACKEND", "PROTO", "IN", "OUT", "AGE", "STATE")
-
-
-def flow_cells(f: dict[str, Any]) -> list[Any]:
-    """One flow as the cells under FLOW_COLUMNS (the table here and the console's)."""
-    return [f["id"], f["client"], f["vip"], f["backend"] or "-", f["protocol"],
-            human_bytes(f["bytes_in"]), human_bytes(f["bytes_out"]), human_age(f["age"]),
-            f["state"]]
-
-
-def format_flows(page: dict[str, Any]) -> str:
-    rows = [flow_cells(f) for f in page["flows"]]
-    shown = f"{page['offset'] + 1}-{page['offset'] + len(rows)}" if rows else "none"
-    return table(FLOW_COLUMNS, rows) + \
-        f"\n{shown} of {page['total']} matching ({page['all']} open)"
-
-
-def format_event(e: dict[str, Any]) -> str:
-    when = datetime.datetime.fromtimestamp(e["time"]).strftime("%H:%M:%S")
-    return f"{e['seq']:>6} {when} {e['kind']:<7} {e['message']}"

@@ -1,36 +1,40 @@
-"""Prometheus metrics: the counters of every worker added up, served by prometheus-client
-on the configured address."""
+"""Prometheus metrics: the counters of every worker added up, the health verdicts, HA
+and cluster sync, read from the services' views at scrape time. The endpoint is served in
+the control process's trio loop (like the control API), so the collector runs in the
+thread that owns the state it reads."""
 
 from __future__ import annotations
 
+import logging
+import socket
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, start_http_server
+import trio
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from .datapath.flows import ListenerStats
+from ..views import HaView, SyncView, Traffic, VrrpState
+from .http import Exchange, Refusal
+from .plane import Views
 
-if TYPE_CHECKING:
-    from .daemon import Daemon
+log = logging.getLogger("edgelb.control")
 
 
 class StatsCollector(Collector):
-    """Reads the daemon's counters, added up across workers, at scrape time."""
+    """Reads the views at scrape time."""
 
-    def __init__(self, daemon: Daemon) -> None:
-        self.daemon = daemon
+    def __init__(self, views: Views) -> None:
+        self.views = views
 
     def collect(self) -> Iterator[Metric]:
-        totals = self.daemon.stats_snapshot()
-        snap = self.daemon.snapshot
+        totals = self.views.traffic()
         info = GaugeMetricFamily("edgelb_snapshot_version", "Snapshot in force")
-        info.add_metric([], snap.version if snap else 0)
+        info.add_metric([], self.views.snapshot().version)
         yield info
         yield from _families(totals, _LISTENER_COUNTERS)
         yield from _families(totals, _BACKEND_COUNTERS)
-        down = set(self.daemon.health.down)
+        down = self.views.health().down
         up = GaugeMetricFamily("edgelb_backend_up", "Active health verdict (1 up)",
                                labels=["listener", "backend"])
         for name, st in totals.items():
@@ -41,45 +45,48 @@ class StatsCollector(Collector):
                 if st.requests or st.routes or st.bad_requests}
         yield from _families(http, _HTTP_COUNTERS)
         yield from _http_metrics(http)
-        yield from _cluster_metrics(self.daemon)
+        yield from _ha_metrics(self.views.ha())
+        sync = self.views.sync()
+        if sync is not None:
+            yield from _cluster_metrics(sync)
 
 
-def _cluster_metrics(daemon: Daemon) -> Iterator[Metric]:
+def _ha_metrics(ha: HaView) -> Iterator[Metric]:
     leader = GaugeMetricFamily("edgelb_ha_leader", "1 while this box leads (writes "
                                "status); always 1 when standalone")
-    leader.add_metric([], 1 if daemon.is_leader() else 0)
+    leader.add_metric([], 1 if ha.leader else 0)
     yield leader
     # The first virtual router: IPv4's when there is one (they start in version order).
-    vrrp = daemon.vrrps[0][0] if daemon.vrrps else None
-    if vrrp is not None:
+    if ha.routers:
+        router = ha.routers[0]
         state = GaugeMetricFamily("edgelb_vrrp_state", "1 for the VRRP state this box is "
                                   "in", labels=["state"])
-        for s in ("initialize", "backup", "master"):
-            state.add_metric([s], 1 if vrrp.state == s else 0)
+        for s in VrrpState:
+            state.add_metric([str(s)], 1 if router.state == s else 0)
         prio = GaugeMetricFamily("edgelb_vrrp_priority", "The VRRP priority in force "
                                  "(lowered by failing tracked conditions)")
-        prio.add_metric([], vrrp.priority)
+        prio.add_metric([], router.priority)
         yield from (state, prio)
-    sync = daemon.sync
-    if sync is None:
-        return
+
+
+def _cluster_metrics(sync: SyncView) -> Iterator[Metric]:
     up = GaugeMetricFamily("edgelb_cluster_watch_up", "1 while a followed collection is "
                            "in sync with the API, 0 while degraded (the last good state "
                            "keeps serving)", labels=["watch"])
     errors = CounterMetricFamily("edgelb_cluster_watch_errors", "Failed list or watch "
                                  "calls", labels=["watch"])
-    for f in list(sync.follows):
-        up.add_metric([f.name], 1 if f.state == "synced" else 0)
-        errors.add_metric([f.name], f.errors)
+    for w in sync.watches:
+        up.add_metric([w.name], 1 if w.state == "synced" else 0)
+        errors.add_metric([w.name], w.errors)
     changes = CounterMetricFamily("edgelb_cluster_changes", "Objects changes seen")
     changes.add_metric([], sync.changes)
     writes = CounterMetricFamily("edgelb_cluster_status_writes", "Status updates written")
-    writes.add_metric([], daemon.status_writes)
+    writes.add_metric([], sync.status_writes)
     vips = GaugeMetricFamily("edgelb_cluster_vips", "VIPs allocated to services")
-    vips.add_metric([], len(daemon.ipam.by_service) if daemon.ipam is not None else 0)
+    vips.add_metric([], sync.vips)
     problems = GaugeMetricFamily("edgelb_cluster_problems", "Objects edgelb cannot serve "
                                  "as asked (each also an Event)")
-    problems.add_metric([], len(daemon.problems_seen))
+    problems.add_metric([], sync.problems)
     yield from (up, errors, changes, writes, vips, problems)
 
 
@@ -114,7 +121,7 @@ _BACKEND_COUNTERS = [
 ]
 
 
-def _families(totals: dict[str, ListenerStats], specs: list[tuple[str, str, str, str]]
+def _families(totals: Traffic, specs: list[tuple[str, str, str, str]]
               ) -> Iterator[Metric]:
     for kind, metric, help_, attr in specs:
         per_backend = kind.startswith("backend")
@@ -131,7 +138,7 @@ def _families(totals: dict[str, ListenerStats], specs: list[tuple[str, str, str,
         yield fam
 
 
-def _http_metrics(totals: dict[str, ListenerStats]) -> Iterator[Metric]:
+def _http_metrics(totals: Traffic) -> Iterator[Metric]:
     resp = CounterMetricFamily("edgelb_http_responses", "Responses by status class",
                                labels=["listener", "class"])
     route = CounterMetricFamily("edgelb_http_route_requests", "Requests by matched route",
@@ -144,8 +151,58 @@ def _http_metrics(totals: dict[str, ListenerStats]) -> Iterator[Metric]:
     yield from (resp, route)
 
 
-def start_metrics_server(bind: tuple[str, int], daemon: Daemon) -> None:
-    """Serve /metrics on ``bind`` from a daemon thread of prometheus-client's."""
+def open_metrics_socket(bind: tuple[str, int]) -> socket.socket:
+    """The listening socket of the metrics endpoint (raises OSError)."""
+    family = socket.AF_INET6 if ":" in bind[0] else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(bind)
+        sock.listen(64)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+# A scraper gets this long to send its request.
+SCRAPE_PATIENCE = 10.0
+
+
+async def serve_metrics(sock: socket.socket, views: Views,
+                        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                        ) -> None:
+    """Answer ``GET /metrics`` on ``sock`` until cancelled."""
     registry = CollectorRegistry()
-    registry.register(StatsCollector(daemon))
-    start_http_server(bind[1], addr=bind[0], registry=registry)
+    registry.register(StatsCollector(views))
+    listener = trio.socket.from_stdlib_socket(sock)
+    task_status.started()
+    with listener:
+        async with trio.open_nursery() as nursery:
+            while True:
+                conn, _ = await listener.accept()
+                nursery.start_soon(_scrape, conn, registry)
+
+
+async def _scrape(conn: trio.socket.SocketType, registry: CollectorRegistry) -> None:
+    try:
+        async with trio.SocketStream(conn) as stream:
+            ex = Exchange(stream)
+            try:
+                with trio.fail_after(SCRAPE_PATIENCE):
+                    req = await ex.request(0)
+            except Refusal as e:
+                await ex.answer(e.status, e.message.encode() + b"\n",
+                                [("Content-Type", "text/plain")])
+                return
+            if req is None:
+                return
+            if req.method not in ("GET", "HEAD"):
+                await ex.answer(405, b"GET /metrics\n", [("Content-Type", "text/plain")])
+                return
+            body = generate_latest(registry) if req.method == "GET" else b""
+            await ex.answer(200, body, [("Content-Type", CONTENT_TYPE_LATEST)])
+    except (OSError, trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError):
+        return  # the scraper left
+    except Exception:
+        log.exception("metrics: a scrape failed")

@@ -1,24 +1,27 @@
-"""What the control API shows of listeners, backends and routes: plain data built from
-the listeners (before operators' changes, so a disabled backend is still listed), the
+"""What the control API presents of listeners, backends and routes: JSON built from the
+listeners (before operators' changes, so a disabled backend is still listed), the
 counters, the health verdicts and the operators' changes. Pure."""
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
 
-from ..datapath.flows import BackendStats, ListenerStats
 from ..model import Backend, Listener
+from ..views import BackendStats, ListenerStats
 from .admin import AdminState, backend_keys
 
+Down = Collection[tuple[str, str]]
 
-def _health(lst: Listener, key: str, checked: set[str], down: set[tuple[str, str]]) -> str:
+
+def _health(lst: Listener, key: str, checked: set[str], down: Down) -> str:
     if key not in checked:
         return "unchecked"
     return "down" if (lst.name, key) in down else "up"
 
 
 def backend_view(lst: Listener, key: str, b: Backend, stats: BackendStats | None,
-                 checked: set[str], down: set[tuple[str, str]],
+                 checked: set[str], down: Down,
                  admin: AdminState) -> dict[str, Any]:
     a = admin.get(lst.name, key)
     st = stats or BackendStats()
@@ -34,7 +37,7 @@ def backend_view(lst: Listener, key: str, b: Backend, stats: BackendStats | None
 
 
 def listener_summary(lst: Listener, stats: ListenerStats | None,
-                     down: set[tuple[str, str]], admin: AdminState) -> dict[str, Any]:
+                     down: Down, admin: AdminState) -> dict[str, Any]:
     """One line's worth: counts of backends by health and admin state, and counters."""
     st = stats or ListenerStats()
     keys = [k for k, _ in backend_keys(lst)]
@@ -50,7 +53,7 @@ def listener_summary(lst: Listener, stats: ListenerStats | None,
 
 
 def listener_detail(lst: Listener, stats: ListenerStats | None,
-                    down: set[tuple[str, str]], admin: AdminState) -> dict[str, Any]:
+                    down: Down, admin: AdminState) -> dict[str, Any]:
     """The summary plus every pool with its backends."""
     st = stats or ListenerStats()
     checked = {k for k, _, _ in lst.checked()}

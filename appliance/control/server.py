@@ -1,6 +1,5 @@
-"""The control socket: HTTP/1.1 on a Unix socket, one request per connection, parsed by
-the same strict parser as the datapath. Streams are chunked JSON lines until the client
-goes away."""
+"""The control socket: HTTP/1.1 on a Unix socket, one request per connection (h11, see
+``http``). Streams are chunked JSON lines until the client goes away."""
 
 from __future__ import annotations
 
@@ -10,23 +9,22 @@ import json
 import logging
 import os
 import socket
+from collections.abc import AsyncIterator
 from typing import Any
 
 import trio
 
-from ..datapath.http1 import CHUNKED, LENGTH, HttpError, chunk, parse_request
-from ..model import ControlSpec, HttpLimits
+from ..model import ControlSpec
 from .api import Plant, Reply, error, handle
+from .http import Exchange, Refusal
 from .roles import identify
 
 log = logging.getLogger("edgelb.control")
 
-_LIMITS = HttpLimits(max_request_line=4096, max_header_bytes=16384, max_headers=50)
+MAX_HEAD = 16384
 MAX_BODY = 1 << 16
-_REASONS = {200: "OK", 400: "Bad Request", 403: "Forbidden", 404: "Not Found",
-            405: "Method Not Allowed", 409: "Conflict", 411: "Length Required",
-            413: "Content Too Large", 500: "Internal Server Error",
-            503: "Service Unavailable"}
+# A client gets this long to send its whole request.
+REQUEST_PATIENCE = 10.0
 
 
 def open_control_socket(spec: ControlSpec) -> socket.socket:
@@ -88,91 +86,61 @@ async def serve_control(sock: socket.socket, spec: ControlSpec, plant: Plant,
 async def _connection(conn: trio.socket.SocketType, spec: ControlSpec, plant: Plant) -> None:
     # Nothing a client sends, nor a fault of ours in one answer, may stop the daemon.
     try:
-        await _answer(conn, spec, plant)
+        async with trio.SocketStream(conn) as stream:
+            await _answer(conn, Exchange(stream, MAX_HEAD), spec, plant)
+    except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+        return  # the client left
     except Exception:
         log.exception("control API: a connection failed")
 
 
-async def _answer(conn: trio.socket.SocketType, spec: ControlSpec, plant: Plant) -> None:
-    with conn:
-        try:
-            caller = identify(conn, spec)
-            with trio.fail_after(10):
-                method, target, body = await _read_request(conn)
-        except HttpError as e:
-            await _send_reply(conn, error(e.status, e.reason))
-            return
-        except (OSError, trio.TooSlowError, EOFError):
-            return
-        try:
-            reply = await handle(plant, caller, method, target, body)
-        except Exception as e:
-            log.exception("control API: %s %s failed", method, target)
-            reply = error(500, f"internal error: {type(e).__name__}")
-        try:
-            await _send_reply(conn, reply)
-        except (OSError, trio.BrokenResourceError):
-            return  # the client left before its answer was sent
-
-
-async def _read_request(conn: trio.socket.SocketType) -> tuple[str, str, bytes]:
-    buf = bytearray()
-    while True:
-        end = buf.find(b"\r\n\r\n")
-        if end >= 0:
-            break
-        if len(buf) > _LIMITS.max_header_bytes:
-            raise HttpError(431, "request head too large")
-        chunk = await conn.recv(65536)
-        if not chunk:
-            raise EOFError
-        buf += chunk
-    req = parse_request(bytes(buf[:end]), _LIMITS)
-    body = bytes(buf[end + 4:])
-    if req.framing.kind == CHUNKED:
-        raise HttpError(411, "send the body with a Content-Length")
-    length = req.framing.length if req.framing.kind == LENGTH else 0
-    if length > MAX_BODY:
-        raise HttpError(413, f"a body over {MAX_BODY} bytes")
-    while len(body) < length:
-        chunk = await conn.recv(65536)
-        if not chunk:
-            raise EOFError
-        body += chunk
-    return req.method.decode(), req.target.decode("latin-1"), body[:length]
-
-
-def _head(status: int, extra: list[tuple[str, str]]) -> bytes:
-    lines = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}",
-             "Content-Type: application/json", "Connection: close", "Cache-Control: no-store"]
-    lines += [f"{k}: {v}" for k, v in extra]
-    return ("\r\n".join(lines) + "\r\n").encode()
-
-
-async def _send_reply(conn: trio.socket.SocketType, reply: Reply) -> None:
-    out = trio.SocketStream(conn)
-    if reply.stream is None:
-        data = json.dumps(reply.body, default=_jsonable).encode() + b"\n"
-        await out.send_all(_head(reply.status, reply.headers) +
-                           f"Content-Length: {len(data)}\r\n\r\n".encode() + data)
+async def _answer(conn: trio.socket.SocketType, ex: Exchange, spec: ControlSpec,
+                  plant: Plant) -> None:
+    caller = identify(conn, spec)
+    try:
+        with trio.fail_after(REQUEST_PATIENCE):
+            req = await ex.request(MAX_BODY)
+    except Refusal as e:
+        await _send_reply(ex, error(e.status, e.message))
         return
-    await out.send_all(_head(reply.status, reply.headers) +
-                       b"Transfer-Encoding: chunked\r\n\r\n")
+    except trio.TooSlowError:
+        return
+    if req is None:
+        return
+    try:
+        reply = await handle(plant, caller, req.method, req.target, req.body)
+    except Exception as e:
+        log.exception("control API: %s %s failed", req.method, req.target)
+        reply = error(500, f"internal error: {type(e).__name__}")
+    await _send_reply(ex, reply)
+
+
+_JSON = [("Content-Type", "application/json"), ("Cache-Control", "no-store")]
+
+
+async def _send_reply(ex: Exchange, reply: Reply) -> None:
+    if reply.stream is None:
+        await ex.answer(reply.status, _dump(reply.body), [*_JSON, *reply.headers])
+        return
     stream = reply.stream
+
+    async def lines() -> AsyncIterator[bytes]:
+        async for item in stream:
+            yield _dump(item)
+
     async with trio.open_nursery() as nursery:
         async def gone() -> None:
             # A stream may wait long for its next item: notice a client that left.
             try:
-                while await conn.recv(4096):
+                while await ex.stream.receive_some(4096):
                     pass
-            except OSError:
+            except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
                 pass
             nursery.cancel_scope.cancel()
 
         nursery.start_soon(gone)
         try:
-            async for item in stream:
-                await out.send_all(chunk(json.dumps(item, default=_jsonable).encode() + b"\n"))
+            await ex.answer_stream(reply.status, lines(), [*_JSON, *reply.headers])
         finally:
             aclose = getattr(stream, "aclose", None)
             if aclose is not None:
@@ -181,7 +149,11 @@ async def _send_reply(conn: trio.socket.SocketType, reply: Reply) -> None:
         nursery.cancel_scope.cancel()
 
 
+def _dump(value: Any) -> bytes:
+    return json.dumps(value, default=_jsonable).encode() + b"\n"
+
+
 def _jsonable(v: Any) -> Any:
-    if isinstance(v, (set, frozenset, tuple)):
+    if isinstance(v, set | frozenset | tuple):
         return list(v)
     return str(v)

@@ -7,12 +7,13 @@ reported through a callback, which forwards them to every worker.
 from __future__ import annotations
 
 import logging
-import socket
 from collections.abc import Callable
 
 import trio
 
 from ..model import Backend, HealthSpec, Snapshot
+from ..views import HealthView
+from . import wire
 from .health import ActiveState, http_verdict
 
 log = logging.getLogger("edgelb.health")
@@ -20,30 +21,30 @@ log = logging.getLogger("edgelb.health")
 
 async def probe(backend: Backend, spec: HealthSpec) -> tuple[bool, str]:
     """One check of ``backend``: (ok, reason when not ok)."""
-    family = socket.AF_INET6 if ":" in backend.host else socket.AF_INET
-    sock = trio.socket.socket(family, socket.SOCK_STREAM)
-    try:
-        with trio.fail_after(spec.timeout):
-            await sock.connect((backend.host, spec.port or backend.port))
+    port = spec.port or backend.port
+    with trio.move_on_after(spec.timeout):
+        try:
+            sock = await wire.connect((backend.host, port))
+        except OSError as e:
+            return False, e.strerror or str(e)
+        try:
             if spec.type != "http":
                 return True, ""
-            host = f"[{backend.host}]" if family == socket.AF_INET6 else backend.host
-            req = (f"GET {spec.path} HTTP/1.1\r\nHost: {host}:{spec.port or backend.port}\r\n"
-                   "User-Agent: edgelb-health\r\nConnection: close\r\n\r\n").encode()
-            await sock.send(req)
+            req = (f"GET {spec.path} HTTP/1.1\r\nHost: {wire.address_text(backend.host, port)}"
+                   "\r\nUser-Agent: edgelb-health\r\nConnection: close\r\n\r\n").encode()
+            await wire.send_all(sock, req)
             head = b""
             while b"\r\n" not in head and len(head) < 4096:
-                chunk = await sock.recv(4096)
+                chunk = await wire.recv(sock, 4096)
                 if not chunk:
                     break
                 head += chunk
             return http_verdict(head, spec.expect_status)
-    except trio.TooSlowError:
-        return False, f"timeout after {spec.timeout:g}s"
-    except OSError as e:
-        return False, e.strerror or str(e)
-    finally:
-        sock.close()
+        except OSError as e:
+            return False, e.strerror or str(e)
+        finally:
+            wire.close(sock)
+    return False, f"timeout after {spec.timeout:g}s"
 
 
 class HealthChecker:
@@ -57,6 +58,9 @@ class HealthChecker:
     @property
     def down(self) -> set[tuple[str, str]]:
         return {k for k, s in self.states.items() if not s.up}
+
+    def view(self) -> HealthView:
+        return HealthView(frozenset(self.down))
 
     async def run(self, snap: Snapshot, task_status: trio.TaskStatus[None] =
                   trio.TASK_STATUS_IGNORED) -> None:

@@ -1,12 +1,15 @@
-"""Flows and counters: what the datapath is doing, in plain data the control process can
-add up across workers and the console can show."""
+"""Flows: what the datapath is doing, one record per client connection or UDP client
+address, in plain data the control process gathers and the console shows. Pure.
+
+The counters the datapath keeps are in ``appliance.views``: they are what it publishes.
+"""
 
 from __future__ import annotations
 
 import itertools
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 T = TypeVar("T")
 
@@ -28,66 +31,13 @@ class Flow:
     state: str = "connecting"
 
 
-@dataclass
-class BackendStats:
-    """Counters of one backend of one listener, in one worker or added up."""
+class FlowBook(Protocol):
+    """Where a connection's flow is registered while it is open (the worker's table, which
+    the console lists and a drain waits to empty)."""
 
-    active: int = 0
-    connections: int = 0
-    connect_failures: int = 0
-    bytes_in: int = 0
-    bytes_out: int = 0
-    requests: int = 0
+    def begin(self, flow: Flow) -> None: ...
 
-    def add(self, other: BackendStats) -> None:
-        self.active += other.active
-        self.requests += other.requests
-        self.connections += other.connections
-        self.connect_failures += other.connect_failures
-        self.bytes_in += other.bytes_in
-        self.bytes_out += other.bytes_out
-
-
-@dataclass
-class ListenerStats:
-    """Counters of one listener: accepted, refused for want of a backend, and so on."""
-
-    accepted: int = 0
-    no_backend: int = 0
-    over_limit: int = 0
-    udp_evicted: int = 0
-    backends: dict[str, BackendStats] = field(default_factory=dict)
-    # HTTP listeners: requests, by route and by status class, and what went wrong.
-    requests: int = 0
-    bad_requests: int = 0
-    timeouts: int = 0
-    tls_failures: int = 0
-    routes: dict[str, int] = field(default_factory=dict)
-    statuses: dict[str, int] = field(default_factory=dict)
-
-    def add(self, other: ListenerStats) -> None:
-        self.requests += other.requests
-        self.bad_requests += other.bad_requests
-        self.timeouts += other.timeouts
-        self.tls_failures += other.tls_failures
-        for table, theirs in ((self.routes, other.routes), (self.statuses, other.statuses)):
-            for k, n in theirs.items():
-                table[k] = table.get(k, 0) + n
-        self.accepted += other.accepted
-        self.no_backend += other.no_backend
-        self.over_limit += other.over_limit
-        self.udp_evicted += other.udp_evicted
-        for key, b in other.backends.items():
-            self.backends.setdefault(key, BackendStats()).add(b)
-
-
-def merge(parts: list[dict[str, ListenerStats]]) -> dict[str, ListenerStats]:
-    """Add up the counters of several workers."""
-    total: dict[str, ListenerStats] = {}
-    for part in parts:
-        for name, st in part.items():
-            total.setdefault(name, ListenerStats()).add(st)
-    return total
+    def end(self, flow: Flow) -> None: ...
 
 
 class FlowTable(Generic[T]):

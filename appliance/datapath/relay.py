@@ -13,6 +13,8 @@ from collections.abc import Callable
 
 import trio
 
+from .wire import send_all
+
 # 1 MiB is the default /proc/sys/fs/pipe-max-size: one splice moves up to that much.
 PIPE_SIZE = 1 << 20
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
@@ -68,11 +70,10 @@ class Relay:
     """One TCP flow's two directions. ``on_bytes(direction, n)`` counts what moved:
     direction 0 is client->backend (bytes in), 1 is backend->client (bytes out).
 
-    The loops call the non-blocking stdlib sockets directly and park in trio only on
-    EAGAIN: trio's own socket methods yield to the scheduler twice per call, which
-    doubled the cost of a small request."""
+    The loops call the non-blocking sockets directly and park in trio only on EAGAIN
+    (see ``wire``)."""
 
-    def __init__(self, client: trio.socket.SocketType, backend: trio.socket.SocketType,
+    def __init__(self, client: socket.socket, backend: socket.socket,
                  idle: float, on_bytes: Callable[[int, int], None],
                  use_splice: bool = HAVE_SPLICE) -> None:
         self.client = client
@@ -110,8 +111,8 @@ class Relay:
         if now - self._deadline_set > self.idle / 64:
             self._push_deadline(now)
 
-    async def _direction(self, src: trio.socket.SocketType, dst: trio.socket.SocketType,
-                         direction: int, nursery: trio.Nursery) -> None:
+    async def _direction(self, src: socket.socket, dst: socket.socket, direction: int,
+                         nursery: trio.Nursery) -> None:
         try:
             await self._pump(src, dst, direction)
         except OSError:
@@ -125,11 +126,8 @@ class Relay:
         except OSError:
             nursery.cancel_scope.cancel()
 
-    async def _pump(self, src: trio.socket.SocketType, dst: trio.socket.SocketType,
-                    direction: int) -> None:
-        rs: socket.socket = src._sock  # type: ignore[attr-defined]
-        ws: socket.socket = dst._sock  # type: ignore[attr-defined]
-        sfd, dfd = rs.fileno(), ws.fileno()
+    async def _pump(self, src: socket.socket, dst: socket.socket, direction: int) -> None:
+        sfd, dfd = src.fileno(), dst.fileno()
         splicing = False
         can_splice = self.use_splice and not PIPES.unsupported
         batches = 0
@@ -150,7 +148,7 @@ class Relay:
                     splicing = False
             else:
                 try:
-                    data = rs.recv(COPY_CHUNK)
+                    data = src.recv(COPY_CHUNK)
                 except BlockingIOError:
                     # Park outside the except block: awaiting inside it would keep the
                     # exception and its traceback alive for as long as the flow idles.
@@ -158,7 +156,7 @@ class Relay:
                     continue
                 n = len(data)
                 if n:
-                    await _send_all(ws, dst, data)
+                    await send_all(dst, data)
                     if n == COPY_CHUNK:
                         splicing = can_splice
                     else:
@@ -171,8 +169,8 @@ class Relay:
                 batches = 0
                 await trio.lowlevel.checkpoint()
 
-    async def _splice_once(self, src: trio.socket.SocketType, dst: trio.socket.SocketType,
-                           sfd: int, dfd: int) -> int:
+    async def _splice_once(self, src: socket.socket, dst: socket.socket, sfd: int,
+                           dfd: int) -> int:
         """Move one batch with splice: bytes moved, 0 at EOF, -1 if unsupported."""
         while True:
             pipe = PIPES.take()
@@ -209,13 +207,3 @@ class Relay:
         PIPES.give(pipe)
         return n
 
-
-async def _send_all(ws: socket.socket, dst: trio.socket.SocketType, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        try:
-            view = view[ws.send(view):]
-            continue
-        except BlockingIOError:
-            pass
-        await trio.lowlevel.wait_writable(dst)

@@ -27,31 +27,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..model import Route
-
-
-def normalize_host(host: str) -> str:
-    """The host part of a Host header or SNI name, lowercased and without the port."""
-    host = host.strip().lower()
-    if host.startswith("["):
-        end = host.find("]")
-        return host[: end + 1] if end >= 0 else host
-    colon = host.rfind(":")
-    if colon >= 0 and host.count(":") == 1:
-        host = host[:colon]
-    return host.rstrip(".")
+from ..model import Route, path_elements, route_conflicts
 
 
 def _label(host: str, path: str, kind: str) -> str:
     return f"{host or '*'}{path} {kind}"
-
-
-def _elements(path: str) -> tuple[str, ...]:
-    """Path elements split by '/', a trailing slash ignored: ``/a/b/`` -> ("a", "b")."""
-    parts = path.split("/")[1:]
-    if parts and parts[-1] == "":
-        parts.pop()
-    return tuple(parts)
 
 
 @dataclass
@@ -69,7 +49,7 @@ class _Paths:
             return pool
         if not self.prefix:
             return None
-        elems = _elements(path)
+        elems = path_elements(path)
         n = len(elems)
         for depth in self.depths:
             if depth <= n:
@@ -85,7 +65,7 @@ class RouteTable:
     def __init__(self, routes: tuple[Route, ...] | list[Route],
                  default_pool: str | None = None) -> None:
         self.default_pool = default_pool
-        self.conflicts: list[str] = []
+        self.conflicts = route_conflicts(routes)
         self._exact: dict[str, _Paths] = {}
         self._wild: dict[str, _Paths] = {}
         self._any: _Paths | None = None
@@ -100,25 +80,15 @@ class RouteTable:
             else:
                 paths = self._exact.setdefault(host, _Paths())
             for rule in route.paths:
+                # A rule claiming what an earlier one claims is left out (a conflict).
+                target = (rule.pool, _label(route.host, rule.path, rule.type))
                 if rule.type == "Exact":
-                    if rule.path in paths.exact:
-                        self._conflict(route.host, rule.path, rule.type)
-                        continue
-                    paths.exact[rule.path] = (rule.pool, _label(route.host, rule.path,
-                                                                rule.type))
+                    paths.exact.setdefault(rule.path, target)
                 else:
-                    key = _elements(rule.path)
-                    if key in paths.prefix:
-                        self._conflict(route.host, rule.path, rule.type)
-                        continue
-                    paths.prefix[key] = (rule.pool, _label(route.host, rule.path, rule.type))
+                    paths.prefix.setdefault(path_elements(rule.path), target)
         for paths in (*self._exact.values(), *self._wild.values(),
                       *([self._any] if self._any else [])):
             paths.depths = sorted({len(k) for k in paths.prefix}, reverse=True)
-
-    def _conflict(self, host: str, path: str, kind: str) -> None:
-        self.conflicts.append(f"host {host or '*'!r} path {path!r} ({kind}) is given twice; "
-                              "the first one wins")
 
     def host_paths(self, host: str) -> _Paths | None:
         """The compiled paths of the most specific rule host matching ``host``."""

@@ -13,14 +13,14 @@ import ipaddress
 import struct
 from dataclasses import dataclass, field
 
+from ..views import VrrpState
+
 PROTOCOL = 112
 GROUP_V4 = "224.0.0.18"
 GROUP_V6 = "ff02::12"
 TTL = 255
 
-INITIALIZE = "initialize"
-BACKUP = "backup"
-MASTER = "master"
+INITIALIZE, BACKUP, MASTER = VrrpState.INITIALIZE, VrrpState.BACKUP, VrrpState.MASTER
 
 
 @dataclass(frozen=True)
@@ -126,7 +126,7 @@ class Vrrp:
     config: VrrpConfig
     primary_ip: str  # this box's address on the link: breaks priority ties
     priority: int = field(init=False)
-    state: str = field(default=INITIALIZE, init=False)
+    state: VrrpState = field(default=INITIALIZE, init=False)
     master_interval_cs: int = field(init=False)
     adver_timer: float | None = field(default=None, init=False)
     master_down_timer: float | None = field(default=None, init=False)

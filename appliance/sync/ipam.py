@@ -12,6 +12,8 @@ import ipaddress
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
+from ..model import pool_addresses
+
 Port = tuple[str, int]  # (protocol, port)
 
 
@@ -33,34 +35,14 @@ class _Holder:
     ports: dict[str, frozenset[Port]] = field(default_factory=dict)  # service -> ports
 
 
-def parse_pool(text: str) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
-    """``192.0.2.0/28`` (all its addresses but network and broadcast for IPv4 wider than
-    /31), ``192.0.2.10-192.0.2.20``, or one address."""
-    text = text.strip()
-    if "-" in text:
-        lo_text, hi_text = (t.strip() for t in text.split("-", 1))
-        lo, hi = ipaddress.ip_address(lo_text), ipaddress.ip_address(hi_text)
-        if lo.version != hi.version or int(hi) < int(lo):
-            raise ValueError(f"{text!r} is not a range low-high of one IP version")
-        if int(hi) - int(lo) > 1 << 20:
-            raise ValueError(f"{text!r} is too large a range")
-        return [ipaddress.ip_address(int(lo) + i) for i in range(int(hi) - int(lo) + 1)]
-    net = ipaddress.ip_network(text, strict=False)
-    if net.num_addresses > 1 << 20:
-        raise ValueError(f"{text!r} is too large a pool")
-    if net.version == 4 and net.prefixlen < 31:
-        return list(net.hosts())
-    return list(net)
-
-
 class Ipam:
-    """Addresses of ``pools`` (texts as ``parse_pool`` reads them), handed to services."""
+    """Addresses of ``pools`` (texts as ``model.pool_addresses`` reads them), handed to services."""
 
     def __init__(self, pools: Iterable[str]) -> None:
         self.order: list[str] = []
         seen: set[str] = set()
         for pool in pools:
-            for ip in parse_pool(pool):
+            for ip in pool_addresses(pool):
                 text = str(ip)
                 if text not in seen:
                     seen.add(text)

@@ -21,12 +21,44 @@ def current_ingress(obj: dict[str, Any]) -> list[str]:
     return [str(i.get("ip")) for i in lb if i.get("ip")]
 
 
+ObjectKey = tuple[str, str, str]  # (kind, namespace, name)
+StatusChange = tuple[str, str, str, list[str]]  # (kind, namespace, name, ips)
+
+
+class StatusBook:
+    """The status writes not yet seen back through the watch (so none is made twice),
+    and how many were written."""
+
+    def __init__(self) -> None:
+        self.pending: dict[ObjectKey, list[str]] = {}
+        self.writes = 0
+
+    def needs_write(self, k: ObjectKey, obj: dict[str, Any], ips: list[str],
+                    may_write: bool = True) -> bool:
+        """Whether ``obj``'s status must be written to show ``ips``: not when it already
+        does (which confirms a pending write), nor when that very write is pending, nor
+        when we may not write (not the leader); when it must, the write is recorded as
+        pending."""
+        if current_ingress(obj) == ips:
+            self.pending.pop(k, None)
+            return False
+        if not may_write or self.pending.get(k) == ips:
+            return False
+        self.pending[k] = ips
+        return True
+
+    def written(self, done: int, failed: list[ObjectKey]) -> None:
+        """``done`` writes went through; the ``failed`` ones are tried again later."""
+        self.writes += done
+        for k in failed:
+            self.pending.pop(k, None)
+
+
 def status_changes(cluster: Cluster, t: Translation, pool: set[str],
-                   pending: dict[tuple[str, str, str], list[str]]
-                   ) -> list[tuple[str, str, str, list[str]]]:
+                   book: StatusBook) -> list[StatusChange]:
     """(kind, namespace, name, ips) to write: ours whose status differs, and services no
-    longer ours that still show one of our addresses (so it is taken back). ``pending``
-    holds writes not yet seen back through the watch: they are not written twice."""
+    longer ours that still show one of our addresses (so it is taken back). Writes still
+    pending in ``book`` are not made twice."""
     out = []
     tables = {"Service": cluster.services, "Ingress": cluster.ingresses}
     want = {k: list(dict.fromkeys(ips)) for k, ips in t.status.items()}
@@ -36,27 +68,12 @@ def status_changes(cluster: Cluster, t: Translation, pool: set[str],
             want[("Service", ns, name)] = []
     for (kind, ns, name), ips in sorted(want.items()):
         obj = tables[kind].get(f"{ns}/{name}")
-        if obj is not None and needs_write(pending, (kind, ns, name), obj, ips):
+        if obj is not None and book.needs_write((kind, ns, name), obj, ips):
             out.append((kind, ns, name, ips))
     return out
 
 
-def needs_write(pending: dict[tuple[str, str, str], list[str]], k: tuple[str, str, str],
-                obj: dict[str, Any], ips: list[str], may_write: bool = True) -> bool:
-    """Whether ``obj``'s status must be written to show ``ips``: not when it already
-    does (which confirms a pending write), nor when that very write is pending, nor when
-    we may not write (not the leader); when it must, the write is recorded as pending."""
-    if current_ingress(obj) == ips:
-        pending.pop(k, None)
-        return False
-    if not may_write or pending.get(k) == ips:
-        return False
-    pending[k] = ips
-    return True
-
-
-def write_status(api: client.ApiClient, changes: list[tuple[str, str, str, list[str]]]
-                 ) -> list[tuple[str, str, str]]:
+def write_status(api: client.ApiClient, changes: list[StatusChange]) -> list[ObjectKey]:
     """Patch each status; returns those that could not be written (to try again)."""
     core, net = client.CoreV1Api(api), client.NetworkingV1Api(api)
     failed = []

@@ -7,7 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from appliance.sync.ipam import AddressTaken, Ipam, NotInPool, PoolExhausted, parse_pool
+from appliance.model import pool_addresses as parse_pool
+from appliance.sync.ipam import AddressTaken, Ipam, NotInPool, PoolExhausted
 
 
 def test_pools() -> None:

@@ -24,10 +24,19 @@ def _close_sockets() -> Iterator[None]:
         _open.pop().close()
 
 
-def _pair() -> tuple[trio.socket.SocketType, trio.socket.SocketType]:
+def _pair() -> tuple[trio.socket.SocketType, socket.socket]:
+    """(the test's end, under trio's wrapper; the relay's end, a plain non-blocking
+    socket as the datapath holds them)."""
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    b.setblocking(False)
     _open.extend((a, b))
-    return trio.socket.from_stdlib_socket(a), trio.socket.from_stdlib_socket(b)
+    return trio.socket.from_stdlib_socket(a), b
+
+
+def _rpair() -> tuple[socket.socket, trio.socket.SocketType]:
+    """As ``_pair``, the relay's end first."""
+    mine, theirs = _pair()
+    return theirs, mine
 
 
 async def _send(sock: trio.socket.SocketType, data: bytes) -> None:
@@ -47,7 +56,7 @@ async def _drain(sock: trio.socket.SocketType) -> bytes:
     not HAVE_SPLICE, reason="os.splice needs Linux and Python >= 3.10"))])
 async def test_relay_is_byte_exact_and_passes_half_close(splice: bool) -> None:
     client, edge_c = _pair()
-    edge_b, backend = _pair()
+    edge_b, backend = _rpair()
     counted = [0, 0]
 
     def on_bytes(direction: int, n: int) -> None:
@@ -78,14 +87,14 @@ async def test_relay_is_byte_exact_and_passes_half_close(splice: bool) -> None:
 
 async def test_idle_deadline_and_drain_cut(autojump_clock: trio.abc.Clock) -> None:
     _, edge_c = _pair()
-    edge_b, _ = _pair()
+    edge_b, _ = _rpair()
     relay = Relay(edge_c, edge_b, idle=10, on_bytes=lambda d, n: None)
     start = trio.current_time()
     await relay.run()  # nothing moves: the idle deadline ends it
     assert trio.current_time() - start == pytest.approx(10, abs=0.5)
 
     client, edge_c = _pair()
-    edge_b, _backend = _pair()
+    edge_b, _backend = _rpair()
     relay = Relay(edge_c, edge_b, idle=100, on_bytes=lambda d, n: None)
 
     async def chatter() -> None:

@@ -7,7 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from appliance.datapath.routing import RouteTable, normalize_host
+from appliance.datapath.http1 import normalize_host
+from appliance.datapath.routing import RouteTable
 from appliance.model import PathRule, Route
 
 

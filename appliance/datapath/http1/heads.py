@@ -1,5 +1,5 @@
-"""HTTP/1.1 on the wire (RFC 9112), strictly: request and response heads, body framing,
-the chunked coding, and the heads edgelb sends on. Pure: bytes in, values or HttpError out.
+"""HTTP/1.1 message heads (RFC 9112), strictly: request and response heads, body framing,
+and the heads edgelb sends on. Pure: bytes in, values or a ClientError/BackendError out.
 
 Strict means that anything a request-smuggling attack leans on is refused with 400 rather
 than repaired: Content-Length with Transfer-Encoding, conflicting or malformed lengths,
@@ -15,17 +15,26 @@ import time
 from dataclasses import dataclass, field
 from email.utils import formatdate
 
-from ..model import HttpLimits
-from .routing import normalize_host
+from ...model import HttpLimits
+from ..errors import BackendError, ClientError, HttpError
 
 
-class HttpError(Exception):
-    """A message edgelb will not forward: answer ``status`` (for requests) and close."""
+def normalize_host(host: str) -> str:
+    """The host part of a Host header or SNI name, lowercased and without the port."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        end = host.find("]")
+        return host[: end + 1] if end >= 0 else host
+    colon = host.rfind(":")
+    if colon >= 0 and host.count(":") == 1:
+        host = host[:colon]
+    return host.rstrip(".")
 
-    def __init__(self, status: int, reason: str) -> None:
-        super().__init__(f"{status} {reason}")
-        self.status = status
-        self.reason = reason
+
+def refusal(status: int, reason: str) -> HttpError:
+    """The error for a bad message: the client's fault below 500 (and for 501 and 505,
+    which answer what the client asked for), the backend's (502) otherwise."""
+    return BackendError(reason) if status == 502 else ClientError(status, reason)
 
 
 REASONS = {
@@ -84,7 +93,7 @@ def _split_fields(block: bytes, status: int) -> list[tuple[bytes, bytes]]:
     for line in block.split(b"\r\n"):
         m = _FIELD.fullmatch(line)
         if m is None:
-            raise HttpError(status, _why_bad_field(line))
+            raise refusal(status, _why_bad_field(line))
         fields.append((m.group(1), m.group(2)))
     return fields
 
@@ -137,23 +146,23 @@ def _control(fields: list[tuple[bytes, bytes]]) -> _Control:
 
 def _framing(lengths: list[bytes], te: list[bytes], status: int, request: bool) -> Framing:
     if te and lengths:
-        raise HttpError(status, "both Content-Length and Transfer-Encoding")
+        raise refusal(status, "both Content-Length and Transfer-Encoding")
     if te:
         codings = [c for v in te for c in _tokens(v)]
         if not codings or codings[-1] != b"chunked":
             if request:
-                raise HttpError(status, "Transfer-Encoding does not end in chunked")
+                raise refusal(status, "Transfer-Encoding does not end in chunked")
             return Framing(UNTIL_CLOSE)
         if b"chunked" in codings[:-1]:
-            raise HttpError(status, "chunked applied more than once")
+            raise refusal(status, "chunked applied more than once")
         return Framing(CHUNKED, codings=b", ".join(codings[:-1]))
     if lengths:
         values = {v.strip(b" \t") for raw in lengths for v in raw.split(b",")}
         if len(values) != 1:
-            raise HttpError(status, "conflicting Content-Length values")
+            raise refusal(status, "conflicting Content-Length values")
         value = values.pop()
         if not _DIGITS.fullmatch(value):
-            raise HttpError(status, "malformed Content-Length")
+            raise refusal(status, "malformed Content-Length")
         n = int(value)
         return Framing(LENGTH, n) if n else Framing(NO_BODY)
     return Framing(NO_BODY) if request else Framing(UNTIL_CLOSE)
@@ -186,59 +195,59 @@ def request_line_end(buf: bytes | bytearray, limits: HttpLimits) -> None:
     complete, so that an endless line is refused early)."""
     if buf.find(b"\r\n", 0, limits.max_request_line + 2) < 0 and \
             len(buf) > limits.max_request_line:
-        raise HttpError(414, "request line too long")
+        raise ClientError(414, "request line too long")
 
 
 def parse_request(head: bytes, limits: HttpLimits) -> Request:
     """Parse a request head (up to, not including, the blank line) or raise HttpError."""
     line, _, block = head.partition(b"\r\n")
     if len(line) > limits.max_request_line:
-        raise HttpError(414, "request line too long")
+        raise ClientError(414, "request line too long")
     m = _REQUEST_LINE.fullmatch(line)
     if m is None:
-        raise HttpError(400, "malformed request line")
+        raise ClientError(400, "malformed request line")
     method, target, major, minor = m.group(1), m.group(2), m.group(3), m.group(4)
     if major != b"1" or minor not in (b"0", b"1"):
-        raise HttpError(505, "only HTTP/1.0 and HTTP/1.1 are served")
+        raise ClientError(505, "only HTTP/1.0 and HTTP/1.1 are served")
     if len(head) > limits.max_header_bytes:
-        raise HttpError(431, "request header too large")
+        raise ClientError(431, "request header too large")
     fields = _split_fields(block, 400)
     if len(fields) > limits.max_headers:
-        raise HttpError(431, "too many header fields")
+        raise ClientError(431, "too many header fields")
 
     c = _control(fields)
     if any(v.lower() != b"100-continue" for v in c.expects):
-        raise HttpError(417, "only Expect: 100-continue is understood")
+        raise ClientError(417, "only Expect: 100-continue is understood")
     if len(c.hosts) > 1:
-        raise HttpError(400, "more than one Host")
+        raise ClientError(400, "more than one Host")
     one_one = minor == b"1"
     if one_one and not c.hosts:
-        raise HttpError(400, "HTTP/1.1 request without Host")
+        raise ClientError(400, "HTTP/1.1 request without Host")
     raw_host = c.hosts[0] if c.hosts else b""
     if not _HOST.fullmatch(raw_host):
-        raise HttpError(400, "malformed Host")
+        raise ClientError(400, "malformed Host")
     if c.te and not one_one:
-        raise HttpError(400, "Transfer-Encoding in an HTTP/1.0 request")
+        raise ClientError(400, "Transfer-Encoding in an HTTP/1.0 request")
     framing = _framing(c.lengths, c.te, 400, True)
 
     if target[:1] == b"/":
         pass
     elif target == b"*":
         if method != b"OPTIONS":
-            raise HttpError(400, "asterisk-form target is only for OPTIONS")
+            raise ClientError(400, "asterisk-form target is only for OPTIONS")
     elif method == b"CONNECT":
-        raise HttpError(501, "CONNECT is not served")
+        raise ClientError(501, "CONNECT is not served")
     else:
         scheme, sep, rest = target.partition(b"://")
         if not sep or scheme.lower() not in (b"http", b"https"):
-            raise HttpError(400, "malformed request target")
+            raise ClientError(400, "malformed request target")
         slash = rest.find(b"/")
         authority, target = (rest, b"/") if slash < 0 else (rest[:slash], rest[slash:])
         if b"@" in authority or normalize_host(authority.decode("latin-1")) != \
                 normalize_host(raw_host.decode("latin-1")):
-            raise HttpError(400, "absolute-form target disagrees with Host")
+            raise ClientError(400, "absolute-form target disagrees with Host")
     if b"#" in target:
-        raise HttpError(400, "fragment in request target")
+        raise ClientError(400, "fragment in request target")
 
     tokens = c.connection
     keep = (b"close" not in tokens) if one_one else (b"keep-alive" in tokens)
@@ -269,12 +278,12 @@ def parse_response(head: bytes, method: bytes) -> Response:
     line, _, block = head.partition(b"\r\n")
     m = _STATUS_LINE.fullmatch(line)
     if m is None:
-        raise HttpError(502, "malformed status line from the backend")
+        raise BackendError("malformed status line from the backend")
     minor, status = int(m.group(1)), int(m.group(2))
     fields = _split_fields(block, 502)
     c = _control(fields)
     if c.te and c.lengths:
-        raise HttpError(502, "backend sent both Content-Length and Transfer-Encoding")
+        raise BackendError("backend sent both Content-Length and Transfer-Encoding")
     if method == b"HEAD" or status < 200 or status in (204, 304):
         framing = Framing(NO_BODY)
     else:
@@ -391,107 +400,3 @@ def error_response(status: int, close: bool = True, detail: str = "") -> bytes:
     return head + body
 
 
-CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-LAST_CHUNK = b"0\r\n\r\n"
-
-
-def chunk(data: bytes | bytearray | memoryview) -> bytes:
-    """One chunk of the chunked coding."""
-    return b"%x\r\n" % len(data) + bytes(data) + b"\r\n"
-
-
-_SIZE, _DATA, _DATA_END, _TRAILER, _DONE = range(5)
-
-
-class ChunkedDecoder:
-    """Incremental strict decoder of the chunked coding: ``feed`` returns the data it
-    decoded; ``done`` is set after the last chunk and trailer, and ``rest`` holds the bytes
-    after the body (the next pipelined message). Trailer fields are validated and dropped.
-    """
-
-    def __init__(self, status: int = 400, max_line: int = 4096,
-                 max_trailer: int = 16384) -> None:
-        self.status = status
-        self.max_line = max_line
-        self.max_trailer = max_trailer
-        self.state = _SIZE
-        self.remaining = 0
-        self.trailer_bytes = 0
-        self.buf = bytearray()
-        self.rest = b""
-
-    @property
-    def done(self) -> bool:
-        return self.state == _DONE
-
-    def feed(self, data: bytes | bytearray | memoryview) -> list[bytes]:
-        """Decode ``data``; raise HttpError on a framing error."""
-        if self.state == _DONE:
-            self.rest += bytes(data)
-            return []
-        out: list[bytes] = []
-        if self.state == _DATA and not self.buf and len(data) <= self.remaining:
-            # The common bulk case: the whole read is chunk data, no copying into buf.
-            self.remaining -= len(data)
-            if not self.remaining:
-                self.state = _DATA_END
-            return [bytes(data)]
-        buf = self.buf
-        buf += data
-        pos = 0
-        while True:
-            state = self.state
-            if state == _DATA:
-                n = min(len(buf) - pos, self.remaining)
-                if n == 0:
-                    break
-                out.append(bytes(buf[pos:pos + n]))
-                pos += n
-                self.remaining -= n
-                if not self.remaining:
-                    self.state = _DATA_END
-            elif state == _DATA_END:
-                if len(buf) - pos < 2:
-                    break
-                if buf[pos:pos + 2] != b"\r\n":
-                    raise HttpError(self.status, "chunk data not followed by CRLF")
-                pos += 2
-                self.state = _SIZE
-            elif state == _SIZE:
-                eol = buf.find(b"\r\n", pos)
-                if eol < 0:
-                    if len(buf) - pos > self.max_line:
-                        raise HttpError(self.status, "chunk size line too long")
-                    break
-                m = _CHUNK_SIZE.fullmatch(buf, pos, eol)
-                if m is None:
-                    raise HttpError(self.status, "bad chunk size")
-                size = int(m.group(1), 16)
-                pos = eol + 2
-                if size:
-                    self.remaining = size
-                    self.state = _DATA
-                else:
-                    self.state = _TRAILER
-            elif state == _TRAILER:
-                eol = buf.find(b"\r\n", pos)
-                if eol < 0:
-                    if self.trailer_bytes + len(buf) - pos > self.max_trailer:
-                        raise HttpError(self.status, "trailer too large")
-                    break
-                line = bytes(buf[pos:eol])
-                pos = eol + 2
-                if not line:
-                    self.state = _DONE
-                    self.rest = bytes(buf[pos:])
-                    pos = len(buf)
-                    break
-                self.trailer_bytes += len(line) + 2
-                if self.trailer_bytes > self.max_trailer:
-                    raise HttpError(self.status, "trailer too large")
-                if _FIELD.fullmatch(line) is None:
-                    raise HttpError(self.status, _why_bad_field(line))
-            else:
-                break
-        del buf[:pos]
-        return out

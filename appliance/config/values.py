@@ -1,0 +1,182 @@
+"""The types of config values: each a function from the YAML value to the model's value,
+raising ValueError (or TypeError) with a message that says what was expected."""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import os
+import re
+from collections.abc import Callable
+from typing import Any
+
+from ..model import pool_addresses
+
+Convert = Callable[[Any], Any]
+
+
+def kind_of(v: Any) -> str:
+    """What a YAML value is, in an operator's words."""
+    return {dict: "a mapping", list: "a list", str: "a string", type(None): "nothing"}.get(
+        type(v), type(v).__name__)
+
+
+def closest(word: str, choices: set[str]) -> str | None:
+    """The known word an unknown one was probably meant to be."""
+    found = difflib.get_close_matches(word, sorted(choices), n=1, cutoff=0.6)
+    return found[0] if found else None
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+def parse_duration(value: Any) -> float:
+    """``"500ms"``, ``"1s"``, ``"2m"``, ``"1h"`` or a plain number of seconds -> seconds."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 500ms, 1s, 2m")
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ValueError("a duration cannot be negative")
+        return float(value)
+    m = _DURATION.match(str(value))
+    if not m:
+        raise ValueError(f"{value!r} is not a duration (use e.g. 500ms, 1s, 2m, 1h)")
+    return float(m.group(1)) * _UNITS[m.group(2)]
+
+
+def positive_duration(value: Any) -> float:
+    seconds = parse_duration(value)
+    if seconds <= 0:
+        raise ValueError("must be above zero")
+    return seconds
+
+
+def parse_address(value: Any) -> tuple[str, int]:
+    """``"127.0.0.1:80"`` or ``"[::1]:80"`` -> (host, port); the host must be an IP literal."""
+    text = str(value).strip()
+    if text.startswith("["):
+        host, sep, port = text[1:].partition("]:")
+        if not sep:
+            raise ValueError(f"{text!r} is not [ipv6]:port")
+    else:
+        host, sep, port = text.rpartition(":")
+        if not sep or ":" in host:
+            raise ValueError(f"{text!r} is not host:port (write IPv6 as [addr]:port)")
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"{host!r} is not an IP address") from None
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"port {port!r} is not in 1-65535")
+    return str(ip), int(port)
+
+
+def choice(*options: str) -> Convert:
+    def conv(v: Any) -> str:
+        if not isinstance(v, str) or v not in options:
+            raise ValueError(f"{v!r} is not one of {', '.join(options)}")
+        return v
+    conv.__doc__ = " | ".join(f"`{o}`" for o in options)
+    return conv
+
+
+def int_range(lo: int, hi: int) -> Convert:
+    def conv(v: Any) -> int:
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise ValueError(f"expected a whole number, got {kind_of(v)} {v!r}")
+        if not lo <= v <= hi:
+            raise ValueError(f"{v} is not in {lo}-{hi}")
+        return v
+    conv.__doc__ = f"{lo:,}-{hi:,}"
+    return conv
+
+
+def name(v: Any) -> str:
+    """letters, digits, `-_.`, up to 63"""
+    if not isinstance(v, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}", v):
+        raise ValueError(f"{v!r} is not a name (letters, digits, '-', '_', '.'; up to 63)")
+    return v
+
+
+def text(v: Any) -> str:
+    """a string"""
+    return str(v)
+
+
+def workers(v: Any) -> int:
+    """`auto` or 1-256"""
+    if v == "auto":
+        return os.cpu_count() or 1
+    result: int = int_range(1, 256)(v)
+    return result
+
+
+def http_path(v: Any) -> str:
+    """an HTTP path starting with `/`"""
+    if not isinstance(v, str) or not v.startswith("/") or any(c in v for c in " \r\n"):
+        raise ValueError(f"{v!r} is not an HTTP path starting with '/'")
+    return v
+
+
+def abs_path(v: Any) -> str:
+    """an absolute path"""
+    if not isinstance(v, str) or not v.startswith("/"):
+        raise ValueError(f"{v!r} is not an absolute path")
+    return v
+
+
+def group(v: Any) -> str:
+    """a group name"""
+    if not isinstance(v, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.-]{0,31}", v):
+        raise ValueError(f"{v!r} is not a group name")
+    return v
+
+
+def boolean(v: Any) -> bool:
+    """`true` \\| `false`"""
+    if not isinstance(v, bool):
+        raise ValueError(f"expected true or false, got {v!r}")
+    return v
+
+
+_HOSTNAME = re.compile(r"(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}"
+                       r"[a-z0-9])?)*")
+
+
+def hostname(v: Any) -> str:
+    """a host name, or `*.` and a domain"""
+    if not isinstance(v, str) or not _HOSTNAME.fullmatch(v.lower()):
+        raise ValueError(f"{v!r} is not a host name (a wildcard is '*.' and a domain)")
+    return v.lower()
+
+
+def ip_interface(v: Any) -> str:
+    """an IP address with an optional /prefix"""
+    try:
+        return str(ipaddress.ip_interface(str(v)))
+    except ValueError:
+        raise ValueError(f"{v!r} is not an IP address (with an optional /prefix)") from None
+
+
+def ip_address(v: Any) -> str:
+    """an IP address"""
+    try:
+        return str(ipaddress.ip_address(str(v)))
+    except ValueError:
+        raise ValueError(f"{v!r} is not an IP address") from None
+
+
+def ip_network(v: Any) -> str:
+    """an address or CIDR"""
+    try:
+        return str(ipaddress.ip_network(str(v), strict=False))
+    except ValueError:
+        raise ValueError(f"{v!r} is not an address or CIDR") from None
+
+
+def address_pool(v: Any) -> str:
+    """a CIDR, a range `a-b`, or one address"""
+    pool_addresses(str(v))
+    return str(v)
+

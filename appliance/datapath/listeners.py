@@ -1,0 +1,114 @@
+"""The listening sockets of one worker: bound for each Snapshot, kept across Snapshots
+while their protocol and address stay (so a reload loses no accept), closed when a
+Snapshot drops them. Every worker binds its own with SO_REUSEPORT."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+
+import trio
+
+from ..model import Listener
+from . import wire
+
+log = logging.getLogger("edgelb.datapath")
+
+SocketKey = tuple[str, str, int]  # (protocol, host, port): Listener.socket_key
+
+# Accepted in one go before yielding to the other tasks, as nginx's multi_accept: a burst
+# of connects costs one wake-up, not one each, and never starves the flows.
+ACCEPT_BATCH = 64
+
+
+@dataclass
+class Bound:
+    """A listening socket and the listener it serves (the newest Snapshot's)."""
+
+    listener: Listener
+    sock: socket.socket
+    scope: trio.CancelScope
+
+
+class Listeners:
+    """Binds, keeps and closes the listening sockets; ``accept`` is called with each new
+    TCP connection, ``serve_udp`` runs a UDP socket."""
+
+    def __init__(self, nursery: trio.Nursery,
+                 accept: Callable[[socket.socket, tuple[str, int], Listener], None],
+                 serve_udp: Callable[[Bound], Awaitable[None]]) -> None:
+        self.nursery = nursery
+        self.accept = accept
+        self.serve_udp = serve_udp
+        self.bound: dict[SocketKey, Bound] = {}
+
+    def apply(self, listeners: Iterable[Listener], strict: bool = False) -> list[str]:
+        """Bind what is new, keep what stays, close what went. Returns the errors of
+        listeners that could not be bound (with ``strict``, raises the first)."""
+        wanted = {lst.socket_key: lst for lst in listeners}
+        for key, bound in list(self.bound.items()):
+            if key not in wanted:
+                self._close(bound)
+                del self.bound[key]
+        errors: list[str] = []
+        for key, lst in wanted.items():
+            if key in self.bound:
+                self.bound[key].listener = lst
+                continue
+            try:
+                sock = wire.listening_socket(lst.bind, lst.transport, lst.backlog)
+            except OSError as e:
+                msg = f"listener {lst.name}: cannot bind {lst.bind_text}: {e.strerror}"
+                if strict:
+                    raise OSError(e.errno, msg) from e
+                log.error("%s", msg)
+                errors.append(msg)
+                continue
+            bound = Bound(lst, sock, trio.CancelScope())
+            self.bound[key] = bound
+            self.nursery.start_soon(self.serve_udp if lst.transport == "udp" else
+                                    self._accept_loop, bound)
+        return errors
+
+    def close_all(self) -> None:
+        """Stop accepting on every socket (a drain)."""
+        for bound in self.bound.values():
+            self._close(bound)
+        self.bound.clear()
+
+    @staticmethod
+    def _close(bound: Bound) -> None:
+        bound.scope.cancel()
+        wire.close(bound.sock)
+
+    async def _accept_loop(self, bound: Bound) -> None:
+        sock = bound.sock
+        accepted = 0
+        with bound.scope:
+            while True:
+                try:
+                    conn, client = sock.accept()
+                except BlockingIOError:
+                    conn = None
+                except OSError as e:
+                    if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                        # Out of descriptors: back off instead of spinning on accept.
+                        log.warning("accept on %s: %s", bound.listener.bind_text, e.strerror)
+                        await trio.sleep(0.1)
+                        continue
+                    if e.errno in (errno.ECONNABORTED, errno.EPROTO, errno.EPERM):
+                        continue  # the client gave up before we accepted
+                    raise
+                if conn is None:
+                    accepted = 0
+                    await trio.lowlevel.wait_readable(sock)
+                    continue
+                wire.accepted(conn)
+                self.accept(conn, (client[0], client[1]), bound.listener)
+                accepted += 1
+                if accepted >= ACCEPT_BATCH:
+                    accepted = 0
+                    await trio.lowlevel.checkpoint()
