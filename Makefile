@@ -90,9 +90,11 @@ test-system: export VARS := tests/system/image-vars.yml
 test-system: image
 	$(call pytest_some,-s tests/system)
 
+# ruff, mypy strict, and the layer contract (pyproject.toml [tool.importlinter]).
 lint: $(STAMP)
 	$(BIN)/ruff check appliance tui tests
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
 
 clean:
 	rm -rf $(VENV) build *.egg-info
