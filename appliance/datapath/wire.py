@@ -14,6 +14,7 @@ import errno
 import os
 import socket
 import ssl
+from typing import Protocol
 
 import trio
 
@@ -249,3 +250,50 @@ class TlsWire:
 
 
 Wire = PlainWire | TlsWire
+
+
+class _Counts(Protocol):
+    bytes_in: int
+    bytes_out: int
+
+
+async def tunnel(client: Wire, backend: Wire, from_client: bytes, from_backend: bytes,
+                 idle: float, counts: _Counts) -> None:
+    """Bytes both ways (after 101 Switching Protocols) until either side closes or
+    nothing moves for ``idle`` seconds. ``from_client`` and ``from_backend`` were read
+    already and go first; ``counts`` gets bytes_in (client->backend) and bytes_out."""
+    deadline = trio.current_time() + idle
+
+    async def pump(src: Wire, dst: Wire, first: bytes, inbound: bool,
+                   scope: trio.CancelScope) -> None:
+        nonlocal deadline
+        data = first
+        try:
+            while True:
+                if data:
+                    await dst.send(data)
+                    if inbound:
+                        counts.bytes_in += len(data)
+                    else:
+                        counts.bytes_out += len(data)
+                data = await src.recv()
+                if not data:
+                    await dst.send_eof()
+                    return
+                deadline = trio.current_time() + idle
+        except OSError:
+            scope.cancel()
+
+    async def idle_watch(scope: trio.CancelScope) -> None:
+        # The deadline moves with every read, so an Event would not do.
+        while trio.current_time() < deadline:  # noqa: ASYNC110
+            await trio.sleep_until(deadline)
+        scope.cancel()
+
+    async with trio.open_nursery() as outer:
+        outer.start_soon(idle_watch, outer.cancel_scope)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(pump, client, backend, from_client, True, nursery.cancel_scope)
+            nursery.start_soon(pump, backend, client, from_backend, False,
+                               nursery.cancel_scope)
+        outer.cancel_scope.cancel()
