@@ -5,20 +5,17 @@ disruptive. A viewer gets no actions; the daemon refuses them anyway."""
 from __future__ import annotations
 
 import os
-import shlex
 import sys
 import time
 from collections import deque
 from collections.abc import Iterable, Sequence
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar
 
-from rich.text import Text
 from textual import on, work
-from textual.app import App, ComposeResult, SystemCommand
+from textual.app import ComposeResult, SystemCommand
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen, Screen
-from textual.widget import Widget
 from textual.widgets import (
     DataTable,
     Footer,
@@ -40,90 +37,31 @@ from appliance.control.format import (
     status_lines,
 )
 
-from .screens import ConfirmScreen, HelpScreen, PromptScreen
+from .actions import OperatorActions
+from .commands import (
+    BACKEND_ACTIONS,
+    CHANGES,
+    HA_ACTIONS,
+    PANES,
+    SORTS,
+    CommandError,
+    parse_command,
+)
+from .screens import HelpScreen
 from .source import Api, Source
-
-W = TypeVar("W", bound=Widget)
-PANES = ("overview", "flows", "backends", "routes", "events", "ha")
-SORTS = ("", "bytes", "age", "client", "backend", "listener", "state")
-BACKEND_ACTIONS = ("drain", "undrain", "disable", "enable")
-HA_ACTIONS = ("failover", "demote", "promote", "auto")
-# Actions that change something: hidden from viewers.
-CHANGES = {"backend", "weight", "ha", "reload_config"}
-COMMANDS = ("overview", "flows", "backends", "routes", "events", "ha", "drain", "undrain",
-            "disable", "enable", "weight", "failover", "demote", "promote", "auto",
-            "reload", "sort", "filter", "q", "quit", "help")
+from .tables import ha_text, rate, sync_rows
 
 
 class _Closed(Exception):
     """The console stopped while a request was out: its widgets may be gone."""
 
 
-class CommandError(ValueError):
-    pass
-
-
-def parse_command(text: str) -> tuple[str, list[str]]:
-    """A ``:`` command line as (command, arguments); raises CommandError when it is not
-    one (the message says what is expected)."""
-    try:
-        words = shlex.split(text.strip().lstrip(":"))
-    except ValueError as e:
-        raise CommandError(str(e)) from None
-    if not words:
-        raise CommandError("empty command")
-    cmd, args = words[0].lower(), words[1:]
-    if cmd not in COMMANDS:
-        raise CommandError(f"unknown command {cmd!r}; ? lists them")
-    need = {"drain": 2, "undrain": 2, "disable": 2, "enable": 2, "weight": 3}
-    if cmd in need and len(args) != need[cmd]:
-        shape = "LISTENER BACKEND" + (" N|config" if cmd == "weight" else "")
-        raise CommandError(f"{cmd} takes {shape}")
-    if cmd == "weight" and args[2] != "config" and not (args[2].isdigit()
-                                                        and int(args[2]) <= 256):
-        raise CommandError(f"weight {args[2]!r} is not 0-256 or 'config'")
-    if cmd == "sort" and (not args or args[0] not in SORTS[1:]):
-        raise CommandError(f"sort by one of {', '.join(SORTS[1:])}")
-    return cmd, args
-
-
-def _rate(history: deque[tuple[float, float]]) -> float:
-    if len(history) < 2:
-        return 0.0
-    (t0, v0), (t1, v1) = history[-2], history[-1]
-    return max(0.0, (v1 - v0) / (t1 - t0)) if t1 > t0 else 0.0
-
-
-class Console(App[int]):
+class Console(OperatorActions):
     """The console, on the control API at ``socket`` (or any ``api``)."""
 
     TITLE = "edgelb"
     AUTO_FOCUS = None
-    CSS = """
-    /* The views fill what the top line and the footer leave, exactly: a screen taller
-       than the terminal scrolls by a line whenever a table takes focus. */
-    Screen { overflow-y: hidden; }
-    #panes { height: 1fr; }
-    #topline { height: 1; }
-    #banner { height: 1; background: $warning; color: $text; display: none; }
-    #banner.shown { display: block; }
-    #command { display: none; dock: bottom; }
-    #command.shown { display: block; }
-    #flow-filter { display: none; }
-    #flow-filter.shown { display: block; }
-    #overview-text { height: auto; }
-    Sparkline { height: 2; margin: 0 1; }
-    .caption { height: 1; color: $text-muted; }
-    DataTable { height: 1fr; }
-    #listeners-table { width: 32; }
-    #ha-text { height: auto; }
-    #alerts { height: auto; color: $error; }
-    ConfirmScreen, PromptScreen, HelpScreen { align: center middle; }
-    #dialog { width: 70; height: auto; border: thick $accent; padding: 1 2;
-              background: $surface; }
-    #help { width: 90%; height: 90%; border: thick $accent; background: $surface;
-            padding: 0 1; }
-    """
+    CSS_PATH = "console.tcss"
     BINDINGS: ClassVar[list[BindingType]] = [
         # 1-6: the views, in tab order (the tabs show the keys, the footer need not).
         *(Binding(str(i), f"pane({pane!r})", pane.title(), show=False)
@@ -168,10 +106,6 @@ class Console(App[int]):
         self.refresh_seconds = 0.0
 
     # -- layout ------------------------------------------------------------------------
-
-    def _main(self, selector: str, kind: type[W]) -> W:
-        """A widget of the main screen, also while a dialog is on top."""
-        return self.screen_stack[0].query_one(selector, kind)
 
     def compose(self) -> ComposeResult:
         yield Static("", id="topline", markup=False)
@@ -287,7 +221,7 @@ class Console(App[int]):
         t = st["totals"]
         self.rps.append((now, t["requests"] + t["accepted"]))
         self.bps.append((now, t["bytes_in"] + t["bytes_out"]))
-        r, b = _rate(self.rps), _rate(self.bps)
+        r, b = rate(self.rps), rate(self.bps)
         self.rps_line.append(r)
         self.bps_line.append(b)
         self._main("#rps", Sparkline).data = list(self.rps_line)
@@ -299,7 +233,7 @@ class Console(App[int]):
         self._main("#overview-text", Static).update("\n".join(status_lines(st)))
         self._main("#alerts", Static).update(
             "\n".join(f"! {a}" for a in st["alerts"]) or "no alerts")
-        self._main("#ha-text", Static).update(_ha_text(st, self.may_change()))
+        self._main("#ha-text", Static).update(ha_text(st, self.may_change()))
 
     async def _read_events(self, st: dict[str, Any]) -> None:
         if st.get("last_event", 0) <= self.seq:
@@ -530,142 +464,6 @@ class Console(App[int]):
                                     lambda a=action: self.action_ha(a))
             yield SystemCommand("Reload the config", "asks for confirmation first",
                                 self.action_reload_config)
-
-    # -- actions ------------------------------------------------------------------------
-
-    def _selected_backend(self) -> str | None:
-        table = self._main("#backends-table", DataTable)
-        if table.row_count == 0:
-            return None
-        key = table.coordinate_to_cell_key(table.cursor_coordinate).row_key
-        return str(key.value) if key.value is not None else None
-
-    def action_backend(self, action: str) -> None:
-        backend = self._selected_backend()
-        if backend is None or not self.listener_name:
-            self.notify("no backend selected", severity="warning", markup=False)
-            return
-        self._confirm_backend(action, self.listener_name, backend)
-
-    def _confirm_backend(self, action: str, listener: str, backend: str) -> None:
-        def answered(yes: bool | None) -> None:
-            if yes:
-                self._act(action, listener=listener, backend=backend)
-
-        what = {"drain": "no new flows; open flows run to their end",
-                "disable": "out of the pool; open flows are cut after drain_timeout",
-                "undrain": "back to ready", "enable": "back to ready"}[action]
-        self.push_screen(ConfirmScreen(f"{action} {backend} of {listener}?\n({what})"),
-                         answered)
-
-    def action_weight(self) -> None:
-        backend = self._selected_backend()
-        if backend is None or not self.listener_name:
-            self.notify("no backend selected", severity="warning", markup=False)
-            return
-        listener = self.listener_name
-
-        def given(value: str | None) -> None:
-            if value is None:
-                return
-            try:
-                parse_command(f"weight {listener} {backend} {value}")
-            except CommandError as e:
-                self.notify(str(e), severity="error", markup=False)
-                return
-            self._confirm_weight(listener, backend, value)
-
-        self.push_screen(PromptScreen(f"Weight for {backend} of {listener} "
-                                      "(0-256, or config):"), given)
-
-    def _confirm_weight(self, listener: str, backend: str, value: str) -> None:
-        weight = None if value == "config" else int(value)
-
-        def answered(yes: bool | None) -> None:
-            if yes:
-                self._act("weight", listener=listener, backend=backend, weight=weight)
-
-        self.push_screen(ConfirmScreen(f"set the weight of {backend} of {listener} to "
-                                       f"{value}?"), answered)
-
-    def action_ha(self, action: str) -> None:
-        what = {"failover": "the VIPs move to the other box (or to this one, if it is "
-                            "backup)",
-                "demote": "this box stays backup until promote or auto",
-                "promote": "this box takes the VIPs and stays preferred until auto",
-                "auto": "back to the configured priority"}[action]
-
-        def answered(yes: bool | None) -> None:
-            if yes:
-                self._act(action)
-
-        self.push_screen(ConfirmScreen(f"HA {action}?\n({what})"), answered)
-
-    def action_reload_config(self) -> None:
-        def answered(yes: bool | None) -> None:
-            if yes:
-                self._act("reload")
-
-        self.push_screen(ConfirmScreen("reload the config? (a bad config is refused and "
-                                       "the current one keeps serving)"), answered)
-
-    @work(group="act")
-    async def _act(self, action: str, **args: Any) -> None:
-        log = self._main("#events-log", Log)
-        target = " ".join(f"{v}" for v in args.values() if v is not None)
-        try:
-            r = await self.source.act(action, **args)
-            if not self.is_running:
-                return  # done and audited by the daemon; nothing left here to show it
-        except ControlError as e:
-            log.write_line(f"       you    {action} {target}: refused: {e.message}")
-            self.notify(f"{action} refused: {e.message}", severity="error", timeout=8, markup=False)
-            return
-        text = r.get("result", "ok")
-        if "state" in r:
-            w = r["admin_weight"]
-            text = f"{r['state']}, weight {w if w is not None else 'as configured'}"
-        log.write_line(f"       you    {action} {target}: {text}")
-        self.notify(f"{action} {target}: {text}", timeout=6, markup=False)
-        self.refresh_data()
-
-
-def sync_rows(table: DataTable[Any], rows: list[tuple[str, list[Any]]]) -> None:
-    """Make ``table`` show ``rows`` (key, cells), touching only the cells that changed
-    when the keys are the same, in the same order, as before. Cells are plain text: an
-    address like [fe80::1]:80 must not be read as markup."""
-    rows = [(k, [Text(str(c)) for c in cells]) for k, cells in rows]
-    keys = [k for k, _ in rows]
-    current = [str(r.value) for r in table.rows]
-    if keys == current:
-        columns = list(table.columns)
-        for key, cells in rows:
-            old = table.get_row(key)
-            for col, (a, b) in zip(columns, zip(old, cells, strict=False), strict=False):
-                if str(a) != str(b):
-                    table.update_cell(key, col, b)
-        return
-    cursor = table.cursor_row
-    table.clear()
-    for key, cells in rows:
-        table.add_row(*cells, key=key)
-    if rows:
-        table.move_cursor(row=min(cursor, len(rows) - 1), animate=False)
-
-
-def _ha_text(st: dict[str, Any], may_change: bool) -> str:
-    ha = st["ha"]
-    out = [line for line in status_lines(st) if line.startswith(("HA", "  peer"))]
-    if ha.get("override"):
-        out.append(f"held by an operator: {ha['override']}")
-    if ha["mode"] == "standalone":
-        out.append("\nNo HA configured: nothing to fail over to.")
-    elif may_change:
-        out.append("\nf failover (hand over, or take over if backup)   D demote   P promote"
-                   "   A auto")
-    else:
-        out.append("\n(read-only: failover needs the operator or admin role)")
-    return "\n".join(out)
 
 
 def run_console(socket: str | None, no_color: bool = False) -> int:

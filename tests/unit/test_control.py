@@ -11,7 +11,7 @@ from appliance.control.admin import AdminError, AdminState
 from appliance.control.api import QueryError, select_flows
 from appliance.ha.vrrp import BACKUP, MASTER, BecomeMaster, Vrrp, VrrpConfig, wanted_priority
 from appliance.model import Backend, HttpSpec, Listener, Pool
-from tui.app import CommandError, parse_command
+from tui.commands import CommandError, parse_command
 
 L4 = Listener("web", ("127.0.0.1", 80), backends=(Backend("10.0.0.1", 80),
                                                   Backend("10.0.0.2", 80, weight=3)))
