@@ -91,9 +91,16 @@ async def run_demo(web_port: int = 8080, log_format: str = "text") -> int:
                 nursery.cancel_scope.cancel()
                 sim.stop()
                 return 1
-            elb = os.path.join(os.path.dirname(sys.executable), "edgelb")
-            print(f"""
-edgelb demo is running (config: {path})
+            print(banner(web_port, path, sim.kubeconfig_path, tmp), flush=True)
+        sim.stop()
+    return 0
+
+
+def banner(web_port: int, config: str, kubeconfig: str, tmp: str) -> str:
+    """What the demo prints once it runs: what to try, with its ports and paths."""
+    elb = os.path.join(os.path.dirname(sys.executable), "edgelb")
+    return f"""
+edgelb demo is running (config: {config})
 
   curl -s http://127.0.0.1:{web_port}/           # round robin over 3 backends, weights 2:1:1
   for i in 1 2 3 4; do curl -s http://127.0.0.1:{web_port}/; done
@@ -108,7 +115,7 @@ edgelb demo is running (config: {path})
   curl -sk --resolve shop.demo.test:{web_port + 4}:127.0.0.1 https://shop.demo.test:{web_port + 4}/
 
   # The simulated cluster (3 nodes on 127.0.0.11-13), learned through its API:
-  export KUBECONFIG={sim.kubeconfig_path}
+  export KUBECONFIG={kubeconfig}
   kubectl get svc -o wide                                   # VIPs in status
   curl -s http://127.0.0.100:{web_port + 5}/                 # LoadBalancer service -> nodePorts
   echo hi | nc -u -w1 127.0.0.101 {web_port + 6}             # a UDP LoadBalancer service
@@ -128,6 +135,4 @@ edgelb demo is running (config: {path})
   {elb} tui                                    # ? for help, q to quit
 
 Ctrl-C drains and stops.
-""", flush=True)
-        sim.stop()
-    return 0
+"""

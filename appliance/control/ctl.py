@@ -15,7 +15,14 @@ import sys
 from typing import Any
 
 from .client import Client, ControlError
-from .format import format_event, format_flows, format_status, human_bytes, table
+from .format import (
+    format_backends,
+    format_event,
+    format_flows,
+    format_listeners,
+    format_routes,
+    format_status,
+)
 
 EXIT_REFUSED, EXIT_UNREACHABLE, EXIT_FORBIDDEN, EXIT_NOT_FOUND = 1, 3, 4, 5
 
@@ -107,6 +114,10 @@ def _out(args: argparse.Namespace, data: Any, table: str) -> int:
 
 def _run(client: Client, args: argparse.Namespace) -> int:
     cmd = args.ctl
+    if cmd in ("flows", "events"):
+        return _follow(client, args)
+    if cmd in ACTIONS:
+        return _act(client, args)
     if cmd == "status":
         st = client.get("/v1/status")
         return _out(args, st, format_status(st))
@@ -115,30 +126,19 @@ def _run(client: Client, args: argparse.Namespace) -> int:
         return _out(args, me, f"{me['user']} (uid {me['uid']}): {me['role']}")
     if cmd == "listeners" and not args.name:
         ls = client.get("/v1/listeners")["listeners"]
-        return _out(args, ls, table(
-            ["NAME", "PROTO", "BIND", "BACKENDS", "DOWN", "NOT READY", "ACTIVE",
-             "ACCEPTED", "REQUESTS"],
-            [[x["name"], x["protocol"], x["bind"], x["backends"], x["down"], x["not_ready"],
-              x["active"], x["accepted"], x["requests"]] for x in ls]))
+        return _out(args, ls, format_listeners(ls))
     if cmd in ("listeners", "backends"):
         d = client.get(f"/v1/listeners/{args.name}")
-        rows = [[b["key"], b["address"], b["health"], b["state"],
-                 f"{b['effective_weight']}" + ("" if b["admin_weight"] is None
-                                               else f" (set; config {b['weight']})"),
-                 b["active"], b["connections"], b["requests"], b["connect_failures"],
-                 human_bytes(b["bytes_in"] + b["bytes_out"])]
-                for p in d["pools"] for b in p["backends"]]
-        return _out(args, d, f"{d['name']} {d['protocol']} {d['bind']} "
-                    f"({d['balance']})\n" + table(
-                        ["BACKEND", "ADDRESS", "HEALTH", "STATE", "WEIGHT", "ACTIVE",
-                         "FLOWS", "REQUESTS", "FAILS", "BYTES"], rows))
+        return _out(args, d, format_backends(d))
     if cmd == "routes":
         rs = client.get("/v1/routes")["routes"]
-        return _out(args, rs, table(
-            ["LISTENER", "HOST", "PATH", "TYPE", "POOL", "BACKENDS"],
-            [[r["listener"], r["host"], r["path"], r["type"], r["pool"],
-              ",".join(r["backends"]) or "-"] for r in rs]))
-    if cmd == "flows":
+        return _out(args, rs, format_routes(rs))
+    return 2
+
+
+def _follow(client: Client, args: argparse.Namespace) -> int:
+    """``flows`` and ``events``: a page (or the events) now, or as they come."""
+    if args.ctl == "flows":
         q = {f: getattr(args, f) for f in ("listener", "protocol", "backend", "client",
                                            "state", "vip", "sort", "limit", "offset")}
         q.update(q=args.query, desc=1 if args.desc else None)
@@ -147,15 +147,19 @@ def _run(client: Client, args: argparse.Namespace) -> int:
         for page in pages:
             _out(args, page, format_flows(page))
         return 0
-    if cmd == "events":
-        events = (client.stream("/v1/events", since=args.since) if args.follow
-                  else iter(client.get("/v1/events", since=args.since)["events"]))
-        for e in events:
-            print(json.dumps(e) if args.json else format_event(e), flush=True)
-        return 0
-    if cmd in ("drain", "undrain", "disable", "enable"):
-        r = client.act(cmd, listener=args.listener, backend=args.backend)
-        return _out(args, r, f"{args.listener} {args.backend}: {r['state']}")
+    events = (client.stream("/v1/events", since=args.since) if args.follow
+              else iter(client.get("/v1/events", since=args.since)["events"]))
+    for e in events:
+        print(json.dumps(e) if args.json else format_event(e), flush=True)
+    return 0
+
+
+ACTIONS = ("drain", "undrain", "disable", "enable", "weight", "failover", "demote",
+           "promote", "auto", "reload")
+
+
+def _act(client: Client, args: argparse.Namespace) -> int:
+    cmd = args.ctl
     if cmd == "weight":
         w: int | None
         if args.weight == "config":
@@ -169,10 +173,11 @@ def _run(client: Client, args: argparse.Namespace) -> int:
         r = client.act("weight", listener=args.listener, backend=args.backend, weight=w)
         return _out(args, r, f"{args.listener} {args.backend}: weight "
                     f"{r['admin_weight'] if r['admin_weight'] is not None else 'as configured'}")
-    if cmd in ("failover", "demote", "promote", "auto"):
-        r = client.act(cmd)
-        return _out(args, r, r["result"])
     if cmd == "reload":
         r = client.act("reload")
         return _out(args, r, f"reloaded: serving snapshot v{r['snapshot']}")
-    return 2
+    if cmd in ("failover", "demote", "promote", "auto"):
+        r = client.act(cmd)
+        return _out(args, r, r["result"])
+    r = client.act(cmd, listener=args.listener, backend=args.backend)
+    return _out(args, r, f"{args.listener} {args.backend}: {r['state']}")

@@ -91,3 +91,31 @@ def format_flows(page: dict[str, Any]) -> str:
 def format_event(e: dict[str, Any]) -> str:
     when = datetime.datetime.fromtimestamp(e["time"]).strftime("%H:%M:%S")
     return f"{e['seq']:>6} {when} {e['kind']:<7} {e['message']}"
+
+
+def format_listeners(ls: list[dict[str, Any]]) -> str:
+    """``ctl listeners``: one line per listener."""
+    return table(["NAME", "PROTO", "BIND", "BACKENDS", "DOWN", "NOT READY", "ACTIVE",
+                  "ACCEPTED", "REQUESTS"],
+                 [[x["name"], x["protocol"], x["bind"], x["backends"], x["down"],
+                   x["not_ready"], x["active"], x["accepted"], x["requests"]] for x in ls])
+
+
+def format_backends(d: dict[str, Any]) -> str:
+    """``ctl backends NAME``: the listener, then its backends by pool."""
+    rows = [[b["key"], b["address"], b["health"], b["state"],
+             f"{b['effective_weight']}" + ("" if b["admin_weight"] is None
+                                           else f" (set; config {b['weight']})"),
+             b["active"], b["connections"], b["requests"], b["connect_failures"],
+             human_bytes(b["bytes_in"] + b["bytes_out"])]
+            for p in d["pools"] for b in p["backends"]]
+    return f"{d['name']} {d['protocol']} {d['bind']} ({d['balance']})\n" + table(
+        ["BACKEND", "ADDRESS", "HEALTH", "STATE", "WEIGHT", "ACTIVE", "FLOWS", "REQUESTS",
+         "FAILS", "BYTES"], rows)
+
+
+def format_routes(rs: list[dict[str, Any]]) -> str:
+    """``ctl routes``: host and path -> pool -> backends."""
+    return table(["LISTENER", "HOST", "PATH", "TYPE", "POOL", "BACKENDS"],
+                 [[r["listener"], r["host"], r["path"], r["type"], r["pool"],
+                   ",".join(r["backends"]) or "-"] for r in rs])

@@ -15,295 +15,20 @@ It is test and demo infrastructure: one process, threads, no persistence.
 from __future__ import annotations
 
 import base64
-import bisect
 import copy
 import json
-import re
 import ssl
 import threading
-import time
 import uuid
-from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from .certs import self_signed
-
-
-@dataclass(frozen=True)
-class Kind:
-    """A resource type the simulator serves."""
-
-    group: str
-    version: str
-    plural: str
-    kind: str
-    namespaced: bool
-    status: bool = False  # has a /status subresource
-    short: tuple[str, ...] = ()
-
-    @property
-    def api_version(self) -> str:
-        return f"{self.group}/{self.version}" if self.group else self.version
-
-
-KINDS = [
-    Kind("", "v1", "namespaces", "Namespace", False, short=("ns",)),
-    Kind("", "v1", "nodes", "Node", False, status=True, short=("no",)),
-    Kind("", "v1", "services", "Service", True, status=True, short=("svc",)),
-    Kind("", "v1", "secrets", "Secret", True),
-    Kind("", "v1", "events", "Event", True, short=("ev",)),
-    Kind("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice", True),
-    Kind("networking.k8s.io", "v1", "ingresses", "Ingress", True, status=True, short=("ing",)),
-    Kind("networking.k8s.io", "v1", "ingressclasses", "IngressClass", False),
-    Kind("coordination.k8s.io", "v1", "leases", "Lease", True),
-]
-BY_PATH = {(k.group, k.version, k.plural): k for k in KINDS}
-BY_KIND = {k.kind: k for k in KINDS}
-
-Key = tuple[str, str, str]  # (plural with group, namespace, name)
-
-
-class ApiError(Exception):
-    """An error answered as a Kubernetes ``Status`` object."""
-
-    def __init__(self, code: int, reason: str, message: str,
-                 headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.reason = reason
-        self.message = message
-        self.headers = headers or {}
-
-    def status(self) -> dict[str, Any]:
-        return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-                "message": self.message, "reason": self.reason, "code": self.code}
-
-
-def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-
-
-# -- selectors ----------------------------------------------------------------------------
-
-_SET_TERM = re.compile(r"^\s*([\w./-]+)\s+(in|notin)\s+\(([^)]*)\)\s*$")
-
-
-def _split_terms(selector: str) -> list[str]:
-    terms, depth, cur = [], 0, ""
-    for ch in selector:
-        if ch == "(":
-            depth += 1
-        elif ch == ")":
-            depth -= 1
-        if ch == "," and depth == 0:
-            terms.append(cur)
-            cur = ""
-        else:
-            cur += ch
-    if cur.strip():
-        terms.append(cur)
-    return terms
-
-
-Requirement = tuple[str, str, frozenset[str]]  # (key or field path, op, values)
-
-
-def _requirements(selector: str, fields: bool) -> list[Requirement]:
-    reqs: list[Requirement] = []
-    for raw in _split_terms(selector):
-        term = raw.strip()
-        m = _SET_TERM.match(term)
-        if m and not fields:
-            vals = frozenset(v.strip() for v in m.group(3).split(","))
-            reqs.append((m.group(1), m.group(2), vals))
-        elif "!=" in term:
-            key, val = term.split("!=", 1)
-            reqs.append((key.strip(), "!=", frozenset({val.strip()})))
-        elif "=" in term:
-            key, val = term.replace("==", "=").split("=", 1)
-            reqs.append((key.strip(), "=", frozenset({val.strip()})))
-        elif term.startswith("!") and not fields:
-            reqs.append((term[1:].strip(), "!exists", frozenset()))
-        elif term and not fields and re.fullmatch(r"[\w./-]+", term):
-            reqs.append((term, "exists", frozenset()))
-        elif term:
-            raise ApiError(400, "BadRequest", f"unable to parse requirement: {term!r}")
-    return reqs
-
-
-def _holds(op: str, value: str | None, values: frozenset[str]) -> bool:
-    if op in ("=", "in"):
-        return value in values
-    if op in ("!=", "notin"):
-        return value not in values
-    return (value is not None) == (op == "exists")
-
-
-class LabelSelector:
-    """A Kubernetes label selector (``a=1,b!=2,c,!d,e in (x,y),f notin (z)``)."""
-
-    def __init__(self, selector: str) -> None:
-        self.reqs = _requirements(selector, fields=False)
-
-    def __call__(self, labels: dict[str, str]) -> bool:
-        return all(_holds(op, labels.get(k), vals) for k, op, vals in self.reqs)
-
-
-class FieldSelector:
-    """A field selector (``metadata.name=x,spec.type!=y``) on an object."""
-
-    def __init__(self, selector: str) -> None:
-        self.reqs = _requirements(selector, fields=True)
-
-    def __call__(self, obj: dict[str, Any]) -> bool:
-        return all(_holds(op, _field(obj, k), vals) for k, op, vals in self.reqs)
-
-
-def label_matcher(selector: str) -> LabelSelector:
-    return LabelSelector(selector)
-
-
-def _field(obj: dict[str, Any], path: str) -> str:
-    cur: Any = obj
-    for part in path.split("."):
-        if not isinstance(cur, dict):
-            return ""
-        cur = cur.get(part)
-    return "" if cur is None else str(cur)
-
-
-# -- patches ------------------------------------------------------------------------------
-
-def merge_patch(target: Any, patch: Any) -> Any:
-    """RFC 7386 JSON merge patch."""
-    if not isinstance(patch, dict):
-        return copy.deepcopy(patch)
-    out = dict(target) if isinstance(target, dict) else {}
-    for k, v in patch.items():
-        if v is None:
-            out.pop(k, None)
-        else:
-            out[k] = merge_patch(out.get(k), v)
-    return out
-
-
-def _pointer(path: str) -> list[str]:
-    if path == "":
-        return []
-    if not path.startswith("/"):
-        raise ApiError(422, "Invalid", f"bad JSON pointer {path!r}")
-    return [p.replace("~1", "/").replace("~0", "~") for p in path[1:].split("/")]
-
-
-def json_patch(doc: Any, ops: list[dict[str, Any]]) -> Any:
-    """RFC 6902 JSON patch: add, remove, replace, move, copy, test."""
-    doc = copy.deepcopy(doc)
-
-    def walk(parts: list[str]) -> tuple[Any, str]:
-        cur = doc
-        for p in parts[:-1]:
-            cur = cur[int(p)] if isinstance(cur, list) else cur[p]
-        return cur, parts[-1]
-
-    def get(parts: list[str]) -> Any:
-        cur = doc
-        for p in parts:
-            cur = cur[int(p)] if isinstance(cur, list) else cur[p]
-        return cur
-
-    def add(parts: list[str], value: Any) -> None:
-        parent, last = walk(parts)
-        if isinstance(parent, list):
-            parent.insert(len(parent) if last == "-" else int(last), value)
-        else:
-            parent[last] = value
-
-    def remove(parts: list[str]) -> Any:
-        parent, last = walk(parts)
-        return parent.pop(int(last)) if isinstance(parent, list) else parent.pop(last)
-
-    try:
-        for op in ops:
-            kind, path = op["op"], _pointer(op["path"])
-            if kind == "add":
-                add(path, copy.deepcopy(op["value"]))
-            elif kind == "remove":
-                remove(path)
-            elif kind == "replace":
-                remove(path)
-                add(path, copy.deepcopy(op["value"]))
-            elif kind == "move":
-                add(path, remove(_pointer(op["from"])))
-            elif kind == "copy":
-                add(path, copy.deepcopy(get(_pointer(op["from"]))))
-            elif kind == "test":
-                if get(path) != op["value"]:
-                    raise ApiError(422, "Invalid", f"test failed at {op['path']}")
-            else:
-                raise ApiError(422, "Invalid", f"unknown patch op {kind!r}")
-    except (KeyError, IndexError, ValueError, TypeError) as e:
-        raise ApiError(422, "Invalid", f"the patch does not apply: {e}") from None
-    return doc
-
-
-# -- the store ----------------------------------------------------------------------------
-
-class Store:
-    """Objects under one global resourceVersion, and the history watches read."""
-
-    def __init__(self, history: int = 100_000) -> None:
-        self.lock = threading.Condition()
-        self.rv = 1
-        self.objects: dict[Key, dict[str, Any]] = {}
-        self.history: list[tuple[int, str, str, dict[str, Any]]] = []  # rv, plural, type, obj
-        self.compacted = 0  # watches from below this get 410 Gone
-        self.max_history = history
-
-    def _record(self, plural: str, kind: str, obj: dict[str, Any]) -> None:
-        self.history.append((self.rv, plural, kind, copy.deepcopy(obj)))
-        if len(self.history) > self.max_history:
-            drop = len(self.history) - self.max_history
-            self.compacted = self.history[drop - 1][0] + 1
-            del self.history[:drop]
-        self.lock.notify_all()
-
-    def put(self, kind: Kind, obj: dict[str, Any], event: str) -> dict[str, Any]:
-        """Store ``obj`` as a new revision (caller holds the lock)."""
-        self.rv += 1
-        meta = obj.setdefault("metadata", {})
-        meta["resourceVersion"] = str(self.rv)
-        obj["kind"] = kind.kind
-        obj["apiVersion"] = kind.api_version
-        key = (kind.plural, meta.get("namespace", ""), meta["name"])
-        self.objects[key] = obj
-        self._record(kind.plural, event, obj)
-        return copy.deepcopy(obj)
-
-    def delete(self, kind: Kind, ns: str, name: str) -> dict[str, Any]:
-        obj = self.objects.pop((kind.plural, ns, name))
-        self.rv += 1
-        obj["metadata"]["resourceVersion"] = str(self.rv)
-        self._record(kind.plural, "DELETED", obj)
-        return copy.deepcopy(obj)
-
-    def compact(self) -> None:
-        """Forget the history: watches resuming from an older resourceVersion get 410."""
-        with self.lock:
-            self.compacted = self.rv + 1
-            self.history.clear()
-
-
-# -- the server ---------------------------------------------------------------------------
-
-@dataclass
-class Faults:
-    paused: threading.Event
-    fail_status: int = 0
-    fail_count: int = 0
-    retry_after: int = 1
-    watch_epoch: int = 0
+from .semantics import FieldSelector, LabelSelector, json_patch, merge_patch
+from .store import BY_KIND, BY_PATH, KINDS, ApiError, Faults, Kind, Store, not_found, now
+from .tables import discovery_resources, table
+from .watch import Watch
 
 
 class SimApiServer:
@@ -339,7 +64,7 @@ class SimApiServer:
         with self.store.lock:
             for ns in ("default", "kube-system"):
                 self.store.put(BY_KIND["Namespace"], {"metadata": {
-                    "name": ns, "uid": str(uuid.uuid4()), "creationTimestamp": _now()},
+                    "name": ns, "uid": str(uuid.uuid4()), "creationTimestamp": now()},
                     "status": {"phase": "Active"}}, "ADDED")
 
     @property
@@ -402,7 +127,7 @@ class SimApiServer:
             old = self.store.objects.get(key)
             if old is None:
                 meta.setdefault("uid", str(uuid.uuid4()))
-                meta.setdefault("creationTimestamp", _now())
+                meta.setdefault("creationTimestamp", now())
                 return self.store.put(kind, obj, "ADDED")
             meta["uid"] = old["metadata"]["uid"]
             meta["creationTimestamp"] = old["metadata"]["creationTimestamp"]
@@ -446,59 +171,6 @@ class _HttpServer(ThreadingHTTPServer):
     def __init__(self, addr: tuple[str, int], handler: type, sim: SimApiServer) -> None:
         self.sim = sim
         super().__init__(addr, handler)
-
-
-def _discovery_resources(group: str, version: str) -> list[dict[str, Any]]:
-    out = []
-    for k in KINDS:
-        if (k.group, k.version) != (group, version):
-            continue
-        verbs = ["create", "delete", "get", "list", "patch", "update", "watch"]
-        out.append({"name": k.plural, "singularName": k.kind.lower(), "namespaced":
-                    k.namespaced, "kind": k.kind, "verbs": verbs, "shortNames": list(k.short)})
-        if k.status:
-            out.append({"name": f"{k.plural}/status", "singularName": "", "namespaced":
-                        k.namespaced, "kind": k.kind, "verbs": ["get", "patch", "update"]})
-    return out
-
-
-def _age(stamp: str) -> str:
-    try:
-        secs = int(time.time() - time.mktime(time.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ"))
-                   + time.mktime(time.gmtime(0)))
-    except (ValueError, TypeError):
-        return "<unknown>"
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if secs >= size * 2:
-            return f"{secs // size}{unit}"
-    return f"{max(secs, 0)}s"
-
-
-def _table(kind: Kind, items: list[dict[str, Any]], meta: dict[str, Any]) -> dict[str, Any]:
-    """Server-side printing, as ``kubectl get`` asks for it (``as=Table``)."""
-    cols = [("Name", "string"), ("Age", "string")]
-    if kind.kind == "Service":
-        cols = [("Name", "string"), ("Type", "string"), ("External-IP", "string"),
-                ("Port(s)", "string"), ("Age", "string")]
-    rows = []
-    for obj in items:
-        m = obj.get("metadata", {})
-        cells = [m.get("name"), _age(m.get("creationTimestamp", ""))]
-        if kind.kind == "Service":
-            spec = obj.get("spec") or {}
-            lb = ((obj.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []
-            ext = ",".join(i.get("ip", "") for i in lb) or (
-                "<pending>" if spec.get("type") == "LoadBalancer" else "<none>")
-            ports = ",".join(f"{p.get('port')}:{p.get('nodePort')}/{p.get('protocol', 'TCP')}"
-                             if p.get("nodePort") else f"{p.get('port')}/{p.get('protocol')}"
-                             for p in spec.get("ports") or [])
-            cells = [m.get("name"), spec.get("type"), ext, ports, cells[1]]
-        rows.append({"cells": cells, "object": {
-            "kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": m}})
-    return {"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": meta,
-            "columnDefinitions": [{"name": n, "type": t, "format": "name" if n == "Name" else "",
-                                   "description": n, "priority": 0} for n, t in cols],
-            "rows": rows}
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -616,8 +288,13 @@ class _Handler(BaseHTTPRequestHandler):
         if not rest:
             self._send_json(200, {"kind": "APIResourceList", "apiVersion": "v1",
                                   "groupVersion": f"{group}/{version}" if group else version,
-                                  "resources": _discovery_resources(group, version)})
+                                  "resources": discovery_resources(group, version)})
             return
+        self._resource(verb, group, version, rest, q)
+
+    def _resource(self, verb: str, group: str, version: str, rest: list[str],
+                  q: dict[str, str]) -> None:
+        """A request on a collection or an object: /namespaces/NS/PLURAL[/NAME[/SUB]]."""
         ns = ""
         if rest[0] == "namespaces" and len(rest) >= 3:
             ns, rest = rest[1], rest[2:]
@@ -638,20 +315,26 @@ class _Handler(BaseHTTPRequestHandler):
         sim = self.server.sim
         sim.calls[call] = sim.calls.get(call, 0) + 1
         if not name:
-            if verb == "GET":
-                if q.get("watch") in ("true", "1"):
-                    self._watch(kind, ns, q)
-                else:
-                    self._list(kind, ns, q)
-            elif verb == "POST":
-                self._create(kind, ns)
-            else:
-                raise ApiError(405, "MethodNotAllowed", f"{verb} on a collection")
+            self._collection(verb, kind, ns, q)
             return
+        self._object(verb, kind, ns, name, sub)
+
+    def _collection(self, verb: str, kind: Kind, ns: str, q: dict[str, str]) -> None:
+        if verb == "GET":
+            if q.get("watch") in ("true", "1"):
+                self._watch(kind, ns, q)
+            else:
+                self._list(kind, ns, q)
+        elif verb == "POST":
+            self._create(kind, ns)
+        else:
+            raise ApiError(405, "MethodNotAllowed", f"{verb} on a collection")
+
+    def _object(self, verb: str, kind: Kind, ns: str, name: str, sub: str) -> None:
         if verb == "GET":
             obj = self._get(kind, ns, name)
             if "as=Table" in (self.headers.get("Accept") or ""):
-                obj = _table(kind, [obj], {"resourceVersion": obj["metadata"]["resourceVersion"]})
+                obj = table(kind, [obj], {"resourceVersion": obj["metadata"]["resourceVersion"]})
             self._send_json(200, obj)
         elif verb == "PUT":
             self._update(kind, ns, name, sub, self._read_body())
@@ -660,7 +343,7 @@ class _Handler(BaseHTTPRequestHandler):
         elif verb == "DELETE":
             with self.server.sim.store.lock:
                 if (kind.plural, ns, name) not in self.server.sim.store.objects:
-                    raise self._not_found(kind, name)
+                    raise not_found(kind, name)
                 obj = self.server.sim.store.delete(kind, ns, name)
             self._send_json(200, obj)
         else:
@@ -673,77 +356,19 @@ class _Handler(BaseHTTPRequestHandler):
             raise ApiError(400, "BadRequest", "expected a JSON object")
         return body
 
-    @staticmethod
-    def _not_found(kind: Kind, name: str) -> ApiError:
-        return ApiError(404, "NotFound", f'{kind.plural} "{name}" not found')
-
     def _get(self, kind: Kind, ns: str, name: str) -> dict[str, Any]:
         store = self.server.sim.store
         with store.lock:
             obj = store.objects.get((kind.plural, ns, name))
             if obj is None:
-                raise self._not_found(kind, name)
+                raise not_found(kind, name)
             return copy.deepcopy(obj)
 
     def _create(self, kind: Kind, ns: str) -> None:
-        body = self._read_body()
-        meta = body.setdefault("metadata", {})
-        if not meta.get("name"):
-            if meta.get("generateName"):
-                meta["name"] = meta["generateName"] + uuid.uuid4().hex[:5]
-            else:
-                raise ApiError(422, "Invalid", "metadata.name: Required value")
-        if kind.namespaced:
-            if meta.get("namespace", ns) != ns:
-                raise ApiError(400, "BadRequest", "the namespace of the object does not "
-                                                  "match the namespace of the request")
-            meta["namespace"] = ns
-        else:
-            meta.pop("namespace", None)
-        store = self.server.sim.store
-        with store.lock:
-            if (kind.plural, ns, meta["name"]) in store.objects:
-                raise ApiError(409, "AlreadyExists",
-                               f'{kind.plural} "{meta["name"]}" already exists')
-            meta["uid"] = str(uuid.uuid4())
-            meta["creationTimestamp"] = _now()
-            meta.setdefault("generation", 1)
-            out = store.put(kind, body, "ADDED")
-        self._send_json(201, out)
+        self._send_json(201, self.server.sim.store.create(kind, ns, self._read_body()))
 
     def _update(self, kind: Kind, ns: str, name: str, sub: str, body: Any) -> None:
-        store = self.server.sim.store
-        with store.lock:
-            old = store.objects.get((kind.plural, ns, name))
-            if old is None:
-                raise self._not_found(kind, name)
-            meta = body.setdefault("metadata", {})
-            rv = meta.get("resourceVersion")
-            if rv and rv != old["metadata"]["resourceVersion"]:
-                raise ApiError(409, "Conflict", f'Operation cannot be fulfilled on '
-                               f'{kind.plural} "{name}": the object has been modified; '
-                               'please apply your changes to the latest version and try again')
-            if meta.get("name", name) != name:
-                raise ApiError(400, "BadRequest", "the name of the object does not match")
-            new = copy.deepcopy(old)
-            if sub == "status":
-                new["status"] = body.get("status", {})
-            else:
-                status = old.get("status")
-                new = body
-                new_meta = new["metadata"]
-                for k in ("uid", "creationTimestamp", "namespace", "name"):
-                    if k in old["metadata"]:
-                        new_meta[k] = old["metadata"][k]
-                if kind.status:
-                    if status is not None:
-                        new["status"] = status
-                    else:
-                        new.pop("status", None)
-                if new.get("spec") != old.get("spec"):
-                    new_meta["generation"] = old["metadata"].get("generation", 1) + 1
-            out = store.put(kind, new, "MODIFIED")
-        self._send_json(200, out)
+        self._send_json(200, self.server.sim.store.update(kind, ns, name, sub, body))
 
     def _patch(self, kind: Kind, ns: str, name: str, sub: str) -> None:
         ctype = (self.headers.get("Content-Type") or "").split(";")[0].strip()
@@ -765,6 +390,16 @@ class _Handler(BaseHTTPRequestHandler):
             new.setdefault("metadata", {})["resourceVersion"] = \
                 current["metadata"]["resourceVersion"]
         self._update(kind, ns, name, sub, new)
+
+    def _watch(self, kind: Kind, ns: str, q: dict[str, str]) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        self.close_connection = True
+        sim = self.server.sim
+        Watch(sim.store, sim.faults, sim.bookmark_interval, self.wfile, kind,
+              self._matching(kind, ns, q), q).run()
 
     def _matching(self, kind: Kind, ns: str, q: dict[str, str]) -> Any:
         labels = LabelSelector(q.get("labelSelector", ""))
@@ -803,89 +438,7 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             items = items[start:]
         if "as=Table" in (self.headers.get("Accept") or ""):
-            self._send_json(200, _table(kind, items, meta))
+            self._send_json(200, table(kind, items, meta))
             return
         self._send_json(200, {"kind": f"{kind.kind}List", "apiVersion": kind.api_version,
                               "metadata": meta, "items": items})
-
-    def _watch(self, kind: Kind, ns: str, q: dict[str, str]) -> None:
-        sim = self.server.sim
-        store = sim.store
-        match = self._matching(kind, ns, q)
-        timeout = float(q.get("timeoutSeconds") or 1800)
-        bookmarks = q.get("allowWatchBookmarks") in ("true", "1")
-        deadline = time.monotonic() + timeout
-        epoch = sim.faults.watch_epoch
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Transfer-Encoding", "chunked")
-        self.end_headers()
-        self.close_connection = True
-
-        def emit(event: dict[str, Any]) -> None:
-            data = json.dumps(event).encode() + b"\n"
-            self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
-            self.wfile.flush()
-
-        rv_text = q.get("resourceVersion", "")
-        initial: list[dict[str, Any]] | None
-        with store.lock:
-            if rv_text in ("", "0"):
-                initial = [copy.deepcopy(o) for (p, _, _), o in sorted(store.objects.items())
-                           if match(p, o)]
-                since = store.rv
-            else:
-                initial = []
-                since = int(rv_text)
-                if since + 1 < store.compacted:
-                    initial = None
-        try:
-            if initial is None:
-                emit({"type": "ERROR", "object": ApiError(
-                    410, "Expired", f"too old resource version: {since} "
-                    f"({store.compacted - 1})").status()})
-                return
-            for obj in initial:
-                emit({"type": "ADDED", "object": obj})
-            last_bookmark = time.monotonic()
-            while True:
-                with store.lock:
-                    while True:
-                        if sim.faults.watch_epoch != epoch:
-                            return
-                        if since + 1 < store.compacted:
-                            emit_gone = True
-                            break
-                        emit_gone = False
-                        start = bisect.bisect_right(store.history, since,
-                                                    key=lambda h: h[0])
-                        pending = store.history[start:]
-                        now = time.monotonic()
-                        if pending or now >= deadline or (
-                                bookmarks and now - last_bookmark >= sim.bookmark_interval):
-                            break
-                        store.lock.wait(min(deadline - now, 0.5))
-                    current = store.rv
-                if emit_gone:
-                    emit({"type": "ERROR", "object": ApiError(
-                        410, "Expired", "too old resource version").status()})
-                    return
-                for rv, plural, event, obj in pending:
-                    since = rv
-                    if match(plural, obj):
-                        emit({"type": event, "object": obj})
-                if time.monotonic() >= deadline:
-                    return
-                if bookmarks and time.monotonic() - last_bookmark >= sim.bookmark_interval:
-                    since = max(since, current)
-                    emit({"type": "BOOKMARK", "object": {
-                        "kind": kind.kind, "apiVersion": kind.api_version,
-                        "metadata": {"resourceVersion": str(since)}}})
-                    last_bookmark = time.monotonic()
-        finally:
-            try:
-                self.wfile.write(b"0\r\n\r\n")
-                self.wfile.flush()
-            except OSError:
-                pass
-

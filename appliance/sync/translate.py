@@ -22,7 +22,7 @@ from __future__ import annotations
 import base64
 import hashlib
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..model import (
@@ -177,70 +177,190 @@ def _created(obj: Obj) -> tuple[str, str]:
 
 def translate(cluster: Cluster, spec: ClusterSpec, ipam: Ipam) -> Translation:
     """Everything edgelb forwards for ``cluster``; ``ipam`` is updated in place."""
-    problems: list[Problem] = []
-    status: dict[tuple[str, str, str], list[str]] = {}
-    listeners: list[Listener] = []
-    nodes = sorted(cluster.nodes.values(), key=lambda n: _meta(n).get("name", ""))
-    usable = [(n, node_address(n)) for n in nodes if node_usable(n)]
-    usable_nodes = [(str(_meta(n).get("name")), ip) for n, ip in usable if ip]
-    slices = list(cluster.slices.values())
-    # One tuple of node Backends shared by every nodePort listener (the nodePort is on
-    # the listener): services x nodes pairs would be millions of objects at scale.
-    all_nodes = tuple(Backend(ip, 0) for _, ip in usable_nodes)
-
+    t = _Translator(cluster, spec)
     # Release the addresses of services that are gone (or no longer ours) before
     # allocating: a service created in the same rebuild may take one of them.
     ipam.retain([key(svc) for svc in cluster.services.values() if ours(svc, spec)])
     for svc in sorted(cluster.services.values(), key=_created):
-        if not ours(svc, spec):
-            continue
-        skey = key(svc)
+        if ours(svc, spec):
+            t.service(svc, ipam)
+    if spec.ingress_http is not None or spec.ingress_https is not None:
+        t.ingresses()
+    return Translation(t.listeners, dict(ipam), t.status, t.problems, t.tls_files)
+
+
+class _Translator:
+    """What one translation accumulates: listeners, desired status, problems."""
+
+    def __init__(self, cluster: Cluster, spec: ClusterSpec) -> None:
+        self.cluster = cluster
+        self.spec = spec
+        self.problems: list[Problem] = []
+        self.status: dict[tuple[str, str, str], list[str]] = {}
+        self.listeners: list[Listener] = []
+        self.tls_files: dict[str, bytes] = {}
+        nodes = sorted(cluster.nodes.values(), key=lambda n: _meta(n).get("name", ""))
+        usable = [(n, node_address(n)) for n in nodes if node_usable(n)]
+        self.nodes = [(str(_meta(n).get("name")), ip) for n, ip in usable if ip]
+        self.slices = list(cluster.slices.values())
+        # One tuple of node Backends shared by every nodePort listener (the nodePort is
+        # on the listener): services x nodes pairs would be millions of objects at scale.
+        self.all_nodes = tuple(Backend(ip, 0) for _, ip in self.nodes)
+        # Ingresses: the pools, routes and certificates of the ingress listeners, and
+        # which host and path each Ingress claimed (the oldest keeps a contested one).
+        self.pools: dict[str, Pool] = {}
+        self.routes: list[Route] = []
+        self.claimed: dict[tuple[str, tuple[str, object]], str] = {}
+        self.default_pool: str | None = None
+        self.certs: list[TlsCert] = []
+
+    def problem(self, obj: Obj, kind: str, reason: str, message: str) -> None:
+        meta = _meta(obj)
+        self.problems.append(Problem(kind, meta.get("namespace", ""), meta.get("name", ""),
+                                     reason, message))
+
+    # -- LoadBalancer Services -----------------------------------------------------------
+
+    def service(self, svc: Obj, ipam: Ipam) -> None:
+        """A VIP for ``svc`` and a listener per port, on the nodes' nodePorts."""
         meta, s = _meta(svc), svc.get("spec") or {}
         ann = meta.get("annotations") or {}
         ports = [p for p in s.get("ports") or [] if p.get("nodePort")]
         pset = [(str(p.get("protocol", "TCP")).lower(), int(p["port"])) for p in ports]
         requested = ann.get(ADDRESS_ANNOTATION) or s.get("loadBalancerIP") or None
         try:
-            vip = ipam.allocate(skey, pset, requested, ann.get(SHARED_ANNOTATION, ""))
+            vip = ipam.allocate(key(svc), pset, requested, ann.get(SHARED_ANNOTATION, ""))
         except (PoolExhausted, AddressTaken, NotInPool) as e:
             reason = {PoolExhausted: "AllocationFailed", AddressTaken: "AddressTaken",
                       NotInPool: "AddressNotInPool"}[type(e)]
-            problems.append(Problem("Service", meta.get("namespace", ""), meta.get("name", ""),
-                                    reason, str(e)))
-            continue
-        status[("Service", meta.get("namespace", ""), meta.get("name", ""))] = [vip]
+            self.problem(svc, "Service", reason, str(e))
+            return
+        self.status[("Service", meta.get("namespace", ""), meta.get("name", ""))] = [vip]
         local = s.get("externalTrafficPolicy") == "Local"
-        local_nodes = _local_nodes(svc, slices) if local else set()
-        hc_port = int(s.get("healthCheckNodePort") or 0)
+        backends = self.all_nodes
+        health = HealthSpec(type="none")
+        if local:
+            on = _local_nodes(svc, self.slices)
+            backends = tuple(Backend(ip, 0) for name, ip in self.nodes if name in on)
+            hc_port = int(s.get("healthCheckNodePort") or 0)
+            if hc_port:
+                health = HealthSpec(type="http", path="/healthz", port=hc_port,
+                                    interval=1.0, timeout=0.5, rise=1, fall=2)
+        # Otherwise a node's health is its Ready condition (from the API) plus passive
+        # ejection on failed connects: probing every nodePort of every service on every
+        # node would be services x nodes probes for what one condition says.
         for p in ports:
             proto = str(p.get("protocol", "TCP")).lower()
             if proto not in ("tcp", "udp"):
-                problems.append(Problem("Service", meta.get("namespace", ""),
-                                        meta.get("name", ""), "UnsupportedProtocol",
-                                        f"port {p['port']}: {p.get('protocol')} is not served"))
+                self.problem(svc, "Service", "UnsupportedProtocol",
+                             f"port {p['port']}: {p.get('protocol')} is not served")
                 continue
-            backends = all_nodes if not local else tuple(
-                Backend(ip, 0) for name, ip in usable_nodes if name in local_nodes)
-            if local and hc_port:
-                health = HealthSpec(type="http", path="/healthz", port=hc_port, interval=1.0,
-                                    timeout=0.5, rise=1, fall=2)
-            else:
-                # A node's health is its Ready condition (from the API) plus passive
-                # ejection on failed connects: probing every nodePort of every service on
-                # every node would be services x nodes probes for what one condition says.
-                health = HealthSpec(type="none")
-            listeners.append(Listener(
-                name=f"{skey}:{p['port']}/{proto}", bind=(vip, int(p["port"])),
+            self.listeners.append(Listener(
+                name=f"{key(svc)}:{p['port']}/{proto}", bind=(vip, int(p["port"])),
                 protocol=proto, backends=backends, health=health,
                 balance="maglev" if proto == "udp" else "round_robin",
                 backend_port=int(p["nodePort"])))
 
-    ing_listeners, ing_status, ing_problems, tls_files = _ingresses(
-        cluster, spec, usable_nodes, slices)
-    listeners += ing_listeners
-    status.update(ing_status)
-    problems += ing_problems
-    return Translation(listeners, dict(ipam), status, problems, tls_files)
+    # -- Ingresses -----------------------------------------------------------------------
+
+    def ingresses(self) -> None:
+        """The Ingresses of our class as routes on the ingress addresses."""
+        spec = self.spec
+        classes, is_default = _our_classes(self.cluster, spec)
+        classes.add(spec.ingress_class)
+        vips = [a[0] for a in (spec.ingress_http, spec.ingress_https) if a is not None]
+        for ing in sorted(self.cluster.ingresses.values(), key=_created):
+            meta, s = _meta(ing), ing.get("spec") or {}
+            cls = s.get("ingressClassName") or (meta.get("annotations") or {}).get(
+                "kubernetes.io/ingress.class")
+            if cls in classes or (cls is None and is_default):
+                self.status[("Ingress", meta.get("namespace", ""), meta.get("name", ""))] = vips
+                self.ingress(ing)
+        http = HttpSpec(routes=tuple(self.routes), pools=tuple(self.pools.values()),
+                        default_pool=self.default_pool)
+        if spec.ingress_http is not None:
+            self.listeners.append(Listener(name="ingress-http", bind=spec.ingress_http,
+                                           protocol="http", http=http))
+        if spec.ingress_https is not None and self.certs:
+            self.listeners.append(Listener(name="ingress-https", bind=spec.ingress_https,
+                                           protocol="https",
+                                           http=replace(http, tls=tuple(self.certs))))
+
+    def ingress(self, ing: Obj) -> None:
+        meta, s = _meta(ing), ing.get("spec") or {}
+        name = f"{meta.get('namespace', '')}/{meta.get('name', '')}"
+        if s.get("defaultBackend") and self.default_pool is None:
+            self.default_pool = self.pool_for(ing, s["defaultBackend"])
+        for rule in s.get("rules") or []:
+            host = str(rule.get("host") or "").lower()
+            rules: list[PathRule] = []
+            for path in (rule.get("http") or {}).get("paths") or []:
+                ptype = path.get("pathType") or "ImplementationSpecific"
+                ppath = path.get("path") or "/"
+                claim = (host, PathRule(ppath, ptype, "").match_key)
+                if claim in self.claimed:
+                    self.problem(ing, "Ingress", "RuleConflict",
+                                 f"host {host or '*'!r} path {ppath!r} is already served by "
+                                 f"the older {self.claimed[claim]}")
+                    continue
+                pool = self.pool_for(ing, path.get("backend") or {})
+                if pool is None:
+                    continue
+                self.claimed[claim] = name
+                rules.append(PathRule(ppath, ptype, pool))
+            if rules:
+                self.routes.append(Route(host, tuple(rules)))
+        for tls in s.get("tls") or []:
+            self.certificate(ing, tls)
+
+    def pool_for(self, ing: Obj, backend: Obj) -> str | None:
+        """The pool of an Ingress backend (its Service's nodePort on the nodes, or its
+        endpoints), made once per Service port; None (and a problem) when there is none."""
+        svc_ref = backend.get("service") or {}
+        ns = _meta(ing).get("namespace", "")
+        svc = self.cluster.services.get(f"{ns}/{svc_ref.get('name')}")
+        if svc is None:
+            self.problem(ing, "Ingress", "ServiceNotFound",
+                         f"service {svc_ref.get('name')!r} does not exist")
+            return None
+        want = svc_ref.get("port") or {}
+        port = next((p for p in (svc.get("spec") or {}).get("ports") or []
+                     if p.get("port") == want.get("number") or
+                     (want.get("name") and p.get("name") == want.get("name"))), None)
+        if port is None:
+            self.problem(ing, "Ingress", "PortNotFound", f"service {svc_ref.get('name')!r} "
+                         f"has no port {want.get('number') or want.get('name')!r}")
+            return None
+        name = f"{ns}/{svc_ref.get('name')}:{port.get('port')}"
+        if name in self.pools:
+            return name
+        if self.spec.direct_endpoints:
+            backends = tuple(Backend(ip, p) for ip, p in _endpoints(svc, port, self.slices))
+        elif port.get("nodePort"):
+            backends = tuple(Backend(ip, int(port["nodePort"])) for _, ip in self.nodes)
+        else:
+            self.problem(ing, "Ingress", "NoNodePort", f"service {svc_ref.get('name')!r} has "
+                         "no nodePort (use type NodePort, or direct_endpoints)")
+            return None
+        self.pools[name] = Pool(name, "round_robin", backends, HealthSpec(type="none"))
+        return name
+
+    def certificate(self, ing: Obj, tls: Obj) -> None:
+        """An Ingress TLS entry: its Secret's certificate, written under ``tls_dir``."""
+        ns = _meta(ing).get("namespace", "")
+        secret = self.cluster.secrets.get(f"{ns}/{tls.get('secretName')}")
+        data = (secret or {}).get("data") or {}
+        if secret is None or "tls.crt" not in data or "tls.key" not in data:
+            self.problem(ing, "Ingress", "SecretNotFound", f"TLS secret "
+                         f"{tls.get('secretName')!r} is missing or not kubernetes.io/tls")
+            return
+        crt = base64.b64decode(data["tls.crt"])
+        pkey = base64.b64decode(data["tls.key"])
+        digest = hashlib.sha256(crt + b"\0" + pkey).hexdigest()[:16]
+        base = f"{self.spec.tls_dir}/{ns}_{tls.get('secretName')}_{digest}"
+        self.tls_files[f"{base}.crt"], self.tls_files[f"{base}.key"] = crt, pkey
+        hosts = tuple(str(h).lower() for h in tls.get("hosts") or [])
+        self.certs.append(TlsCert(hosts, f"{base}.crt", f"{base}.key", digest))
 
 
 def seed_ipam(cluster: Cluster, spec: ClusterSpec, ipam: Ipam) -> None:
@@ -273,115 +393,3 @@ def _our_classes(cluster: Cluster, spec: ClusterSpec) -> tuple[set[str], bool]:
             if (_meta(ic).get("annotations") or {}).get(DEFAULT_CLASS_ANNOTATION) == "true":
                 default = True
     return names, default
-
-
-def _ingresses(cluster: Cluster, spec: ClusterSpec, nodes: list[tuple[str, str]],
-               slices: list[Obj]) -> tuple[list[Listener], dict[tuple[str, str, str],
-                                                                 list[str]],
-                                           list[Problem], dict[str, bytes]]:
-    problems: list[Problem] = []
-    if spec.ingress_http is None and spec.ingress_https is None:
-        return [], {}, problems, {}
-    classes, is_default = _our_classes(cluster, spec)
-    classes.add(spec.ingress_class)
-    pools: dict[str, Pool] = {}
-    routes: list[Route] = []
-    claimed: dict[tuple[str, str, str], str] = {}
-    default_pool: str | None = None
-    certs: list[TlsCert] = []
-    tls_files: dict[str, bytes] = {}
-    status: dict[tuple[str, str, str], list[str]] = {}
-    vips = [a[0] for a in (spec.ingress_http, spec.ingress_https) if a is not None]
-
-    def pool_for(ing: Obj, backend: Obj) -> str | None:
-        svc_ref = backend.get("service") or {}
-        ns = _meta(ing).get("namespace", "")
-        svc = cluster.services.get(f"{ns}/{svc_ref.get('name')}")
-        if svc is None:
-            problems.append(Problem("Ingress", ns, _meta(ing).get("name", ""),
-                                    "ServiceNotFound", f"service {svc_ref.get('name')!r} "
-                                    f"does not exist"))
-            return None
-        want = svc_ref.get("port") or {}
-        port = next((p for p in (svc.get("spec") or {}).get("ports") or []
-                     if p.get("port") == want.get("number") or
-                     (want.get("name") and p.get("name") == want.get("name"))), None)
-        if port is None:
-            problems.append(Problem("Ingress", ns, _meta(ing).get("name", ""),
-                                    "PortNotFound", f"service {svc_ref.get('name')!r} has no "
-                                    f"port {want.get('number') or want.get('name')!r}"))
-            return None
-        name = f"{ns}/{svc_ref.get('name')}:{port.get('port')}"
-        if name in pools:
-            return name
-        if spec.direct_endpoints:
-            backends = tuple(Backend(ip, p) for ip, p in _endpoints(svc, port, slices))
-        elif port.get("nodePort"):
-            backends = tuple(Backend(ip, int(port["nodePort"])) for _, ip in nodes)
-        else:
-            problems.append(Problem("Ingress", ns, _meta(ing).get("name", ""), "NoNodePort",
-                                    f"service {svc_ref.get('name')!r} has no nodePort "
-                                    "(use type NodePort, or direct_endpoints)"))
-            return None
-        pools[name] = Pool(name, "round_robin", backends, HealthSpec(type="none"))
-        return name
-
-    for ing in sorted(cluster.ingresses.values(), key=_created):
-        meta, s = _meta(ing), ing.get("spec") or {}
-        cls = s.get("ingressClassName") or (meta.get("annotations") or {}).get(
-            "kubernetes.io/ingress.class")
-        if not (cls in classes or (cls is None and is_default)):
-            continue
-        ns, name = meta.get("namespace", ""), meta.get("name", "")
-        status[("Ingress", ns, name)] = vips
-        if s.get("defaultBackend") and default_pool is None:
-            default_pool = pool_for(ing, s["defaultBackend"])
-        for rule in s.get("rules") or []:
-            host = str(rule.get("host") or "").lower()
-            rules: list[PathRule] = []
-            for path in (rule.get("http") or {}).get("paths") or []:
-                ptype = path.get("pathType") or "ImplementationSpecific"
-                ppath = path.get("path") or "/"
-                claim = (host, ppath.rstrip("/") if ptype != "Exact" else ppath, ptype)
-                if claim in claimed:
-                    problems.append(Problem("Ingress", ns, name, "RuleConflict",
-                                            f"host {host or '*'!r} path {ppath!r} is already "
-                                            f"served by the older {claimed[claim]}"))
-                    continue
-                pool = pool_for(ing, path.get("backend") or {})
-                if pool is None:
-                    continue
-                claimed[claim] = f"{ns}/{name}"
-                rules.append(PathRule(ppath, ptype, pool))
-            if rules:
-                routes.append(Route(host, tuple(rules)))
-        for tls in s.get("tls") or []:
-            secret = cluster.secrets.get(f"{ns}/{tls.get('secretName')}")
-            data = (secret or {}).get("data") or {}
-            if secret is None or "tls.crt" not in data or "tls.key" not in data:
-                problems.append(Problem("Ingress", ns, name, "SecretNotFound",
-                                        f"TLS secret {tls.get('secretName')!r} is missing or "
-                                        "not kubernetes.io/tls"))
-                continue
-            crt = base64.b64decode(data["tls.crt"])
-            pkey = base64.b64decode(data["tls.key"])
-            digest = hashlib.sha256(crt + b"\0" + pkey).hexdigest()[:16]
-            crt_path = f"{spec.tls_dir}/{ns}_{tls.get('secretName')}_{digest}.crt"
-            key_path = f"{spec.tls_dir}/{ns}_{tls.get('secretName')}_{digest}.key"
-            tls_files[crt_path], tls_files[key_path] = crt, pkey
-            hosts = tuple(str(h).lower() for h in tls.get("hosts") or [])
-            certs.append(TlsCert(hosts, crt_path, key_path, digest))
-
-    listeners: list[Listener] = []
-    http = HttpSpec(routes=tuple(routes), pools=tuple(pools.values()),
-                    default_pool=default_pool)
-    if spec.ingress_http is not None:
-        listeners.append(Listener(name="ingress-http", bind=spec.ingress_http,
-                                  protocol="http", http=http))
-    if spec.ingress_https is not None and certs:
-        listeners.append(Listener(name="ingress-https", bind=spec.ingress_https,
-                                  protocol="https",
-                                  http=HttpSpec(routes=http.routes, pools=http.pools,
-                                                default_pool=default_pool,
-                                                tls=tuple(certs))))
-    return listeners, status, problems, tls_files

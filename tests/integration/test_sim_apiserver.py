@@ -17,7 +17,8 @@ import pytest
 from kubernetes import client, config, watch
 from kubernetes.client.rest import ApiException
 
-from appliance.sim.apiserver import SimApiServer, label_matcher
+from appliance.sim.apiserver import SimApiServer
+from appliance.sim.semantics import label_matcher
 
 
 @pytest.fixture
