@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
 
+from .model import Listener
+
 # -- counters ------------------------------------------------------------------------------
 
 
@@ -120,7 +122,7 @@ class SnapshotView:
     version: int
     digest: str
     workers: int
-    listeners: tuple[Any, ...]  # model.Listener
+    listeners: tuple[Listener, ...]
     from_cluster: int
     config_path: str
     draining: bool = False

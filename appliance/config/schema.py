@@ -250,16 +250,22 @@ TOP = Section("", (
 def key_paths(section: Section = TOP, prefix: str = "") -> Iterator[str]:
     """Every key's path as the config reference writes it: ``listeners[].health.rise``,
     ``listeners[].pools.NAME.backends[].weight``."""
+    for path, entry in entry_paths(section, prefix):
+        if isinstance(entry, Key) or (isinstance(entry, ListOf)
+                                      and not isinstance(entry.item, Section)):
+            yield path
+
+
+def entry_paths(section: Section = TOP, prefix: str = "") -> Iterator[tuple[str, Entry]]:
+    """Every entry (keys, and the sections and lists that hold keys) with its path."""
     for e in section.entries:
         path = f"{prefix}.{e.name}" if prefix else e.name
-        if isinstance(e, Key):
-            yield path
-        elif isinstance(e, Section):
-            yield from key_paths(e, path)
-        elif isinstance(e, ListOf):
-            if isinstance(e.item, Section):
-                yield from key_paths(e.item, f"{path}[]")
-            else:
-                yield path
-        else:
-            yield from key_paths(e.item, f"{path}.NAME")
+        yield path, e
+        if isinstance(e, Section):
+            yield from entry_paths(e, path)
+        elif isinstance(e, ListOf) and isinstance(e.item, Section):
+            yield path + "[]", e
+            yield from entry_paths(e.item, f"{path}[]")
+        elif isinstance(e, MapOf):
+            yield path + ".NAME", e
+            yield from entry_paths(e.item, f"{path}.NAME")

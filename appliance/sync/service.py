@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
+from kubernetes import client
 
 from ..model import ClusterSpec, Listener
 from ..views import SyncView, WatchView
@@ -45,7 +46,7 @@ class ClusterService:
         self.ipam = Ipam(spec.address_pools)
         self.book = StatusBook()
         self.sync: ClusterSync | None = None
-        self.api: Any = None  # the client for writes (status, Events)
+        self.api: client.ApiClient | None = None  # the client for writes (status, Events)
         self.translation: Translation | None = None
         self.problems_seen: set[Problem] = set()
         self._seeded = False
@@ -119,8 +120,10 @@ class ClusterService:
         if changes:
             await self._write(changes)
         if problems:
+            assert self.api is not None
             await trio.to_thread.run_sync(post_events, self.api, problems, "edgelb")
 
     async def _write(self, changes: list[StatusChange]) -> None:
+        assert self.api is not None  # set before the sync starts
         failed = await trio.to_thread.run_sync(write_status, self.api, changes)
         self.book.written(len(changes) - len(failed), failed)
