@@ -19,17 +19,24 @@ from . import values as v
 from .values import Convert
 
 
-@dataclass(frozen=True)
-class Key:
+class _Sets:
+    """An entry that sets one model field: ``field``, or the one named as the key."""
+
     name: str
-    conv: Convert
-    help: str
-    field: str = ""  # the model field it sets, when not named as the key
-    required: bool = False
+    field: str
 
     @property
     def target(self) -> str:
         return self.field or self.name
+
+
+@dataclass(frozen=True)
+class Key(_Sets):
+    name: str
+    conv: Convert
+    help: str
+    field: str = ""
+    required: bool = False
 
 
 @dataclass(frozen=True)
@@ -59,16 +66,12 @@ class Section:
 
 
 @dataclass(frozen=True)
-class ListOf:
+class ListOf(_Sets):
     name: str
     item: Section | Convert
     help: str
     what: str = ""  # "addresses": what an error says the list should hold
     field: str = ""
-
-    @property
-    def target(self) -> str:
-        return self.field or self.name
 
 
 @dataclass(frozen=True)

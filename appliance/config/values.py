@@ -92,11 +92,21 @@ def int_range(lo: int, hi: int) -> Convert:
     return conv
 
 
-def name(v: Any) -> str:
-    """letters, digits, `-_.`, up to 63"""
-    if not isinstance(v, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}", v):
-        raise ValueError(f"{v!r} is not a name (letters, digits, '-', '_', '.'; up to 63)")
-    return v
+def matching(pattern: str, what: str) -> Convert:
+    """A string that matches ``pattern`` whole; the error says it is not ``what``."""
+    regex = re.compile(pattern)
+
+    def conv(v: Any) -> str:
+        if not isinstance(v, str) or not regex.fullmatch(v):
+            raise ValueError(f"{v!r} is not {what}")
+        return v
+    conv.__doc__ = what
+    return conv
+
+
+name = matching(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}",
+                "a name (letters, digits, '-', '_', '.'; up to 63)")
+group = matching(r"[A-Za-z_][A-Za-z0-9_.-]{0,31}", "a group name")
 
 
 def text(v: Any) -> str:
@@ -123,13 +133,6 @@ def abs_path(v: Any) -> str:
     """an absolute path"""
     if not isinstance(v, str) or not v.startswith("/"):
         raise ValueError(f"{v!r} is not an absolute path")
-    return v
-
-
-def group(v: Any) -> str:
-    """a group name"""
-    if not isinstance(v, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.-]{0,31}", v):
-        raise ValueError(f"{v!r} is not a group name")
     return v
 
 
