@@ -58,7 +58,6 @@ class Daemon:
         # Replaced at start by the ones the config asks for.
         self.datapath: Datapath = LocalDatapath()
         self.ha: HaService = Standalone()
-        self.ready = trio.Event()
         self._nursery: trio.Nursery | None = None
         self._down_seen: set[tuple[str, str]] = set()
 
@@ -135,7 +134,6 @@ class Daemon:
         every = watchdog_interval()
         if every is not None:
             nursery.start_soon(ping_watchdog, every)
-        self.ready.set()
 
     async def _put_in_force(self, snap: Snapshot) -> None:
         await self.datapath.apply(snap)
