@@ -10,6 +10,7 @@ import hashlib
 import ipaddress
 from collections.abc import Collection
 from dataclasses import dataclass, field, replace
+from enum import StrEnum
 
 BALANCERS = ("round_robin", "least_conn", "p2c", "maglev")
 
@@ -184,13 +185,23 @@ class HttpSpec:
         return next((p for p in self.pools if p.name == name), None)
 
 
+class Proto(StrEnum):
+    """What a listener serves, and so which part of the datapath serves it: TCP flows
+    and UDP flows at L4, HTTP and HTTPS requests at L7."""
+
+    TCP = "tcp"
+    UDP = "udp"
+    HTTP = "http"
+    HTTPS = "https"
+
+
 @dataclass(frozen=True)
 class Listener:
     """An address edgelb accepts on, with the pool of backends it balances across."""
 
     name: str
     bind: tuple[str, int]
-    protocol: str = "tcp"
+    protocol: Proto = Proto.TCP
     balance: str = "round_robin"
     backends: tuple[Backend, ...] = ()
     health: HealthSpec = field(default_factory=HealthSpec)
@@ -218,7 +229,7 @@ class Listener:
     @property
     def transport(self) -> str:
         """The socket type under the protocol: ``udp`` or ``tcp``."""
-        return "udp" if self.protocol == "udp" else "tcp"
+        return "udp" if self.protocol == Proto.UDP else "tcp"
 
     def backend_key(self, b: Backend) -> str:
         """The backend's identity within this listener: its address."""

@@ -27,6 +27,7 @@ from ..model import (
     PassiveSpec,
     PathRule,
     Pool,
+    Proto,
     Route,
     Snapshot,
     Timeouts,
@@ -243,9 +244,9 @@ def _listener(w: Walker, node: Node, path: str) -> Listener | None:
         return None
     before = len(w.issues)
     given = w.scalars(m, path, s.LISTENER)
-    protocol = given.get("protocol", "tcp")
-    is_http = protocol in ("http", "https")
-    if protocol != "tcp" and given.get("proxy_protocol", "none") != "none":
+    protocol = given.get("protocol", Proto.TCP)
+    is_http = protocol in (Proto.HTTP, Proto.HTTPS)
+    if protocol != Proto.TCP and given.get("proxy_protocol", "none") != "none":
         w.fail(f"{path}.proxy_protocol", m.get("proxy_protocol"),
                "PROXY protocol is only for tcp listeners")
     if not is_http:
@@ -253,7 +254,7 @@ def _listener(w: Walker, node: Node, path: str) -> Listener | None:
             w.fail(f"{path}.{key}", m[key], f"is only for http and https listeners, "
                                             f"not {protocol}")
     backends = _backends(w, m, node, path, required=not is_http or "pools" not in m)
-    udp = protocol == "udp"
+    udp = protocol == Proto.UDP
     health = _health(w, m, path, HealthSpec(type="none") if udp else HealthSpec(), udp)
     passive = w.build(PassiveSpec(), w.section(m, "passive", path, s.PASSIVE),
                       f"{path}.passive", s.PASSIVE)
@@ -311,7 +312,7 @@ def _backends(w: Walker, m: dict[str, Node], node: Node, path: str,
     return backends
 
 
-def _http(w: Walker, m: dict[str, Node], path: str, protocol: str, given: dict[str, Any],
+def _http(w: Walker, m: dict[str, Node], path: str, protocol: Proto, given: dict[str, Any],
           backends: list[Backend], health: HealthSpec, passive: PassiveSpec) -> HttpSpec:
     pools: list[Pool] = []
     if backends:
@@ -412,15 +413,15 @@ def _read_pem(w: Walker, node: Node | None, key: str, path: str) -> bytes | None
         return None
 
 
-def _tls(w: Walker, m: dict[str, Node], path: str, protocol: str) -> list[TlsCert]:
+def _tls(w: Walker, m: dict[str, Node], path: str, protocol: Proto) -> list[TlsCert]:
     certs: list[TlsCert] = []
     tnode = m.get("tls")
     if tnode is None or tnode.value is None:
-        if protocol == "https":
+        if protocol == Proto.HTTPS:
             w.fail(f"{path}.tls", m.get("protocol"), "an https listener needs at least one "
                    "certificate: tls: [{hosts, cert, key}]")
         return certs
-    if protocol != "https":
+    if protocol != Proto.HTTPS:
         w.fail(f"{path}.tls", tnode, "is only for https listeners")
         return certs
     if not isinstance(tnode.value, list) or not tnode.value:

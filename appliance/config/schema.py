@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from ..model import BALANCERS, PATH_TYPES
+from ..model import BALANCERS, PATH_TYPES, Proto
 from . import values as v
 from .values import Convert
 
@@ -156,7 +156,7 @@ HTTP_ONLY = ("routes", "pools", "default_pool", "tls", "limits", "trusted_proxie
 LISTENER = Section("listeners", (
     Key("name", v.name, "unique", required=True),
     Key("bind", v.parse_address, "the address to accept on", required=True),
-    Key("protocol", v.choice("tcp", "udp", "http", "https"), "what it serves"),
+    Key("protocol", v.member_of(Proto), "what it serves"),
     Key("balance", v.choice(*BALANCERS), "the balancer"),
     ListOf("backends", BACKEND, "where to forward"),
     HEALTH, PASSIVE, TIMEOUTS,

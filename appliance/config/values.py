@@ -8,6 +8,7 @@ import ipaddress
 import os
 import re
 from collections.abc import Callable
+from enum import StrEnum
 from typing import Any
 
 from ..model import pool_addresses
@@ -78,6 +79,16 @@ def choice(*options: str) -> Convert:
             raise ValueError(f"{v!r} is not one of {', '.join(options)}")
         return v
     conv.__doc__ = " | ".join(f"`{o}`" for o in options)
+    return conv
+
+
+def member_of(kind: type[StrEnum]) -> Convert:
+    """One of an enum's values, as the enum's member."""
+    words = choice(*(str(m) for m in kind))
+
+    def conv(v: Any) -> StrEnum:
+        return kind(words(v))
+    conv.__doc__ = words.__doc__
     return conv
 
 

@@ -79,10 +79,7 @@ class HttpProxy:
             open_now = self.open.get(lst.name, 0)
             if lst.max_connections and open_now >= lst.max_connections:
                 site.stats.over_limit += 1
-                try:
-                    sock.send(http1.error_response(503))
-                except OSError:
-                    pass
+                wire.send_now(sock, http1.error_response(503))
                 return
             self.open[lst.name] = open_now + 1
             flow = Flow(lst.name, lst.protocol, client, "", trio.current_time(),
@@ -128,7 +125,7 @@ class HttpConnection:
         self.client_key = client[0].encode()
         self.flow = flow
         self.key = site.listener.socket_key
-        self.proto = "https" if site.listener.protocol == "https" else "http"
+        self.proto = str(site.listener.protocol)  # what X-Forwarded-Proto says
         assert site.listener.http is not None
         self.conn = http1.ServerConnection(site.listener.http.limits)
         self.wire: Wire = PlainWire(sock)

@@ -90,9 +90,7 @@ class Listeners:
         with bound.scope:
             while True:
                 try:
-                    conn, client = sock.accept()
-                except BlockingIOError:
-                    conn = None
+                    got = wire.accept(sock)
                 except OSError as e:
                     if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
                         # Out of descriptors: back off instead of spinning on accept.
@@ -102,12 +100,11 @@ class Listeners:
                     if e.errno in (errno.ECONNABORTED, errno.EPROTO, errno.EPERM):
                         continue  # the client gave up before we accepted
                     raise
-                if conn is None:
+                if got is None:
                     accepted = 0
                     await trio.lowlevel.wait_readable(sock)
                     continue
-                wire.accepted(conn)
-                self.accept(conn, (client[0], client[1]), bound.listener)
+                self.accept(*got, bound.listener)
                 accepted += 1
                 if accepted >= ACCEPT_BATCH:
                     accepted = 0

@@ -70,10 +70,25 @@ def listening_socket(bind: Address, transport: str, backlog: int = 4096) -> sock
     return sock
 
 
-def accepted(sock: socket.socket) -> None:
-    """Prepare an accepted connection: non-blocking, no Nagle delay on small writes."""
-    sock.setblocking(False)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+def accept(sock: socket.socket) -> tuple[socket.socket, Address] | None:
+    """The next pending connection, non-blocking and without Nagle's delay on small
+    writes; None when there is none now. Raises OSError (EMFILE and friends)."""
+    try:
+        conn, client = sock.accept()
+    except BlockingIOError:
+        return None
+    conn.setblocking(False)
+    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return conn, (client[0], client[1])
+
+
+def send_now(sock: socket.socket, data: bytes) -> None:
+    """Best effort, without waiting: what fits in the socket's buffer (an answer sent
+    just before closing)."""
+    try:
+        sock.send(data)
+    except OSError:
+        pass
 
 
 async def connect(address: Address) -> socket.socket:

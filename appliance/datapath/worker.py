@@ -13,7 +13,7 @@ import ssl
 
 import trio
 
-from ..model import Listener, Snapshot, TlsCert
+from ..model import Listener, Proto, Snapshot, TlsCert
 from ..views import FlowRow, ListenerStats, Traffic
 from . import wire
 from .backends import Backends, BackendSet
@@ -92,7 +92,7 @@ class Worker:
         backend_contexts = {p.name: client_context(p.tls) for p in lst.http.pools
                             if p.tls is not None}
         return Site(lst, RouteTable(lst.http.routes, lst.http.default_pool), pools, stats,
-                    self._tls_context(lst.http.tls) if lst.protocol == "https" else None,
+                    self._tls_context(lst.http.tls) if lst.protocol == Proto.HTTPS else None,
                     backend_contexts,
                     tuple(ipaddress.ip_network(n) for n in lst.http.trusted_proxies))
 

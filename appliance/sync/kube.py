@@ -6,7 +6,9 @@ resourceVersion with bookmarks, forever; a 410 Gone re-lists; any other failure 
 down, 401/403, 500, 429) is retried with exponential backoff and jitter (429 honours
 Retry-After). What was learned stays in force meanwhile: an outage never empties the
 datapath. Changes wake a debounced rebuild in the trio side; the state of each watch is
-kept for the log, metrics and console.
+kept for the log, metrics and console. The threads only call the API: everything they
+learn, and the state of their watch, is handed to the trio thread, which alone changes
+``cluster`` and the ``Follow`` records (the views read them there).
 """
 
 from __future__ import annotations
@@ -138,6 +140,7 @@ class ClusterSync:
     # -- in trio -------------------------------------------------------------------------
 
     def _replace(self, follow: Follow, objects: list[Obj]) -> None:
+        follow.lists += 1
         table: dict[str, Obj] = getattr(self.cluster, follow.kind)
         for k in [k for k, o in table.items()
                   if follow.namespace is None or o["metadata"].get("namespace") ==
@@ -170,6 +173,23 @@ class ClusterSync:
         self.last_change = time.monotonic()
         self.dirty.set()
 
+    def _healthy(self, follow: Follow) -> None:
+        if follow.state == "degraded":
+            log.info("watch %s: recovered after %.1fs", follow.name,
+                     time.monotonic() - follow.since)
+        if follow.state != "synced":
+            follow.since = time.monotonic()
+        follow.state, follow.detail = "synced", ""
+
+    def _degraded(self, follow: Follow, why: str) -> None:
+        follow.errors += 1
+        if follow.state != "degraded" or follow.detail != why:
+            log.warning("watch %s: %s; still serving the last good state, retrying", follow.name,
+                        why)
+        if follow.state != "degraded":
+            follow.since = time.monotonic()
+        follow.state, follow.detail = "degraded", why
+
     def _to_trio(self, fn: Callable[..., None], *args: Any) -> None:
         assert self._token is not None
         try:
@@ -195,9 +215,8 @@ class ClusterSync:
                     resp = self._call(follow, _request_timeout=(5, 60))
                     body = json.loads(resp.data)
                     rv = body["metadata"]["resourceVersion"]
-                    follow.lists += 1
                     self._to_trio(self._replace, follow, body.get("items") or [])
-                    self._healthy(follow)
+                    self._to_trio(self._healthy, follow)
                     backoff = 0.5
                 rv = self._watch(follow, rv)
                 backoff = 0.5
@@ -206,10 +225,10 @@ class ClusterSync:
                 if e.status == 429:
                     retry = (e.headers or {}).get("Retry-After")
                     wait = float(retry) if retry and retry.isdigit() else backoff
-                self._degraded(follow, f"API answered {e.status} {e.reason}")
+                self._to_trio(self._degraded, follow, f"API answered {e.status} {e.reason}")
                 backoff = self._sleep(wait, backoff)
             except Exception as e:  # any failure: keep serving, retry
-                self._degraded(follow, f"{type(e).__name__}: {e}")
+                self._to_trio(self._degraded, follow, f"{type(e).__name__}: {e}")
                 backoff = self._sleep(backoff, backoff)
 
     def _watch(self, follow: Follow, rv: str) -> str | None:
@@ -218,7 +237,7 @@ class ClusterSync:
         resp = self._call(follow, watch=True, resource_version=rv,
                           allow_watch_bookmarks=True, timeout_seconds=WATCH_SECONDS,
                           _request_timeout=(5, WATCH_SECONDS + 30))
-        self._healthy(follow)  # the API answered: following again
+        self._to_trio(self._healthy, follow)  # the API answered: following again
         try:
             for line in cast(Any, iter_resp_lines)(resp):
                 if self.stop.is_set():
@@ -238,23 +257,6 @@ class ClusterSync:
             return rv
         finally:
             resp.release_conn()
-
-    def _healthy(self, follow: Follow) -> None:
-        if follow.state == "degraded":
-            log.info("watch %s: recovered after %.1fs", follow.name,
-                     time.monotonic() - follow.since)
-        if follow.state != "synced":
-            follow.since = time.monotonic()
-        follow.state, follow.detail = "synced", ""
-
-    def _degraded(self, follow: Follow, why: str) -> None:
-        follow.errors += 1
-        if follow.state != "degraded" or follow.detail != why:
-            log.warning("watch %s: %s; still serving the last good state, retrying", follow.name,
-                        why)
-        if follow.state != "degraded":
-            follow.since = time.monotonic()
-        follow.state, follow.detail = "degraded", why
 
     def _sleep(self, wait: float, backoff: float) -> float:
         """Sleep ``wait`` with jitter; the next backoff."""

@@ -33,6 +33,7 @@ from ..model import (
     Listener,
     PathRule,
     Pool,
+    Proto,
     Route,
     TlsCert,
 )
@@ -257,7 +258,7 @@ class _Translator:
                 continue
             self.listeners.append(Listener(
                 name=f"{key(svc)}:{p['port']}/{proto}", bind=(vip, int(p["port"])),
-                protocol=proto, backends=backends, health=health,
+                protocol=Proto(proto), backends=backends, health=health,
                 balance="maglev" if proto == "udp" else "round_robin",
                 backend_port=int(p["nodePort"])))
 
@@ -280,10 +281,10 @@ class _Translator:
                         default_pool=self.default_pool)
         if spec.ingress_http is not None:
             self.listeners.append(Listener(name="ingress-http", bind=spec.ingress_http,
-                                           protocol="http", http=http))
+                                           protocol=Proto.HTTP, http=http))
         if spec.ingress_https is not None and self.certs:
             self.listeners.append(Listener(name="ingress-https", bind=spec.ingress_https,
-                                           protocol="https",
+                                           protocol=Proto.HTTPS,
                                            http=replace(http, tls=tuple(self.certs))))
 
     def ingress(self, ing: Obj) -> None:
