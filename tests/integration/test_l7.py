@@ -547,3 +547,24 @@ def test_idle_keep_alive_connection_is_closed_after_the_keepalive_timeout(
                 assert 0.4 < time.monotonic() - t0 < 3
         finally:
             e.stop()
+
+
+def test_backend_that_stalls_after_an_interim_response_gets_504(tmp_path: Path) -> None:
+    # Each response head the backend owes is timed, interim ones included: a 100
+    # Continue followed by silence must not hold the client for ever.
+    def continue_then_stall(conn: socket.socket) -> None:
+        conn.recv(65536)
+        conn.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+        time.sleep(4)
+
+    port = free_port()
+    with Server(continue_then_stall) as be:
+        e = Edgelb(tmp_path, http_listener(port, be.port, options="health: {type: none}\n"
+                                           "timeouts: {response: 500ms}")).start(port)
+        try:
+            t0 = time.monotonic()
+            resp = raw(port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", wait=3.0)
+            assert b"HTTP/1.1 504" in resp, resp
+            assert time.monotonic() - t0 < 2.5
+        finally:
+            e.stop()
