@@ -144,3 +144,20 @@ def test_a_deleted_service_frees_its_address_for_one_created_in_the_same_rebuild
     del c.services["default/old"]
     c.services["default/new"] = k8s.service("new", [(80, 30081)])
     assert translate(c, SPEC, ipam).addresses == {"default/new": "192.0.2.10"}
+
+
+def test_a_status_write_is_made_once_and_tried_again_when_it_failed() -> None:
+    from appliance.sync.status import StatusBook
+
+    book = StatusBook()
+    svc = {"status": {"loadBalancer": {}}}
+    k = ("Service", "default", "web")
+    assert book.needs_write(k, svc, ["192.0.2.10"])
+    assert not book.needs_write(k, svc, ["192.0.2.10"])  # pending: not written twice
+    book.written(0, [k])  # it failed: the next change or echo writes it again
+    assert book.needs_write(k, svc, ["192.0.2.10"])
+    book.written(1, [])
+    assert book.writes == 1
+    done = {"status": {"loadBalancer": {"ingress": [{"ip": "192.0.2.10"}]}}}
+    assert not book.needs_write(k, done, ["192.0.2.10"])  # seen back: confirmed
+    assert k not in book.pending
