@@ -135,10 +135,13 @@ class Daemon:
         if every is not None:
             nursery.start_soon(ping_watchdog, every)
 
-    async def _put_in_force(self, snap: Snapshot) -> None:
-        await self.datapath.apply(snap)
+    async def _put_in_force(self, snap: Snapshot, all_or_nothing: bool) -> list[str]:
+        errors = await self.datapath.apply(snap, all_or_nothing)
+        if errors and all_or_nothing:
+            return errors
         assert self._nursery is not None
         await self._nursery.start(self.health.run, snap)
+        return errors
 
     async def reload(self) -> list[str]:
         """Re-read the config (SIGHUP, or the control API's reload); the file's errors

@@ -6,6 +6,7 @@ the Listener and Backend it started with until it ends (or its backend's drain d
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 from collections.abc import Collection
@@ -359,8 +360,10 @@ class Snapshot:
     cluster: ClusterSpec | None = None
     ha: HaSpec = field(default_factory=HaSpec)
     control: ControlSpec = field(default_factory=ControlSpec)
+    # A reload to a file without listeners stops them all only when the file says so.
+    allow_no_listeners: bool = False
 
-    @property
+    @functools.cached_property
     def digest(self) -> str:
         """A short hash of the content (not the version): equal digests forward alike.
         A tuple of backends shared by many listeners (the nodes) is hashed once."""

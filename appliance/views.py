@@ -126,6 +126,8 @@ class SnapshotView:
     from_cluster: int
     config_path: str
     draining: bool = False
+    reload_failures: int = 0  # reloads refused (config errors, binds that failed)
+    bind_errors: tuple[str, ...] = ()  # listeners in force that could not be bound
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,7 @@ from ..model import (
 )
 from . import schema as s
 from . import values
-from .source import ConfigError, ConfigIssue, Node, parse_yaml
+from .source import MAX_BYTES, ConfigError, ConfigIssue, Node, parse_yaml
 from .values import closest, kind_of
 
 T = TypeVar("T")
@@ -176,7 +176,8 @@ def build_snapshot(root: Node, version: int = 1, source: str = "") -> Snapshot:
         raise ConfigError(w.issues, source)
     return Snapshot(version=version, listeners=tuple(listeners), metrics_bind=metrics_bind,
                     cluster=cluster, ha=ha, control=control,
-                    **{k: given[k] for k in ("workers", "drain_timeout") if k in given})
+                    **{k: given[k] for k in ("workers", "drain_timeout", "allow_no_listeners")
+                       if k in given})
 
 
 def _ha(w: Walker, top: dict[str, Node], cluster: ClusterSpec | None) -> HaSpec:
@@ -474,7 +475,7 @@ def load_file(path: str, version: int = 1) -> Snapshot:
     """Read, parse and validate a config file into a Snapshot (raises ConfigError)."""
     try:
         with open(path, encoding="utf-8") as f:
-            text = f.read()
+            text = f.read(MAX_BYTES + 1)  # a larger file is refused unread
     except OSError as e:
         raise ConfigError([ConfigIssue("", 0, f"cannot read: {e.strerror}")], path) from e
     except UnicodeDecodeError as e:

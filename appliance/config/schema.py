@@ -87,7 +87,7 @@ HEALTH = Section("health", (
     Key("type", v.choice("none", "tcp", "http"), "active checks: `tcp` connects, `http` "
         "GETs `path` and expects `expect_status`; `none` turns them off (udp: only none)"),
     Key("interval", v.positive_duration, "between checks of one backend"),
-    Key("timeout", v.parse_duration, "per check"),
+    Key("timeout", v.positive_duration, "per check"),
     Key("rise", v.int_range(1, 100), "consecutive successes to come up"),
     Key("fall", v.int_range(1, 100), "consecutive failures to go down"),
     Key("path", v.http_path, "the path an `http` check GETs"),
@@ -102,12 +102,12 @@ PASSIVE = Section("passive", (
 ), "passive ejection")
 
 TIMEOUTS = Section("timeouts", (
-    Key("connect", v.parse_duration, "per backend attempt"),
-    Key("idle", v.parse_duration, "a flow with no bytes either way is closed"),
-    Key("request", v.parse_duration, "http: the request head, from its first byte (408)"),
-    Key("keepalive", v.parse_duration, "http: an idle client connection between requests"),
-    Key("body", v.parse_duration, "http: a request body may stall this long (408)"),
-    Key("response", v.parse_duration, "http: a backend must start its response (504)"),
+    Key("connect", v.positive_duration, "per backend attempt"),
+    Key("idle", v.positive_duration, "a flow with no bytes either way is closed"),
+    Key("request", v.positive_duration, "http: the request head, from its first byte (408)"),
+    Key("keepalive", v.positive_duration, "http: an idle client connection between requests"),
+    Key("body", v.positive_duration, "http: a request body may stall this long (408)"),
+    Key("response", v.positive_duration, "http: a backend must start its response (504)"),
 ))
 
 BACKEND = Section("backends", (
@@ -244,6 +244,8 @@ METRICS = Section("metrics", (
 TOP = Section("", (
     Key("workers", v.workers, "datapath processes"),
     Key("drain_timeout", v.parse_duration, "how long removed backends' flows live on"),
+    Key("allow_no_listeners", v.boolean, "a reload to a file without listeners may stop "
+        "every listener"),
     METRICS,
     ListOf("listeners", LISTENER, "what to accept and where to forward it"),
     CLUSTER, HA, CONTROL,

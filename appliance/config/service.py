@@ -20,6 +20,9 @@ from .source import ConfigError
 log = logging.getLogger("edgelb")
 
 Edit = Callable[[tuple[Listener, ...]], tuple[Listener, ...]]
+# Puts a Snapshot in force; the listeners it could not bind. With all_or_nothing (a
+# reload) the Snapshot in force stays whole when any could not be bound.
+PutInForce = Callable[[Snapshot, bool], Awaitable[list[str]]]
 
 
 class ConfigService:
@@ -30,11 +33,13 @@ class ConfigService:
         self.events = events
         # The operators' backend changes (set once the control plane exists).
         self.edit: Edit = lambda listeners: listeners
-        self.put_in_force: Callable[[Snapshot], Awaitable[None]] | None = None
+        self.put_in_force: PutInForce | None = None
         self.static: Snapshot | None = None  # the file's, as last loaded
         self.dynamic: tuple[Listener, ...] = ()  # learned from the cluster
         self.snapshot: Snapshot | None = None  # in force
         self.draining = False
+        self.reload_failures = 0  # reloads refused: config errors, or a bind that failed
+        self.bind_errors: tuple[str, ...] = ()  # listeners of the Snapshot not bound
         self._applying = trio.Lock()
 
     def load(self) -> Snapshot:
@@ -53,7 +58,7 @@ class ConfigService:
         raw = self.static.listeners + self.dynamic if self.static else ()
         return SnapshotView(snap.version if snap else 0, snap.digest if snap else "",
                             snap.workers if snap else 0, raw, len(self.dynamic), self.path,
-                            self.draining)
+                            self.draining, self.reload_failures, self.bind_errors)
 
     async def reload(self) -> list[str]:
         """Re-read the file (off the event loop); put it in force if valid, else keep the
@@ -62,30 +67,45 @@ class ConfigService:
         try:
             static = await trio.to_thread.run_sync(load_file, self.path)
         except ConfigError as e:
-            for issue in e.issues:
-                log.error("reload refused, %s: %s", e.source, issue)
-            log.error("reload refused: still serving snapshot v%d", self.snapshot.version)
-            self.events.event("reload", f"reload refused: {len(e.issues)} config errors; "
-                              f"still serving snapshot v{self.snapshot.version}")
-            return [f"{e.source}: {issue}" for issue in e.issues]
+            return self._refused([f"{e.source}: {issue}" for issue in e.issues])
+        except Exception as e:  # a fault of ours must not stop the daemon either
+            log.exception("reading %s failed", self.path)
+            return self._refused([f"{self.path}: cannot be read ({type(e).__name__})"])
         old = self.snapshot
+        if old.listeners and not (static.listeners or self.dynamic) and \
+                not static.allow_no_listeners:
+            return self._refused([f"{self.path}: has no listeners while {len(old.listeners)} "
+                                  "serve; set allow_no_listeners: true to stop them all"])
         for changed, what in ((static.workers != old.workers, "workers changed from "
                                f"{old.workers} to {static.workers}"),
                               (static.metrics_bind != old.metrics_bind, "metrics.bind changed"),
                               (static.cluster != old.cluster, "the cluster section changed")):
             if changed:
                 log.warning("%s: takes effect on restart", what)
-        self.static = static
-        snap = await self._publish(force=True)
+        was, self.static = self.static, static
+        snap, errors = await self._publish(force=True, all_or_nothing=True)
+        if errors:
+            self.static = was
+            return self._refused(errors)
         log.info("reloaded: serving snapshot v%d (%s)", snap.version, snap.digest)
         self.events.event("reload", f"reloaded: serving snapshot v{snap.version}")
         return []
+
+    def _refused(self, errors: list[str]) -> list[str]:
+        assert self.snapshot is not None
+        self.reload_failures += 1
+        for error in errors:
+            log.error("reload refused, %s", error)
+        log.error("reload refused: still serving snapshot v%d", self.snapshot.version)
+        self.events.event("reload", f"reload refused: {len(errors)} errors; still serving "
+                          f"snapshot v{self.snapshot.version}")
+        return errors
 
     async def set_dynamic(self, listeners: tuple[Listener, ...]) -> None:
         """The listeners learned from the cluster changed."""
         self.dynamic = listeners
         before = self.snapshot
-        snap = await self._publish()
+        snap, _ = await self._publish()
         if snap is not before:
             log.info("cluster change: serving snapshot v%d (%s): %d listeners from the "
                      "cluster", snap.version, snap.digest, len(listeners))
@@ -99,14 +119,23 @@ class ConfigService:
         return replace(self.static, version=version,
                        listeners=self.edit(self.static.listeners + self.dynamic))
 
-    async def _publish(self, force: bool = False) -> Snapshot:
+    async def _publish(self, force: bool = False, all_or_nothing: bool = False
+                       ) -> tuple[Snapshot, list[str]]:
         """Compose the next Snapshot and put it in force, unless it would forward exactly
-        as the one in force does (and ``force`` is off). Returns the Snapshot in force."""
+        as the one in force does (and ``force`` is off). Returns the Snapshot in force and
+        the listeners that could not be bound (with ``all_or_nothing``, then the Snapshot
+        in force stays as it was)."""
         async with self._applying:
             assert self.snapshot is not None
             assert self.put_in_force is not None
             snap = self._compose(self.snapshot.version + 1)
-            if force or snap.digest != self.snapshot.digest:
-                await self.put_in_force(snap)
-                self.snapshot = snap
-            return self.snapshot
+            if not force and snap.digest == self.snapshot.digest:
+                return self.snapshot, []
+            errors = await self.put_in_force(snap, all_or_nothing)
+            if errors and all_or_nothing:
+                return self.snapshot, errors
+            # Cluster and operator changes bind what they can; what they cannot stays
+            # visible (an alert) until a later Snapshot binds it.
+            self.bind_errors = tuple(errors)
+            self.snapshot = snap
+            return snap, errors

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
+import math
 import os
 import re
 from collections.abc import Callable
@@ -32,18 +33,30 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 
 
+# The longest duration anything takes: beyond this a value is a mistake (or an attempt
+# to switch a timeout off, which a large but finite value does better).
+MAX_DURATION = 30 * 86400.0
+
+
 def parse_duration(value: Any) -> float:
-    """``"500ms"``, ``"1s"``, ``"2m"``, ``"1h"`` or a plain number of seconds -> seconds."""
+    """``"500ms"``, ``"1s"``, ``"2m"``, ``"1h"`` or a plain number of seconds -> seconds,
+    from 0 to 30 days."""
     if isinstance(value, bool):
         raise ValueError("expected a duration such as 500ms, 1s, 2m")
     if isinstance(value, int | float):
-        if value < 0:
-            raise ValueError("a duration cannot be negative")
-        return float(value)
-    m = _DURATION.match(str(value))
-    if not m:
-        raise ValueError(f"{value!r} is not a duration (use e.g. 500ms, 1s, 2m, 1h)")
-    return float(m.group(1)) * _UNITS[m.group(2)]
+        if not math.isfinite(value):
+            raise ValueError(f"{value!r} is not a duration (use e.g. 500ms, 1s, 2m, 1h)")
+        seconds = float(value)
+    else:
+        m = _DURATION.match(str(value))
+        if not m:
+            raise ValueError(f"{value!r} is not a duration (use e.g. 500ms, 1s, 2m, 1h)")
+        seconds = float(m.group(1)) * _UNITS[m.group(2)]
+    if seconds < 0:
+        raise ValueError("a duration cannot be negative")
+    if seconds > MAX_DURATION:
+        raise ValueError(f"{value!r} is longer than 30 days")
+    return seconds
 
 
 def positive_duration(value: Any) -> float:

@@ -29,9 +29,17 @@ class StatsCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         totals = self.views.traffic()
+        snap = self.views.snapshot()
         info = GaugeMetricFamily("edgelb_snapshot_version", "Snapshot in force")
-        info.add_metric([], self.views.snapshot().version)
+        info.add_metric([], snap.version)
         yield info
+        failures = CounterMetricFamily("edgelb_reload_failures", "Reloads refused (config "
+                                       "errors, or listeners that could not be bound)")
+        failures.add_metric([], snap.reload_failures)
+        unbound = GaugeMetricFamily("edgelb_listeners_unbound", "Listeners of the Snapshot "
+                                    "in force that could not be bound")
+        unbound.add_metric([], len(snap.bind_errors))
+        yield from (failures, unbound)
         yield from _families(totals, _LISTENER_COUNTERS)
         yield from _families(totals, _BACKEND_COUNTERS)
         down = self.views.health().down

@@ -76,6 +76,7 @@ class ControlPlane:
         backends = [b for st in totals.values() for b in st.backends.values()]
         alerts = [f"listener {lst.name}: no healthy backend" for lst in snap.listeners
                   if lst.no_healthy_backend(down)]
+        alerts += [f"{error} (not serving)" for error in snap.bind_errors]
         ha = self.views.ha()
         alerts += ha.alerts
         sync = self.views.sync()
@@ -92,6 +93,7 @@ class ControlPlane:
             "snapshot": {"version": snap.version, "digest": snap.digest,
                          "listeners": len(snap.listeners), "from_cluster": snap.from_cluster},
             "workers": snap.workers, "draining": snap.draining,
+            "reload_failures": snap.reload_failures,
             "ha": ha.as_json(time.time()), "sync": sync.as_json() if sync else None,
             "totals": {"accepted": sum(st.accepted for st in totals.values()),
                        "requests": sum(st.requests for st in totals.values()),

@@ -26,9 +26,12 @@ RuntimeKey = tuple[str, str]  # (listener, backend key within it)
 
 
 class Cuttable(Protocol):
-    """An open flow that a drain can cut: ended at ``deadline`` at the latest."""
+    """An open flow that a drain can cut: ended at ``deadline`` at the latest, unless
+    its backend comes back first (``uncut``)."""
 
     def cut_at(self, deadline: float) -> None: ...
+
+    def uncut(self) -> None: ...
 
 
 class Closable(Protocol):
@@ -194,6 +197,10 @@ class Backends:
                     br.idle = old.idle
             br.backend, br.key = b, key
             br.address = b.address if prefix else lst.backend_address(b)
+            if br.removed:
+                # Back before its drain deadline: its flows are no longer to be cut.
+                for flow in br.flows.values():
+                    flow.uncut()
             br.removed = False
             br.up = k not in self.down
             self.runtimes[k] = br

@@ -56,6 +56,9 @@ class Cut:
     def cut_at(self, deadline: float) -> None:
         self.scope.deadline = min(self.scope.deadline, deadline)
 
+    def uncut(self) -> None:
+        self.scope.deadline = math.inf
+
 
 class Client(Protocol):
     """What a forwarded request needs of its client connection."""

@@ -45,39 +45,51 @@ class Listeners:
         self.serve_udp = serve_udp
         self.bound: dict[SocketKey, Bound] = {}
 
-    def apply(self, listeners: Iterable[Listener], strict: bool = False) -> list[str]:
+    def apply(self, listeners: Iterable[Listener], strict: bool = False,
+              all_or_nothing: bool = False) -> list[str]:
         """Bind what is new, keep what stays, close what went. Returns the errors of
-        listeners that could not be bound (with ``strict``, raises the first)."""
+        listeners that could not be bound: with ``strict`` the first is raised; with
+        ``all_or_nothing`` nothing changes at all then (the sockets in use stay)."""
         wanted = {lst.socket_key: lst for lst in listeners}
-        for key, bound in list(self.bound.items()):
-            if key not in wanted:
-                self._close(bound)
-                del self.bound[key]
+        fresh: dict[SocketKey, Bound] = {}
         errors: list[str] = []
         for key, lst in wanted.items():
             if key in self.bound:
-                self.bound[key].listener = lst
                 continue
             try:
                 sock = wire.listening_socket(lst.bind, lst.transport, lst.backlog)
             except OSError as e:
                 msg = f"listener {lst.name}: cannot bind {lst.bind_text}: {e.strerror}"
                 if strict:
+                    self._close_all(fresh)
                     raise OSError(e.errno, msg) from e
                 log.error("%s", msg)
                 errors.append(msg)
                 continue
-            bound = Bound(lst, sock, trio.CancelScope())
+            fresh[key] = Bound(lst, sock, trio.CancelScope())
+        if errors and all_or_nothing:
+            self._close_all(fresh)
+            return errors
+        for key, bound in list(self.bound.items()):
+            if key not in wanted:
+                self._close(bound)
+                del self.bound[key]
+            else:
+                bound.listener = wanted[key]
+        for key, bound in fresh.items():
             self.bound[key] = bound
-            self.nursery.start_soon(self.serve_udp if lst.transport == "udp" else
-                                    self._accept_loop, bound)
+            self.nursery.start_soon(self.serve_udp if bound.listener.transport == "udp"
+                                    else self._accept_loop, bound)
         return errors
 
     def close_all(self) -> None:
         """Stop accepting on every socket (a drain)."""
-        for bound in self.bound.values():
-            self._close(bound)
-        self.bound.clear()
+        self._close_all(self.bound)
+
+    def _close_all(self, bound: dict[SocketKey, Bound]) -> None:
+        for b in bound.values():
+            self._close(b)
+        bound.clear()
 
     @staticmethod
     def _close(bound: Bound) -> None:

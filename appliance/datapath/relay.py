@@ -91,6 +91,11 @@ class Relay:
         self.cut_deadline = min(self.cut_deadline, deadline)
         self.scope.deadline = min(self.scope.deadline, deadline)
 
+    def uncut(self) -> None:
+        """The backend is back: only the idle deadline ends the flow again."""
+        self.cut_deadline = math.inf
+        self.scope.deadline = self._deadline_set + self.idle
+
     async def run(self) -> None:
         """Relay until both directions saw EOF, one side fails, or the idle deadline hits."""
         self._push_deadline(trio.current_time())

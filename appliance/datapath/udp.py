@@ -5,6 +5,7 @@ and at ``max_flows`` the least recently used is evicted."""
 from __future__ import annotations
 
 import logging
+import math
 import socket
 from dataclasses import dataclass
 
@@ -31,6 +32,9 @@ class UdpFlow:
 
     def cut_at(self, deadline: float) -> None:
         self.scope.deadline = min(self.scope.deadline, deadline)
+
+    def uncut(self) -> None:
+        self.scope.deadline = math.inf  # idle flows expire through the flow table
 
     def close(self) -> None:
         if not self.closed:

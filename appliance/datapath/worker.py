@@ -64,9 +64,14 @@ class Worker:
 
     # -- Snapshots -----------------------------------------------------------------------
 
-    def apply(self, snap: Snapshot, strict: bool = False) -> list[str]:
+    def apply(self, snap: Snapshot, strict: bool = False,
+              all_or_nothing: bool = False) -> list[str]:
         """Put ``snap`` in force. Returns the errors of listeners that could not be bound
-        (with ``strict``, raises the first)."""
+        (with ``strict``, raises the first; with ``all_or_nothing``, ``snap`` is then not
+        put in force at all and the Snapshot in force keeps every socket it has)."""
+        errors = self.listeners.apply(snap.listeners, strict, all_or_nothing)
+        if errors and all_or_nothing:
+            return errors
         sets: dict[SocketKey, BackendSet] = {}
         sites: dict[SocketKey, Site] = {}
         for lst in snap.listeners:
@@ -77,7 +82,6 @@ class Worker:
             else:
                 sites[lst.socket_key] = self._site(lst, composed, stats)
         self.backends.retire(trio.current_time(), snap.drain_timeout)
-        errors = self.listeners.apply(snap.listeners, strict)
         if sites and not self._timer:
             self._timer = True
             self.nursery.start_soon(self.http.run_timer)

@@ -25,6 +25,8 @@ log = logging.getLogger("edgelb")
 Down = set[tuple[str, str]]
 # A worker that does not answer a flows request within this long is left out of the page.
 FLOWS_PATIENCE = 2.0
+# A worker binds and composes a Snapshot within this long, or it failed to apply it.
+APPLY_PATIENCE = 30.0
 # A worker that dies at once must not turn into a fork loop.
 RESPAWN_DELAY = 1.0
 
@@ -35,7 +37,9 @@ class Datapath(Protocol):
     async def start(self, nursery: trio.Nursery, snap: Snapshot) -> None:
         """Bind every listener of the first Snapshot (raises OSError when one cannot be)."""
 
-    async def apply(self, snap: Snapshot) -> None: ...
+    async def apply(self, snap: Snapshot, all_or_nothing: bool = False) -> list[str]:
+        """Put ``snap`` in force; the listeners that could not be bound. With
+        ``all_or_nothing`` the Snapshot in force stays whole when any could not be."""
 
     def set_health(self, down: Down) -> None: ...
 
@@ -64,9 +68,9 @@ class LocalDatapath:
         self.worker = Worker(nursery)
         self.worker.apply(snap, strict=True)
 
-    async def apply(self, snap: Snapshot) -> None:
+    async def apply(self, snap: Snapshot, all_or_nothing: bool = False) -> list[str]:
         assert self.worker is not None
-        self.worker.apply(snap)
+        return self.worker.apply(snap, all_or_nothing=all_or_nothing)
 
     def set_health(self, down: Down) -> None:
         if self.worker is not None:
@@ -89,39 +93,39 @@ class _WorkerProcess:
         self.proc = proc
         self.channel = channel
         self.stats: Traffic = {}
-        self.applied = trio.Event()
-        self.errors: list[str] = []
         self.asked = 0
-        self.answers: dict[int, tuple[trio.Event, list[FlowRow]]] = {}
+        self.answers: dict[int, tuple[trio.Event, list[Any]]] = {}
 
-    async def ask_flows(self) -> list[FlowRow]:
-        """The worker's open flows (none if it does not answer in time)."""
+    async def ask(self, kind: str, payload: Any, patience: float) -> list[Any] | None:
+        """Send a numbered request; the items of the worker's answer, or None when it does
+        not answer within ``patience`` seconds (or is gone)."""
         self.asked += 1
         n = self.asked
         done = trio.Event()
-        rows: list[FlowRow] = []
-        self.answers[n] = (done, rows)
+        items: list[Any] = []
+        self.answers[n] = (done, items)
         try:
-            await self.channel.send("flows", n)
-            with trio.move_on_after(FLOWS_PATIENCE):
+            await self.channel.send(kind, (n, payload))
+            with trio.move_on_after(patience):
                 await done.wait()
         except OSError:
             pass
         finally:
             self.answers.pop(n, None)
-        return rows
+        return items if done.is_set() else None
+
+    async def ask_flows(self) -> list[FlowRow]:
+        """The worker's open flows (none if it does not answer in time)."""
+        return await self.ask("flows", None, FLOWS_PATIENCE) or []
 
     def receive(self, kind: str, payload: Any) -> None:
         if kind == "stats":
             self.stats = payload
-        elif kind == "applied":
-            self.errors = payload
-            self.applied.set()
-        elif kind == "flows":
-            n, rows = payload
+        elif kind in ("flows", "applied"):
+            n, items = payload
             waiting = self.answers.get(n)
             if waiting is not None:
-                waiting[1].extend(rows)
+                waiting[1].extend(items)
                 waiting[0].set()
 
 
@@ -142,23 +146,44 @@ class WorkerPool:
 
     async def start(self, nursery: trio.Nursery, snap: Snapshot) -> None:
         self._nursery = nursery
-        self.snapshot = snap
         for wid in range(self.count):
             self.procs.append(await self._spawn(wid))
-        for wp in self.procs:
-            await wp.channel.send("snapshot", snap)
-        for wp in self.procs:
-            with trio.fail_after(30):
-                await wp.applied.wait()
-            if wp.errors:
-                for other in self.procs:
-                    other.proc.kill()
-                raise OSError(wp.errors[0])
-
-    async def apply(self, snap: Snapshot) -> None:
+        errors = await self._send_all(snap, strict=True)
+        if errors:
+            for wp in self.procs:
+                wp.proc.kill()
+            raise OSError(errors[0])
         self.snapshot = snap
-        for wp in self.procs:
-            await wp.channel.send("snapshot", snap)
+
+    async def apply(self, snap: Snapshot, all_or_nothing: bool = False) -> list[str]:
+        errors = await self._send_all(snap, all_or_nothing=all_or_nothing)
+        if errors and all_or_nothing and self.snapshot is not None:
+            # The workers that took it go back to the Snapshot in force: a worker that
+            # could not bind changed nothing, so all serve the same Snapshot again.
+            await self._send_all(self.snapshot)
+            return errors
+        self.snapshot = snap
+        return errors
+
+    async def _send_all(self, snap: Snapshot, strict: bool = False,
+                        all_or_nothing: bool = False) -> list[str]:
+        """``snap`` to every worker at once; the bind errors they answer (a worker that
+        does not answer within APPLY_PATIENCE is one)."""
+        answers: list[list[str] | None] = [None] * len(self.procs)
+
+        async def one(i: int, wp: _WorkerProcess) -> None:
+            answers[i] = await wp.ask("snapshot", (snap, strict, all_or_nothing),
+                                      APPLY_PATIENCE)
+
+        async with trio.open_nursery() as nursery:
+            for i, wp in enumerate(self.procs):
+                nursery.start_soon(one, i, wp)
+        errors: list[str] = []
+        for wp, got in zip(self.procs, answers, strict=True):
+            if got is None:
+                errors.append(f"worker {wp.wid} did not apply snapshot v{snap.version}")
+            errors += [e for e in got or [] if e not in errors]
+        return errors
 
     def set_health(self, down: Down) -> None:
         self.down = set(down)
@@ -236,7 +261,7 @@ class WorkerPool:
         await trio.sleep(RESPAWN_DELAY)
         new = await self._spawn(wp.wid)
         self.procs[self.procs.index(wp)] = new
-        await new.channel.send("snapshot", self.snapshot)
+        await new.ask("snapshot", (self.snapshot, False, False), APPLY_PATIENCE)
         await new.channel.send("health", self.down)
 
 
@@ -269,14 +294,19 @@ async def worker_main(fd: int, wid: int) -> None:
                 nursery.cancel_scope.cancel()
                 return
             if kind == "snapshot":
-                await channel.send("applied", worker.apply(payload))
+                n, (snap, strict, all_or_nothing) = payload
+                try:
+                    errors = worker.apply(snap, strict=strict, all_or_nothing=all_or_nothing)
+                except OSError as e:
+                    errors = [str(e.strerror or e)]
+                await channel.send("applied", (n, errors))
                 if not reporting:
                     nursery.start_soon(report)
                     reporting = True
             elif kind == "health":
                 worker.set_health(payload)
             elif kind == "flows":
-                await channel.send("flows", (payload, worker.flow_rows()))
+                await channel.send("flows", (payload[0], worker.flow_rows()))
             elif kind == "drain":
                 await worker.drain(trio.current_time() + float(payload))
                 await channel.send("stats", worker.stats)

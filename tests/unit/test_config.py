@@ -6,8 +6,16 @@ from __future__ import annotations
 import textwrap
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from appliance.config import ConfigError, load_text, parse_address, parse_duration
+from appliance.config import (
+    ConfigError,
+    ConfigIssue,
+    load_text,
+    parse_address,
+    parse_duration,
+)
 
 GOOD = """\
 workers: 2
@@ -252,3 +260,71 @@ ha: {{mode: lease, identity: edge-1, lease: {{duration: 6s}}}}
 def test_broken_cluster_config(text: str, path: str, line: int, words: str) -> None:
     errors = _errors(text)
     assert any(p == path and ln == line and words in m for p, ln, m in errors), errors
+
+
+# -- what a file may not do to the reader (each crashed or hung it before) -------------------
+
+_BOMB = 'a: &a ["x","x","x","x","x","x","x","x","x"]\n' + "".join(
+    f"{c}: &{c} [*{p},*{p},*{p},*{p},*{p},*{p},*{p},*{p},*{p}]\n"
+    for p, c in zip("abcdefgh", "bcdefghi", strict=True))
+
+
+@pytest.mark.parametrize(("text", "line", "words"), [
+    (BASE + "\x00", 5, "#x0000 is not allowed"),
+    (BASE + "\x1b", 5, "#x001b is not allowed"),
+    (BASE + "\x7f", 5, "#x007f is not allowed"),
+    (BASE + "\x0c", 5, "#x000c is not allowed"),
+    ("workers: !foo 2\n" + BASE, 1, "tag '!foo'"),
+    ("workers: " + "9" * 5000 + "\n" + BASE, 1, "cannot read this value"),
+    ("[" * 100_000, 0, "nested too deeply"),
+    ("a:" + " [" * 70 + "]" * 70 + "\n", 1, "nested more than 64 levels"),
+    ("? [a, b]\n: 1\n" + BASE, 1, "a key must be a plain name"),
+    (_BOMB, 6, "expands to more than"),
+])
+def test_no_file_does_more_than_fail_with_a_line(text: str, line: int, words: str) -> None:
+    with pytest.raises(ConfigError) as ei:
+        load_text(text, source="x.yaml")
+    assert any(i.line == line and words in i.message for i in ei.value.issues), \
+        ei.value.issues
+
+
+def test_aliases_within_bounds_still_work() -> None:
+    snap = load_text("listeners:\n"
+                     "  - {name: a, bind: 127.0.0.1:80, backends: &both [127.0.0.1:1, "
+                     "127.0.0.1:2]}\n"
+                     "  - {name: b, bind: 127.0.0.1:81, backends: *both}\n")
+    assert [len(lst.backends) for lst in snap.listeners] == [2, 2]
+
+
+@pytest.mark.parametrize(("value", "words"), [
+    (".nan", "not a duration"), (".inf", "not a duration"), ("-.inf", "not a duration"),
+    ("-1", "negative"), ("99999999h", "longer than 30 days"), ("0", "above zero"),
+])
+@pytest.mark.parametrize("key", ["timeouts.connect", "timeouts.request", "timeouts.idle",
+                                 "health.interval", "health.timeout"])
+def test_every_duration_is_range_checked(key: str, value: str, words: str) -> None:
+    section, name = key.split(".")
+    errors = _errors(BASE + f"    {section}: {{{name}: {value}}}\n")
+    assert any(p == f"listeners[0].{key}" and words in m for p, _, m in errors), errors
+
+
+_VALID = GOOD + HTTP.replace("listeners:\n", "").replace("name: web", "name: www").replace(
+    "8080", "8081")
+
+
+@settings(max_examples=300, deadline=2000)
+@given(st.lists(st.tuples(st.integers(0, len(_VALID)), st.integers(0, 40),
+                          st.text(max_size=8)), min_size=1, max_size=6))
+def test_mutated_configs_never_do_more_than_fail(edits: list[tuple[int, int, str]]) -> None:
+    """Random cuts and insertions into a valid file: a Snapshot or a ConfigError, never
+    another exception, and never a hang (hypothesis' deadline)."""
+    text = _VALID
+    for at, cut, insert in edits:
+        at = min(at, len(text))
+        text = text[:at] + insert + text[at + cut:]
+    issues: list[ConfigIssue] = []
+    try:
+        load_text(text, source="x.yaml")
+    except ConfigError as e:
+        issues = e.issues or [ConfigIssue("", 0, "")]
+    assert all(i.message for i in issues)
