@@ -5,6 +5,8 @@ emptied it, or was reported as a success before."""
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import subprocess
 import time
@@ -142,3 +144,22 @@ def test_flows_to_a_backend_back_before_its_drain_deadline_are_not_cut(
             for s, _ in flows:
                 s.close()
 
+
+
+def test_the_file_is_read_off_the_event_loop(tmp_path: Path) -> None:
+    """A reload reads and checks the file in a thread: traffic flows meanwhile. The file
+    is made a FIFO, whose read waits for a writer, so "meanwhile" is as long as the test
+    likes (a 20,000-backend file once stopped all traffic for seconds)."""
+    port = free_port()
+    with Server(named("w")) as be, edgelb(tmp_path, config(port, be.port),
+                                          wait_port=port) as e:
+        e.path.unlink()
+        os.mkfifo(e.path)
+        e.signal(signal.SIGHUP)
+        for _ in range(5):
+            assert ask(port, timeout=5) == b"w"  # the reload waits on the FIFO
+        assert "reloaded" not in e.logs()
+        with open(e.path, "w") as fifo:
+            fifo.write(config(port, be.port))
+        wait_for(lambda: "reloaded: serving" in e.logs(), 10, "the reload")
+        assert ask(port) == b"w"
