@@ -65,7 +65,10 @@ class Daemon:
                     ) -> None:
         """Start everything, run until SIGTERM/SIGINT, drain, return."""
         static = self.config.load()
-        raise_fd_limit()
+        soft, hard, failed = raise_fd_limit()
+        log.log(logging.WARNING if failed else logging.INFO,
+                "descriptors: %d (hard limit %d)%s; each flow needs 2, 4 while it splices",
+                soft, hard, f"; could not raise: {failed}" if failed else "")
         control_sock = open_control_socket(static.control)
         restore_admin(self.admin, static.control.state_file)
         self.config.edit = self.admin.apply

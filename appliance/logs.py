@@ -32,3 +32,25 @@ def setup(fmt: str = "text", level: int = logging.INFO) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+
+
+class Throttled:
+    """A condition that can recur many times a second (descriptors exhausted, an API
+    down for a backlog of writes) logged once per ``every`` seconds, with how often it
+    happened meanwhile, so that it cannot flood the log."""
+
+    def __init__(self, logger: logging.Logger, every: float = 10.0) -> None:
+        self.logger = logger
+        self.every = every
+        self.last = -1e18
+        self.count = 0
+
+    def __call__(self, level: int, msg: str, *args: object) -> None:
+        self.count += 1
+        now = time.monotonic()
+        if now - self.last < self.every:
+            return
+        if self.count > 1 and self.last > -1e18:
+            msg += f" ({self.count} times in the last {now - self.last:.0f}s)"
+        self.logger.log(level, msg, *args)
+        self.last, self.count = now, 0

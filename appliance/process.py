@@ -3,32 +3,44 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import resource
 
 import trio
 
+# The box, not a peer, is out of something: descriptors, buffers, memory. Such a failure
+# says nothing of a backend's health, and passes once flows close.
+EXHAUSTED = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
-def raise_fd_limit(want: int = 1 << 20) -> int:
+
+def exhausted(e: OSError) -> bool:
+    """Whether ``e`` is this process running out of descriptors or memory."""
+    return e.errno in EXHAUSTED
+
+
+def raise_fd_limit(want: int = 1 << 20) -> tuple[int, int, str]:
     """Lift RLIMIT_NOFILE: every flow costs two descriptors and two more for its splice
     pipes while it moves data. As root (CAP_SYS_RESOURCE) the hard limit is raised too,
-    up to ``fs.nr_open``, as HAProxy does from its maxconn; otherwise soft goes to hard."""
+    up to ``fs.nr_open``, as HAProxy does from its maxconn; otherwise soft goes to hard.
+    Returns (soft, hard) as they are now, and why raising failed ("" when it did not)."""
+    failed = ""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard < want:
         try:
             with open("/proc/sys/fs/nr_open") as f:
                 want = min(want, int(f.read()))
             resource.setrlimit(resource.RLIMIT_NOFILE, (want, want))
-            return want
-        except (ValueError, OSError):
-            pass
+        except (ValueError, OSError) as e:
+            failed = f"the hard limit stays {hard}: {e}"
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
         try:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-            return hard
-        except (ValueError, OSError):
-            pass
-    return soft
+        except (ValueError, OSError) as e:
+            failed = f"the soft limit stays {soft}: {e}"
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return soft, hard, failed
 
 
 def sd_notify(state: str) -> None:

@@ -46,6 +46,8 @@ class ListenerStats:
     no_backend: int = 0
     over_limit: int = 0
     udp_evicted: int = 0
+    # Accepts paused and flows refused because this box ran out of descriptors or memory.
+    exhausted: int = 0
     backends: dict[str, BackendStats] = field(default_factory=dict)
     # HTTP listeners: requests, by route and by status class, and what went wrong.
     requests: int = 0
@@ -67,6 +69,7 @@ class ListenerStats:
         self.no_backend += other.no_backend
         self.over_limit += other.over_limit
         self.udp_evicted += other.udp_evicted
+        self.exhausted += other.exhausted
         for key, b in other.backends.items():
             self.backends.setdefault(key, BackendStats()).add(b)
 

@@ -5,13 +5,38 @@ only with Content-Length, and answers whole or streamed as chunks."""
 from __future__ import annotations
 
 import http
-from collections.abc import AsyncIterator
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 import h11
 import trio
 
+from ..logs import Throttled
+from ..process import exhausted
+
+log = logging.getLogger("edgelb.control")
+_paused = Throttled(log)
+
 READ_SIZE = 65536
+# How long accepting pauses when the box is out of descriptors.
+EXHAUSTED_PAUSE = 0.1
+
+
+async def accept_forever(listener: trio.socket.SocketType,
+                         handle: Callable[[trio.socket.SocketType], Awaitable[None]]) -> None:
+    """Accept on ``listener`` and ``handle`` each connection in a task of its own, until
+    cancelled. Running out of descriptors pauses accepting; it never ends it."""
+    async with trio.open_nursery() as nursery:
+        while True:
+            try:
+                conn, _ = await listener.accept()
+            except OSError as e:
+                if exhausted(e):
+                    _paused(logging.WARNING, "control: accept paused: %s", e.strerror)
+                    await trio.sleep(EXHAUSTED_PAUSE)
+                continue  # or the client gave up before we accepted
+            nursery.start_soon(handle, conn)
 
 
 class Refusal(Exception):

@@ -15,7 +15,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from ..views import HaView, SyncView, Traffic, VrrpState
-from .http import Exchange, Refusal
+from .http import Exchange, Refusal, accept_forever
 from .plane import Views
 
 log = logging.getLogger("edgelb.control")
@@ -107,6 +107,8 @@ _LISTENER_COUNTERS = [
     ("counter", "edgelb_listener_over_limit", "Connections refused by max_connections",
      "over_limit"),
     ("counter", "edgelb_udp_evicted", "UDP flows evicted by max_flows", "udp_evicted"),
+    ("counter", "edgelb_listener_exhausted", "Accepts paused and flows refused because this "
+     "box ran out of descriptors or memory", "exhausted"),
 ]
 _HTTP_COUNTERS = [
     ("counter", "edgelb_http_requests", "HTTP requests received", "requests"),
@@ -186,10 +188,7 @@ async def serve_metrics(sock: socket.socket, views: Views,
     listener = trio.socket.from_stdlib_socket(sock)
     task_status.started()
     with listener:
-        async with trio.open_nursery() as nursery:
-            while True:
-                conn, _ = await listener.accept()
-                nursery.start_soon(_scrape, conn, registry)
+        await accept_forever(listener, lambda conn: _scrape(conn, registry))
 
 
 async def _scrape(conn: trio.socket.SocketType, registry: CollectorRegistry) -> None:

@@ -16,7 +16,7 @@ import trio
 
 from ..model import ControlSpec
 from .api import Plant, Reply, error, handle
-from .http import Exchange, Refusal
+from .http import Exchange, Refusal, accept_forever
 from .roles import identify
 
 log = logging.getLogger("edgelb.control")
@@ -71,10 +71,7 @@ async def serve_control(sock: socket.socket, spec: ControlSpec, plant: Plant,
     listener = trio.socket.from_stdlib_socket(sock)
     task_status.started()
     try:
-        async with trio.open_nursery() as nursery:
-            while True:
-                conn, _ = await listener.accept()
-                nursery.start_soon(_connection, conn, spec, plant)
+        await accept_forever(listener, lambda conn: _connection(conn, spec, plant))
     finally:
         listener.close()
         try:

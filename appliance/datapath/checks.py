@@ -11,22 +11,25 @@ from collections.abc import Callable
 
 import trio
 
+from ..logs import Throttled
 from ..model import Backend, HealthSpec, Snapshot
 from ..views import HealthView
 from . import wire
 from .health import ActiveState, http_verdict
 
 log = logging.getLogger("edgelb.health")
+_unchecked = Throttled(log)
 
 
-async def probe(backend: Backend, spec: HealthSpec) -> tuple[bool, str]:
-    """One check of ``backend``: (ok, reason when not ok)."""
+async def probe(backend: Backend, spec: HealthSpec) -> tuple[bool | None, str]:
+    """One check of ``backend``: (ok, reason when not ok); ok is None when this box could
+    not check at all (out of descriptors), which says nothing of the backend."""
     port = spec.port or backend.port
     with trio.move_on_after(spec.timeout):
         try:
             sock = await wire.connect((backend.host, port))
         except OSError as e:
-            return False, e.strerror or str(e)
+            return (None if wire.exhausted(e) else False), e.strerror or str(e)
         try:
             if spec.type != "http":
                 return True, ""
@@ -90,7 +93,9 @@ class HealthChecker:
                     st: ActiveState) -> None:
         while True:
             ok, why = await probe(backend, spec)
-            if st.observe(ok, why):
+            if ok is None:
+                _unchecked(logging.WARNING, "health checks cannot run: %s", why)
+            elif st.observe(ok, why):
                 if st.up:
                     log.info("listener %s: backend %s is up", listener, backend.key)
                 else:

@@ -13,7 +13,7 @@ import trio
 
 from . import wire
 from .backends import BackendRuntime, BackendSet
-from .errors import BackendUnreachable
+from .errors import BackendUnreachable, Exhausted
 
 W = TypeVar("W")
 
@@ -36,7 +36,8 @@ async def connect_to_pool(
     ``setup`` (a PROXY header, a TLS handshake) within the listener's connect timeout;
     ``reuse`` may offer a kept-alive connection to a picked backend instead. Without
     ``retry`` (a request that must not be sent twice) the first failure ends the search.
-    Raises BackendUnreachable, whose ``tried`` says whether any backend was tried."""
+    Raises BackendUnreachable, whose ``tried`` says whether any backend was tried, or
+    Exhausted when this box has no descriptor or memory left for the connection."""
     lst = pool.listener
     timeout = lst.timeouts.connect
     tried = set() if tried is None else tried
@@ -59,11 +60,15 @@ async def connect_to_pool(
                 sock = await wire.connect(br.address)
                 conn = await setup(sock, br)
             except OSError as e:
+                if sock is not None:
+                    wire.close(sock)
+                if wire.exhausted(e):
+                    raise Exhausted(e.strerror) from None
                 why = e.strerror or type(e).__name__
             else:
                 br.passive.success()
                 return Upstream(br, conn)
-        if sock is not None:
+        if sock is not None and sock.fileno() >= 0:
             wire.close(sock)
         br.connect_failed(lst.name, now, why)
         failed = True

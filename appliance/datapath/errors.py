@@ -10,6 +10,8 @@ for the flow.
     BackendGone             the backend closed or reset before its response was whole
     BackendUnreachable      no backend of the pool took the connection (``tried``: whether
                             any was tried, which makes the answer 502 rather than 503)
+    Exhausted               this box is out of descriptors or memory: no backend is to
+                            blame, the flow is refused (503) until flows close
 
 The protocol errors carry the status to answer with, as h11's LocalProtocolError and
 RemoteProtocolError carry ``error_status_hint``.
@@ -53,3 +55,8 @@ class BackendUnreachable(Exception):
     def __init__(self, tried: bool) -> None:
         super().__init__("no backend reachable" if tried else "no backend available")
         self.tried = tried
+
+
+class Exhausted(Exception):
+    """This box ran out of descriptors or memory for a new connection: not a backend's
+    failure, and not to be counted against one."""

@@ -20,7 +20,7 @@ import trio
 from . import http1, wire
 from .backends import BackendRuntime, BackendSet, IdleUpstream
 from .connect import Upstream, connect_to_pool
-from .errors import BackendError, BackendGone, BackendUnreachable, ClientGone
+from .errors import BackendError, BackendGone, BackendUnreachable, ClientGone, Exhausted
 from .http1 import CHUNKED, END_OF_MESSAGE, NEED_DATA, NO_BODY, Marker, Phase, Request
 from .wire import PlainWire, TlsWire, Wire
 
@@ -173,6 +173,10 @@ class Forward:
             if not e.tried:
                 pool.stats.no_backend += 1
             await self.client.own_response(ex, 502 if e.tried else 503)
+            return None
+        except Exhausted:
+            pool.stats.exhausted += 1
+            await self.client.own_response(ex, 503)
             return None
         if up.reused:
             ex.connect_ms = 0.0

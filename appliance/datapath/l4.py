@@ -10,7 +10,7 @@ import trio
 from . import proxyproto, wire
 from .backends import BackendRuntime, Backends, BackendSet
 from .connect import connect_to_pool
-from .errors import BackendUnreachable
+from .errors import BackendUnreachable, Exhausted
 from .flows import Flow, FlowBook
 from .relay import HAVE_SPLICE, Relay
 
@@ -60,6 +60,9 @@ class TcpForwarder:
             # Every backend is down or refused: close at once rather than leave the
             # client waiting for a timeout.
             pool.stats.no_backend += 1
+            return
+        except Exhausted:
+            pool.stats.exhausted += 1
             return
         try:
             await self._relay(flow, upstream.backend, sock, upstream.conn, lst.name,

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import trio
 
+from ..logs import Throttled
 from ..model import Listener
 from . import wire
 
@@ -22,6 +23,9 @@ SocketKey = tuple[str, str, int]  # (protocol, host, port): Listener.socket_key
 # Accepted in one go before yielding to the other tasks, as nginx's multi_accept: a burst
 # of connects costs one wake-up, not one each, and never starves the flows.
 ACCEPT_BATCH = 64
+# How long accepting pauses when the box is out of descriptors.
+EXHAUSTED_PAUSE = 0.1
+_paused = Throttled(log)
 
 
 @dataclass
@@ -39,10 +43,12 @@ class Listeners:
 
     def __init__(self, nursery: trio.Nursery,
                  accept: Callable[[socket.socket, tuple[str, int], Listener], None],
-                 serve_udp: Callable[[Bound], Awaitable[None]]) -> None:
+                 serve_udp: Callable[[Bound], Awaitable[None]],
+                 on_exhausted: Callable[[Listener], None] = lambda lst: None) -> None:
         self.nursery = nursery
         self.accept = accept
         self.serve_udp = serve_udp
+        self.on_exhausted = on_exhausted  # counts an accept paused for want of descriptors
         self.bound: dict[SocketKey, Bound] = {}
 
     def apply(self, listeners: Iterable[Listener], strict: bool = False,
@@ -104,10 +110,13 @@ class Listeners:
                 try:
                     got = wire.accept(sock)
                 except OSError as e:
-                    if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                        # Out of descriptors: back off instead of spinning on accept.
-                        log.warning("accept on %s: %s", bound.listener.bind_text, e.strerror)
-                        await trio.sleep(0.1)
+                    if wire.exhausted(e):
+                        # Out of descriptors: pause accepting (the backlog holds the
+                        # clients) instead of spinning, as HAProxy and nginx do.
+                        self.on_exhausted(bound.listener)
+                        _paused(logging.WARNING, "accept on %s paused: %s",
+                                bound.listener.bind_text, e.strerror)
+                        await trio.sleep(EXHAUSTED_PAUSE)
                         continue
                     if e.errno in (errno.ECONNABORTED, errno.EPROTO, errno.EPERM):
                         continue  # the client gave up before we accepted

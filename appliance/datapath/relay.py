@@ -146,7 +146,7 @@ class Relay:
                 await trio.lowlevel.wait_readable(src)
             if splicing:
                 n = await self._splice_once(src, dst, sfd, dfd)
-                if n < 0:  # splice unsupported here: copy from now on
+                if n < 0:  # splice unsupported here (or no pipe to be had): copy
                     splicing = can_splice = False
                     continue
                 if n < COPY_CHUNK:
@@ -178,7 +178,10 @@ class Relay:
                            dfd: int) -> int:
         """Move one batch with splice: bytes moved, 0 at EOF, -1 if unsupported."""
         while True:
-            pipe = PIPES.take()
+            try:
+                pipe = PIPES.take()
+            except OSError:
+                return -1  # no descriptor for a pipe: this flow copies from now on
             rfd, wfd, size = pipe
             try:
                 n = os.splice(sfd, wfd, size, flags=_FLAGS)

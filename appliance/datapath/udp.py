@@ -106,8 +106,11 @@ class UdpForwarder:
         br = pool.runtime(i)
         try:
             up = wire.datagram_socket(br.address)
-        except OSError:
-            br.stats.connect_failures += 1
+        except OSError as e:
+            if wire.exhausted(e):
+                pool.stats.exhausted += 1
+            else:
+                br.stats.connect_failures += 1
             return None
         flow = Flow(pool.listener.name, "udp", client, br.key, trio.current_time(),
                     state="established")

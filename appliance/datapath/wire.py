@@ -4,7 +4,8 @@ scheduler twice per call, which doubled the cost of a small request; a syscall t
 finds the socket ready (most of the time, under load) costs one call here.
 
 This is the only module that opens, connects or closes datapath sockets, and the only
-one that knows the address family is chosen by the host's text. A socket that a task may
+one that knows the address family is chosen by the host's text. ``exhausted`` tells a
+failure of this box (out of descriptors) from a peer's. A socket that a task may
 be waiting on is closed with ``close``, which wakes the waiter first (trio requires it).
 """
 
@@ -17,6 +18,8 @@ import ssl
 from typing import Protocol
 
 import trio
+
+from ..process import exhausted as exhausted  # the datapath asks wire
 
 READ_SIZE = 65536
 # Python 3.11's socket module lacks the freebind constants: Linux's values.

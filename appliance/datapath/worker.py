@@ -44,7 +44,7 @@ class Worker:
         self.tcp = TcpForwarder(self, self.backends, use_splice)
         self.udp = UdpForwarder(self)
         self.http = HttpProxy(self)
-        self.listeners = Listeners(nursery, self._accept, self.udp.serve)
+        self.listeners = Listeners(nursery, self._accept, self.udp.serve, self._exhausted)
         self._timer = False
         # TLS contexts by certificate fingerprints: a reload that keeps the certificates
         # keeps the contexts (and their session caches).
@@ -117,6 +117,9 @@ class Worker:
             self.nursery.start_soon(self.http.serve, sock, client, site)
         else:
             wire.close(sock)
+
+    def _exhausted(self, lst: Listener) -> None:
+        self.stats.setdefault(lst.name, ListenerStats()).exhausted += 1
 
     def set_health(self, down: set[tuple[str, str]]) -> None:
         """Active health verdicts from the control process: (listener, backend key) down."""
