@@ -95,7 +95,8 @@ class Daemon:
                     await nursery.start(cluster.run)
                 await nursery.start(ha.run)
                 if metrics_sock is not None:
-                    await nursery.start(serve_metrics, metrics_sock, views)
+                    await nursery.start(serve_metrics, metrics_sock, views,
+                                        lambda: plane.streams.open)
                 self._started(snap, nursery)
                 task_status.started()
                 async for signum in sigs:

@@ -60,6 +60,46 @@ class Plant(Protocol):
     def audit(self, caller: Caller, action: str, target: dict[str, Any], result: str) -> None:
         ...
 
+    @property
+    def streams(self) -> Streams:
+        """The follow streams open now."""
+
+
+# Each follow stream gathers every worker's flows, or waits for events, for as long as
+# its client stays: the datapath pays for them. A user gets this many at once, and all
+# users together this many; a flows stream refreshes at most once a second.
+MAX_STREAMS_PER_USER = 4
+MAX_STREAMS = 64
+MIN_INTERVAL = 1.0
+
+
+class Streams:
+    """The follow streams open now, by user."""
+
+    def __init__(self) -> None:
+        self.by_uid: dict[int, int] = {}
+
+    @property
+    def open(self) -> int:
+        return sum(self.by_uid.values())
+
+    def take(self, caller: Caller) -> str | None:
+        """One more stream for ``caller``; why not, when it may not have one."""
+        if self.by_uid.get(caller.uid, 0) >= MAX_STREAMS_PER_USER:
+            return (f"{caller.user} has {MAX_STREAMS_PER_USER} follow streams open already; "
+                    "close one first")
+        if self.open >= MAX_STREAMS:
+            return f"{MAX_STREAMS} follow streams are open already; try again later"
+        self.by_uid[caller.uid] = self.by_uid.get(caller.uid, 0) + 1
+        return None
+
+    def release(self, caller: Caller) -> None:
+        left = self.by_uid.get(caller.uid, 0) - 1
+        if left > 0:
+            self.by_uid[caller.uid] = left
+        else:
+            self.by_uid.pop(caller.uid, None)
+
 
 @dataclass
 class Reply:
@@ -181,15 +221,31 @@ async def _read(plant: Plant, caller: Caller, path: str, q: dict[str, str]) -> R
     if path == "/v1/flows":
         select_flows([], q)  # a bad query is refused before anything is gathered
         if _flag(q, "follow"):
-            interval = _float(q, "interval", 1.0, 0.1, 60.0)
-            return Reply(200, stream=_flow_pages(plant, q, interval))
+            interval = _float(q, "interval", 1.0, MIN_INTERVAL, 60.0)
+            return _follow(plant, caller, _flow_pages(plant, q, interval))
         return Reply(200, await _flow_page(plant, q))
     if path == "/v1/events":
         since = _int(q, "since", 0, 0, 1 << 62)
         if _flag(q, "follow"):
-            return Reply(200, stream=_event_stream(plant, since))
+            return _follow(plant, caller, _event_stream(plant, since))
         return Reply(200, {"events": plant.events(since)})
     return error(404, f"no endpoint {path}")
+
+
+def _follow(plant: Plant, caller: Caller, items: AsyncIterator[Any]) -> Reply:
+    """A follow stream, if ``caller`` may open one more (429 otherwise)."""
+    refused = plant.streams.take(caller)
+    if refused is not None:
+        return error(429, refused)
+
+    async def counted() -> AsyncIterator[Any]:
+        try:
+            async for item in items:
+                yield item
+        finally:
+            plant.streams.release(caller)
+
+    return Reply(200, stream=counted())
 
 
 async def _flow_page(plant: Plant, q: dict[str, str]) -> dict[str, Any]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import trio
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -22,10 +22,11 @@ log = logging.getLogger("edgelb.control")
 
 
 class StatsCollector(Collector):
-    """Reads the views at scrape time."""
+    """Reads the views at scrape time, and how many follow streams are open."""
 
-    def __init__(self, views: Views) -> None:
+    def __init__(self, views: Views, streams: Callable[[], int]) -> None:
         self.views = views
+        self.streams = streams
 
     def collect(self) -> Iterator[Metric]:
         totals = self.views.traffic()
@@ -39,7 +40,10 @@ class StatsCollector(Collector):
         unbound = GaugeMetricFamily("edgelb_listeners_unbound", "Listeners of the Snapshot "
                                     "in force that could not be bound")
         unbound.add_metric([], len(snap.bind_errors))
-        yield from (failures, unbound)
+        streams = GaugeMetricFamily("edgelb_control_streams", "Follow streams open on the "
+                                    "control API")
+        streams.add_metric([], self.streams())
+        yield from (failures, unbound, streams)
         yield from _families(totals, _LISTENER_COUNTERS)
         yield from _families(totals, _BACKEND_COUNTERS)
         down = self.views.health().down
@@ -179,12 +183,12 @@ def open_metrics_socket(bind: tuple[str, int]) -> socket.socket:
 SCRAPE_PATIENCE = 10.0
 
 
-async def serve_metrics(sock: socket.socket, views: Views,
+async def serve_metrics(sock: socket.socket, views: Views, streams: Callable[[], int],
                         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                         ) -> None:
     """Answer ``GET /metrics`` on ``sock`` until cancelled."""
     registry = CollectorRegistry()
-    registry.register(StatsCollector(views))
+    registry.register(StatsCollector(views, streams))
     listener = trio.socket.from_stdlib_socket(sock)
     task_status.started()
     with listener:

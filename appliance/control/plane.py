@@ -15,6 +15,7 @@ from typing import Any
 from .. import __version__
 from ..views import FlowRow, HaView, HealthView, SnapshotView, SyncView, Traffic
 from .admin import AdminError, AdminState
+from .api import Streams
 from .audit import AuditLog
 from .events import Events
 from .present import listener_detail, listener_summary, route_views
@@ -60,6 +61,7 @@ class ControlPlane:
         self.audit_log = audit_log
         self.state_file = state_file  # where the operators' changes are kept
         self.started = time.time()
+        self.streams = Streams()
 
     # -- reads ---------------------------------------------------------------------------
 

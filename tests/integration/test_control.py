@@ -14,7 +14,7 @@ import pytest
 
 from appliance.control.client import Client, ControlError
 from tests.accounts import CONTROL_ROLES, Accounts, users  # noqa: F401
-from tests.helpers import EDGELB, Server, ask, edgelb, free_port, named, wait_for
+from tests.helpers import EDGELB, Server, ask, edgelb, free_port, metrics, named, wait_for
 
 
 def _config(port: int, b1: int, b2: int, extra: str = "", workers: int = 1) -> str:
@@ -216,7 +216,7 @@ def test_flows_across_workers_filter_page_and_stream(tmp_path: Path) -> None:
             assert len(mine) == 1
             assert mine[0]["backend"] in (f"127.0.0.1:{one.port}", f"127.0.0.1:{two.port}")
             assert mine[0]["vip"] == f"127.0.0.1:{port}" and mine[0]["bytes_in"] == 4
-            stream = c.stream("/v1/flows", limit=1, interval=0.2)
+            stream = c.stream("/v1/flows", limit=1, interval=1)
             assert next(stream)["total"] == 30
             assert next(stream)["total"] == 30
             stream.close()
@@ -264,3 +264,31 @@ def test_a_second_daemon_on_the_same_socket_is_refused(tmp_path: Path) -> None:
                            env={**os.environ, "EDGELB_SOCKET": e.socket}, timeout=20)
         assert r.returncode == 1 and "another edgelb" in r.stderr
         assert Client(e.socket).get("/v1/status")["pid"] == e.proc.pid  # type: ignore[union-attr]
+
+
+def test_follow_streams_are_bounded_per_user_and_counted(tmp_path: Path) -> None:
+    """Each follow stream costs the datapath (a flows stream gathers every worker's flows
+    each interval): a user gets four at once, and a second is the shortest interval."""
+    port, mport = free_port(), free_port()
+    with Server(named("one")) as one, Server(named("two")) as two, \
+            edgelb(tmp_path, _config(port, one.port, two.port,
+                                     extra=f"metrics: {{bind: 127.0.0.1:{mport}}}"),
+                   wait_port=port) as e:
+        c = Client(e.socket)
+        streams = [c.stream("/v1/events") for _ in range(4)]
+        for s in streams:
+            assert next(s)["kind"] == "start"
+        with pytest.raises(ControlError) as ei:
+            next(c.stream("/v1/events"))
+        assert ei.value.status == 429 and "4 follow streams" in ei.value.message
+        assert metrics(mport)["edgelb_control_streams"] == 4
+        streams.pop().close()
+        wait_for(lambda: metrics(mport)["edgelb_control_streams"] == 3, 5, "a stream closed")
+        again = c.stream("/v1/flows", interval=1)
+        assert next(again)["all"] == 0
+        again.close()
+        with pytest.raises(ControlError) as ei:
+            next(c.stream("/v1/flows", interval=0.1))
+        assert ei.value.status == 400 and "interval" in ei.value.message
+        for s in streams:
+            s.close()
