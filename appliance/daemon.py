@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import signal
 import time
 
@@ -34,6 +35,7 @@ from .control.plane import ControlPlane, Operations, Views, restore_admin
 from .control.server import open_control_socket, serve_control
 from .datapath.checks import HealthChecker
 from .datapath.workers import Datapath, LocalDatapath, datapath_for
+from .files import trusted_dir
 from .ha.lease_runner import LeaseRunner
 from .ha.service import HaService, Standalone, tracked_failures
 from .ha.vrrp_runner import VrrpRunner
@@ -70,6 +72,8 @@ class Daemon:
                 "descriptors: %d (hard limit %d)%s; each flow needs 2, 4 while it splices",
                 soft, hard, f"; could not raise: {failed}" if failed else "")
         control_sock = open_control_socket(static.control)
+        for directory, mode in self._written_dirs(static):
+            trusted_dir(directory, mode)
         restore_admin(self.admin, static.control.state_file)
         self.config.edit = self.admin.apply
         self.config.put_in_force = self._put_in_force
@@ -106,6 +110,17 @@ class Daemon:
                         await self.drain()
                         nursery.cancel_scope.cancel()
                         break
+
+    @staticmethod
+    def _written_dirs(snap: Snapshot) -> list[tuple[str, int]]:
+        """The directories the daemon writes into besides the control socket's and the
+        audit log's (checked as they open): refused at start if others could write."""
+        out = []
+        if snap.control.state_file:
+            out.append((os.path.dirname(snap.control.state_file), 0o750))
+        if snap.cluster is not None:
+            out.append((snap.cluster.tls_dir, 0o700))
+        return out
 
     def _leadership(self, snap: Snapshot) -> tuple[HaService, ClusterService | None]:
         """The HA service of ``ha.mode`` and, with a cluster section, the cluster service

@@ -186,10 +186,15 @@ def flow_dicts(rows: list[FlowRow]) -> list[dict[str, Any]]:
 async def handle(plant: Plant, caller: Caller, method: str, target: str,
                  body: bytes) -> Reply:
     """Answer one request of ``caller``."""
-    if caller.role is None:
-        return error(403, f"user {caller.user} (uid {caller.uid}) has no edgelb role")
     parts = urlsplit(target)
     path = unquote(parts.path).rstrip("/") or "/"
+    if caller.role is None:
+        msg = f"user {caller.user} (uid {caller.uid}) has no edgelb role"
+        if path.startswith("/v1/actions/"):  # refused actions are audited too
+            _, _, kept = _arguments(body)
+            plant.audit(caller, path.removeprefix("/v1/actions/")[:64], kept,
+                        f"refused: {msg}")
+        return error(403, msg)
     try:
         q = dict(parse_qsl(parts.query, keep_blank_values=True, strict_parsing=False))
         if path.startswith("/v1/actions/"):
@@ -272,20 +277,51 @@ async def _event_stream(plant: Plant, since: int) -> AsyncIterator[Any]:
 async def _action(plant: Plant, caller: Caller, action: str, body: bytes) -> Reply:
     if action not in ACTIONS:
         return error(404, f"no action {action!r}; one of {', '.join(ACTIONS)}")
-    try:
-        args = json.loads(body or b"{}")
-    except ValueError as e:
-        return error(400, f"the body is not JSON: {e}")
-    if not isinstance(args, dict):
-        return error(400, "the body must be a JSON object")
+    args, problem, target = _arguments(body)
     if not caller.may("operator"):
         msg = f"{action} needs the operator or admin role; {caller.user} is a {caller.role}"
-        plant.audit(caller, action, args, f"refused: {msg}")
+        plant.audit(caller, action, target, f"refused: {msg}")
         return error(403, msg)
+    if problem is not None:
+        plant.audit(caller, action, target, f"failed: {problem}")
+        return error(400, problem)
     try:
         done = await plant.act(caller, action, args)
     except ActionRefused as e:
-        plant.audit(caller, action, args, f"failed: {e}")
+        plant.audit(caller, action, target, f"failed: {e}")
         return error(e.status, str(e))
-    plant.audit(caller, action, args, str(done.get("result", "ok")))
+    plant.audit(caller, action, target, str(done.get("result", "ok")))
     return Reply(200, done)
+
+
+def _arguments(body: bytes) -> tuple[dict[str, Any], str | None, dict[str, Any]]:
+    """An action's arguments, or why its body holds none; and what the audit log keeps
+    of them."""
+    try:
+        args = json.loads(body or b"{}")
+    except ValueError as e:
+        problem = f"the body is not JSON: {e}"
+    except RecursionError:
+        problem = "the body is nested too deeply"
+    else:
+        if isinstance(args, dict):
+            return args, None, audited(args)
+        problem = "the body must be a JSON object"
+    return {}, problem, {"body": f"{len(body)} bytes: {problem[:AUDITED_CHARS]}"}
+
+
+# What an audit entry keeps of an action's body: its arguments, each bounded, and not
+# whatever else a caller sent along.
+AUDITED = ("listener", "backend", "weight")
+AUDITED_CHARS = 256
+
+
+def audited(args: dict[str, Any]) -> dict[str, Any]:
+    """The action's arguments as the audit log records them."""
+    out: dict[str, Any] = {}
+    for key in AUDITED:
+        if key in args:
+            value = args[key]
+            out[key] = value if isinstance(value, int | None) and not isinstance(
+                value, bool) else str(value)[:AUDITED_CHARS]
+    return out

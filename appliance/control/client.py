@@ -6,7 +6,9 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import pwd
 import socket
+import stat
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlencode
@@ -29,12 +31,43 @@ class ControlError(Exception):
         self.message = message
 
 
+# The user a system daemon runs as (the Ansible role and the unit create it).
+DAEMON_USER = "edgelb"
+
+
+def check_socket(path: str) -> None:
+    """Refuse (ControlError, status 0) a socket that no edgelb of ours would own: one
+    owned by someone other than root, this user or the daemon's user, or a symbolic
+    link. Whoever can write the socket's directory could otherwise put their own socket
+    there and answer a root ``ctl`` (or collect what it sends)."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return  # nothing to trust yet: the connect says it is missing
+    except OSError:
+        return  # not ours to read (its directory): the connect says what it can
+    try:
+        daemon = pwd.getpwnam(DAEMON_USER).pw_uid
+    except KeyError:
+        daemon = 0
+    owner = st.st_uid
+    if stat.S_ISLNK(st.st_mode) or owner not in (0, os.geteuid(), daemon):
+        try:
+            name = pwd.getpwuid(owner).pw_name
+        except KeyError:
+            name = str(owner)
+        what = "a symbolic link" if stat.S_ISLNK(st.st_mode) else f"owned by {name}"
+        raise ControlError(0, f"refusing {path}: it is {what}, not an edgelb control socket "
+                              f"(owned by root, {DAEMON_USER} or you)")
+
+
 class _UnixConnection(http.client.HTTPConnection):
     def __init__(self, path: str, timeout: float) -> None:
         super().__init__("localhost", timeout=timeout)
         self.path = path
 
     def connect(self) -> None:
+        check_socket(self.path)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(self.timeout)
         try:

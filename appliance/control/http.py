@@ -60,6 +60,7 @@ class Exchange:
 
     def __init__(self, stream: trio.abc.Stream, max_head: int = 16384) -> None:
         self.stream = stream
+        self.max_head = max_head
         self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=max_head)
 
     async def _next(self) -> object:
@@ -79,6 +80,13 @@ class Exchange:
         ev = await self._next()
         if not isinstance(ev, h11.Request):
             return None
+        if ev.http_version not in (b"1.0", b"1.1"):
+            raise Refusal(505, "only HTTP/1.0 and HTTP/1.1 are served")
+        # h11 bounds a head only while it is incomplete: one that came whole in a read
+        # is measured here.
+        size = len(ev.target) + sum(len(k) + len(v) + 4 for k, v in ev.headers)
+        if size > self.max_head:
+            raise Refusal(431, f"a request head over {self.max_head} bytes")
         headers = {k.decode().lower(): v.decode("latin-1") for k, v in ev.headers}
         if "transfer-encoding" in headers:
             raise Refusal(411, "send the body with a Content-Length")

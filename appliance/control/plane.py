@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import __version__
+from ..files import replace_file
 from ..views import FlowRow, HaView, HealthView, SnapshotView, SyncView, Traffic
 from .admin import AdminError, AdminState
 from .api import Streams
@@ -194,11 +195,7 @@ def save_admin(admin: AdminState, state_file: str) -> None:
     """Keep the operators' changes for the next run (written whole, then renamed)."""
     if not state_file:
         return
-    tmp = f"{state_file}.tmp"
     try:
-        os.makedirs(os.path.dirname(state_file), exist_ok=True)
-        with open(tmp, "w") as f:
-            f.write(admin.dumps())
-        os.replace(tmp, state_file)
+        replace_file(state_file, admin.dumps().encode(), 0o640)
     except OSError as e:
         log.error("backend state %s not saved: %s", state_file, e.strerror or e)

@@ -14,6 +14,7 @@ from typing import Any
 
 import trio
 
+from ..files import trusted_dir
 from ..model import ControlSpec
 from .api import Plant, Reply, error, handle
 from .http import Exchange, Refusal, accept_forever
@@ -30,9 +31,10 @@ REQUEST_PATIENCE = 10.0
 def open_control_socket(spec: ControlSpec) -> socket.socket:
     """Bind the control socket: mode 0660 with group ``spec.group``, so that only members
     of that group (and root) can connect at all; the role check comes after. A socket
-    file left by a crash is replaced; one that a live daemon answers on is an error."""
+    file left by a crash is replaced; one that a live daemon answers on is an error, and
+    so is a directory that others could write into (``files.trusted_dir``)."""
     path = spec.socket
-    os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+    trusted_dir(os.path.dirname(path))
     if os.path.exists(path):
         probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:

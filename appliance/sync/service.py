@@ -13,6 +13,7 @@ from typing import Any
 import trio
 from kubernetes import client
 
+from ..files import replace_file
 from ..model import ClusterSpec, Listener
 from ..views import SyncView, WatchView
 from .ipam import Ipam
@@ -24,15 +25,11 @@ log = logging.getLogger("edgelb")
 
 
 def write_secret_file(path: str, content: bytes) -> None:
-    """Write a certificate or key from a Secret, readable by edgelb only."""
-    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    """Write a certificate or key from a Secret, readable by edgelb only (in ``tls_dir``,
+    which the daemon checked it can trust at start)."""
     if os.path.exists(path):
         return  # named by content hash: the same name is the same content
-    tmp = f"{path}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(content)
-    os.replace(tmp, path)
+    replace_file(path, content, 0o600)
 
 
 class ClusterService:

@@ -31,7 +31,7 @@ listeners:
 {extra}"""
 
 
-def _raw(path: str, data: bytes) -> tuple[int, dict[str, object]]:
+def _exchange(path: str, data: bytes) -> bytes:
     with socket.socket(socket.AF_UNIX) as s:
         s.settimeout(5)
         s.connect(path)
@@ -39,8 +39,16 @@ def _raw(path: str, data: bytes) -> tuple[int, dict[str, object]]:
         out = b""
         while chunk := s.recv(65536):
             out += chunk
-    head, _, body = out.partition(b"\r\n\r\n")
+    return out
+
+
+def _raw(path: str, data: bytes) -> tuple[int, dict[str, object]]:
+    head, _, body = _exchange(path, data).partition(b"\r\n\r\n")
     return int(head.split()[1]), json.loads(body)
+
+
+def _status_line(path: str, data: bytes) -> bytes:
+    return _exchange(path, data).split(b"\r\n", 1)[0]
 
 
 def _refused(port: int) -> bool:
@@ -78,6 +86,8 @@ def test_roles_actions_and_audit(tmp_path: Path, users: Accounts) -> None:  # no
         # In the socket's group but without a role: refused by the API.
         r = users.run("elbt-none", "ctl", "status", env=env)
         assert r.returncode == 4 and "no edgelb role" in r.stderr
+        r = users.run("elbt-none", "ctl", "drain", "web", f"127.0.0.1:{one.port}", env=env)
+        assert r.returncode == 4 and "no edgelb role" in r.stderr
         # Not even in the socket's group: the kernel refuses the connect.
         r = users.run("elbt-out", "ctl", "status", env=env)
         assert r.returncode == 3 and "permission denied" in r.stderr
@@ -100,11 +110,12 @@ def test_roles_actions_and_audit(tmp_path: Path, users: Accounts) -> None:  # no
         seen = [(a["user"], a["role"], a["action"], a["result"].split(":")[0])
                 for a in audit]
         assert seen == [("elbt-view", "viewer", "drain", "refused"),
+                        ("elbt-none", "none", "drain", "refused"),
                         ("elbt-op", "operator", "drain", "ok"),
                         ("elbt-op", "operator", "undrain", "ok"),
                         ("elbt-op", "operator", "weight", "failed")]
-        assert audit[1]["target"] == {"listener": "web", "backend": f"127.0.0.1:{one.port}"}
-        assert audit[1]["uid"] > 0 and audit[1]["time"].endswith("+00:00")
+        assert audit[2]["target"] == {"listener": "web", "backend": f"127.0.0.1:{one.port}"}
+        assert audit[2]["uid"] > 0 and audit[2]["time"].endswith("+00:00")
         assert "elbt-op" in e.logs()  # a copy in the daemon's log
 
 
@@ -131,11 +142,24 @@ def test_malformed_requests_get_4xx(tmp_path: Path) -> None:
              b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 411, "Content-Length"),
             (b"GET /v1/status HTTP/1.1\r\nHost: x\r\nBad Header: y\r\n\r\n", 400, ""),
             (b"GET /v1/listeners/nope HTTP/1.1\r\nHost: x\r\n\r\n", 404, "no listener"),
+            (b"POST /v1/actions/drain HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n"
+             + b"[" * 5000, 400, "nested too deeply"),
+            # Bare LF line ends (RFC 9112 2.2 allows them): answered, not held 10 s.
+            (b"GET /v1/nothing HTTP/1.1\nHost: x\n\n", 404, "no endpoint"),
+            (b"GET /v1/status HTTP/2.0\r\nHost: x\r\n\r\n", 505, "HTTP/1.1"),
+            # A head over the limit that arrives whole in one read.
+            (b"GET /v1/status HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"a" * 20000 + b"\r\n\r\n",
+             431, "head over"),
         ]
         for data, status, words in cases:
             got, body = _raw(p, data)
-            assert got == status, (data, body)
-            assert words in str(body["error"]), (data, body)
+            assert got == status, (data[:80], body)
+            assert words in str(body["error"]), (data[:80], body)
+        # Every refusal names its status with the standard reason phrase.
+        line = _status_line(p, b"GET /v1/status HTTP/2.0\r\nHost: x\r\n\r\n")
+        assert line == b"HTTP/1.1 505 HTTP Version Not Supported"
+        line = _status_line(p, b"GET / HTTP/1.1\r\nHost: x\r\nX: " + b"a" * 20000 + b"\r\n\r\n")
+        assert line == b"HTTP/1.1 431 Request Header Fields Too Large"
         # The daemon is unharmed.
         assert Client(p).get("/v1/status")["snapshot"]["version"] == 1
 
@@ -292,3 +316,70 @@ def test_follow_streams_are_bounded_per_user_and_counted(tmp_path: Path) -> None
         assert ei.value.status == 400 and "interval" in ei.value.message
         for s in streams:
             s.close()
+
+
+def test_an_audit_entry_keeps_the_arguments_bounded_and_nothing_else(tmp_path: Path) -> None:
+    port = free_port()
+    with Server(named("one")) as one, Server(named("two")) as two, \
+            edgelb(tmp_path, _config(port, one.port, two.port), wait_port=port) as e:
+        body = json.dumps({"listener": "web", "backend": "x" * 1000,
+                           "junk": "y" * 60_000}).encode()
+        status, _ = _raw(e.socket, b"POST /v1/actions/drain HTTP/1.1\r\nHost: x\r\n"
+                         b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        assert status == 404  # no such backend: failed, and audited
+        line = (Path(e.control_dir) / "audit.jsonl").read_text().splitlines()[-1]
+        entry = json.loads(line)
+        assert len(line) < 1024 and "junk" not in entry["target"]
+        assert entry["target"] == {"listener": "web", "backend": "x" * 256}
+
+
+def test_directories_others_can_write_are_refused(tmp_path: Path) -> None:
+    """A world-writable directory with a link named like the audit log: the daemon
+    refuses it at start and writes nothing through the link."""
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o1777)
+    (shared / "audit.jsonl").symlink_to(victim)
+    port = free_port()
+    cfg = tmp_path / "edgelb.yaml"
+    cfg.write_text(f"listeners:\n  - {{name: a, bind: 127.0.0.1:{port}, "
+                   "backends: [127.0.0.1:9], health: {type: none}}\n")
+    r = subprocess.run([*EDGELB, "run", "-c", str(cfg)], capture_output=True, text=True,
+                       timeout=30, env={**os.environ,
+                                        "EDGELB_SOCKET": str(shared / "control.sock")})
+    assert r.returncode == 1
+    assert "not a directory edgelb writes into" in r.stderr and "writable" in r.stderr
+    assert victim.read_text() == "precious\n"
+    assert not (shared / "control.sock").exists()
+
+
+def test_the_audit_log_is_never_written_through_a_link(tmp_path: Path) -> None:
+    from appliance.files import append_line
+
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    (tmp_path / "audit.jsonl").symlink_to(victim)
+    with pytest.raises(OSError, match="Too many levels of symbolic links"):
+        append_line(str(tmp_path / "audit.jsonl"), "{}\n")
+    assert victim.read_text() == "precious\n"
+
+
+def test_ctl_refuses_a_socket_it_cannot_trust(tmp_path: Path) -> None:
+    """Someone else's socket where ours should be: ctl (run as root here) will not talk
+    to it, so it can neither lie to root nor collect what root sends."""
+    d = tmp_path / "run"
+    d.mkdir()
+    path = str(d / "control.sock")
+    fake = socket.socket(socket.AF_UNIX)
+    fake.bind(path)
+    fake.listen(1)
+    os.chown(path, 65534, 65534)  # nobody's
+    try:
+        r = subprocess.run([*EDGELB, "ctl", "--socket", path, "status"], capture_output=True,
+                           text=True, timeout=30)
+        assert r.returncode == 3
+        assert "refusing" in r.stderr and "nobody" in r.stderr
+    finally:
+        fake.close()
