@@ -356,14 +356,22 @@ def test_directories_others_can_write_are_refused(tmp_path: Path) -> None:
 
 
 def test_the_audit_log_is_never_written_through_a_link(tmp_path: Path) -> None:
-    from appliance.files import append_line
-
+    """Even in a trusted directory (say root ran `ln -s` by mistake), the audit log is
+    not a link to follow: the entry goes to the daemon's log, and the file pointed at
+    is untouched."""
+    port = free_port()
     victim = tmp_path / "victim"
     victim.write_text("precious\n")
-    (tmp_path / "audit.jsonl").symlink_to(victim)
-    with pytest.raises(OSError, match="Too many levels of symbolic links"):
-        append_line(str(tmp_path / "audit.jsonl"), "{}\n")
-    assert victim.read_text() == "precious\n"
+    with Server(named("one")) as one, Server(named("two")) as two, \
+            edgelb(tmp_path, _config(port, one.port, two.port), wait_port=port) as e:
+        audit = Path(e.control_dir) / "audit.jsonl"
+        audit.unlink(missing_ok=True)
+        audit.symlink_to(victim)
+        Client(e.socket).act("drain", listener="web", backend=f"127.0.0.1:{two.port}")
+        assert victim.read_text() == "precious\n"
+        wait_for(lambda: b"audit log" in e.log.read_bytes(), 5, "audit error logged")
+        log = e.log.read_text()
+        assert "not written" in log and '"action": "drain"' in log
 
 
 def test_ctl_refuses_a_socket_it_cannot_trust(tmp_path: Path) -> None:
