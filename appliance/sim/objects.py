@@ -56,11 +56,12 @@ def endpoint_slice(service_name: str, endpoints: list[tuple[str, str, bool]],
                           for ip, n, r in endpoints]}
 
 
-def ingress_class(name: str = "edgelb", default: bool = False) -> Obj:
+def ingress_class(name: str = "edgelb", default: bool = False,
+                  controller: str = "edgelb.io/ingress") -> Obj:
     ann = {"ingressclass.kubernetes.io/is-default-class": "true"} if default else {}
     return {"apiVersion": "networking.k8s.io/v1", "kind": "IngressClass",
             "metadata": {"name": name, "annotations": ann},
-            "spec": {"controller": "edgelb.io/ingress"}}
+            "spec": {"controller": controller}}
 
 
 def ingress(name: str, rules: list[tuple[str, str, str, str, int]],

@@ -56,19 +56,21 @@ class StatusBook:
 
 def status_changes(cluster: Cluster, t: Translation, pool: set[str],
                    book: StatusBook) -> list[StatusChange]:
-    """(kind, namespace, name, ips) to write: ours whose status differs, and services no
-    longer ours that still show one of our addresses (so it is taken back). Writes still
-    pending in ``book`` are not made twice."""
+    """(kind, namespace, name, ips) to write: ours whose status differs, and Services and
+    Ingresses no longer ours that still show one of our addresses (so it is taken back,
+    and nobody is sent to a box that no longer serves them). Writes still pending in
+    ``book`` are not made twice."""
     out = []
     tables = {"Service": cluster.services, "Ingress": cluster.ingresses}
     want = {k: list(dict.fromkeys(ips)) for k, ips in t.status.items()}
-    for k, svc in sorted(cluster.services.items()):
-        ns, _, name = k.partition("/")
-        if ("Service", ns, name) not in want and set(current_ingress(svc)) & pool:
-            want[("Service", ns, name)] = []
+    for kind, table in tables.items():
+        for k, obj in sorted(table.items()):
+            ns, _, name = k.partition("/")
+            if (kind, ns, name) not in want and set(current_ingress(obj)) & pool:
+                want[(kind, ns, name)] = []
     for (kind, ns, name), ips in sorted(want.items()):
-        obj = tables[kind].get(f"{ns}/{name}")
-        if obj is not None and book.needs_write((kind, ns, name), obj, ips):
+        current = tables[kind].get(f"{ns}/{name}")
+        if current is not None and book.needs_write((kind, ns, name), current, ips):
             out.append((kind, ns, name, ips))
     return out
 

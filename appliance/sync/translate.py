@@ -268,7 +268,15 @@ class _Translator:
         """The Ingresses of our class as routes on the ingress addresses."""
         spec = self.spec
         classes, is_default = _our_classes(self.cluster, spec)
-        classes.add(spec.ingress_class)
+        named = self.cluster.classes.get(spec.ingress_class)
+        if named is None:
+            # No IngressClass object of the configured name: the name alone is ours.
+            classes.add(spec.ingress_class)
+        elif spec.ingress_class not in classes:
+            other = (named.get("spec") or {}).get("controller")
+            self.problem(named, "IngressClass", "OtherController",
+                         f"its controller is {other!r}, not {CONTROLLER!r}: edgelb leaves "
+                         f"the Ingresses of class {spec.ingress_class!r} to it")
         vips = [a[0] for a in (spec.ingress_http, spec.ingress_https) if a is not None]
         for ing in sorted(self.cluster.ingresses.values(), key=_created):
             meta, s = _meta(ing), ing.get("spec") or {}

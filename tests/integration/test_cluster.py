@@ -224,6 +224,34 @@ def test_ingress_routes_to_services(rig: Rig) -> None:
         "loadBalancer", {}).get("ingress") == [{"ip": "127.0.0.120"}], 10, "ingress status")
 
 
+def test_an_ingress_class_of_another_controller_is_left_to_it(rig: Rig) -> None:
+    """Served while the IngressClass is ours; once the class names another controller,
+    edgelb stops routing it, takes its address back from the status, and says so once
+    (one log line, one Event), however often it rebuilds."""
+    sim = rig.sim
+    np = 30000 + free_port() % 1000
+    sim.api.apply(k8s.ingress_class())
+    sim.add_service("web", [(80, np)], {"web-1": "n1"}, kind="NodePort")
+    sim.api.apply(k8s.ingress("shop", [("shop.test", "/", "Prefix", "web", 80)]))
+
+    def shown() -> object:
+        return ((sim.api.get("Ingress", "shop") or {}).get("status") or {}).get(
+            "loadBalancer", {}).get("ingress")
+
+    wait_for(lambda: shown() == [{"ip": "127.0.0.120"}], 10, "served and shown")
+    sim.api.apply(k8s.ingress_class(controller="example.com/another-controller"))
+    wait_for(lambda: " 404 " in try_get("127.0.0.120", rig.ingress_port, "/", "shop.test"),
+             10, "no longer routed")
+    wait_for(lambda: not shown(), 10, "its status taken back")
+    for i in range(3):  # rebuilds: the refusal is not said again
+        sim.add_service(f"other{i}", [(free_port(), 30800 + i)], {f"o{i}": "n2"})
+    wait_for(lambda: all(vip_of(sim, f"other{i}") for i in range(3)), 10, "rebuilt")
+    assert rig.edgelb.logs().count("OtherController") == 1
+    events = [e for e in sim.api.list("Event") if e.get("reason") == "OtherController"]
+    assert len(events) == 1 and events[0]["involvedObject"]["kind"] == "IngressClass"
+    assert not shown()
+
+
 def test_allocation_failures_become_events(rig: Rig) -> None:
     sim = rig.sim
     sim.add_service("outside", [(free_port(), 30500)], {}, address="10.9.9.9")

@@ -124,6 +124,23 @@ def test_default_ingress_class_takes_classless_ingresses_and_direct_endpoints() 
     assert [b.key for b in http.http.pools[0].backends] == ["10.1.0.5:8080"]
 
 
+def test_an_ingress_class_of_another_controller_is_left_to_it() -> None:
+    """The configured class name is served without an IngressClass object, but an object
+    of that name decides: naming another controller, its Ingresses are not ours."""
+    web = k8s.service("web", [(80, 31081)], kind="NodePort")
+    ing = k8s.ingress("i", [("a.com", "/", "Prefix", "web", 80)])
+    alone = translate(cluster(*NODES, web, ing), SPEC, Ipam(SPEC.address_pools))
+    assert ("Ingress", "default", "i") in alone.status and not alone.problems
+    other = k8s.ingress_class("edgelb", controller="example.com/another-controller")
+    t = translate(cluster(*NODES, other, web, ing), SPEC, Ipam(SPEC.address_pools))
+    assert ("Ingress", "default", "i") not in t.status
+    http = next(lst for lst in t.listeners if lst.name == "ingress-http")
+    assert http.http is not None and not http.http.routes
+    assert [(p.kind, p.name, p.reason) for p in t.problems] == [
+        ("IngressClass", "edgelb", "OtherController")]
+    assert "example.com/another-controller" in t.problems[0].message
+
+
 def test_generated_scenario_translates() -> None:
     from appliance.sim.scenario import generate
 
