@@ -54,3 +54,20 @@ class Throttled:
             msg += f" ({self.count} times in the last {now - self.last:.0f}s)"
         self.logger.log(level, msg, *args)
         self.last, self.count = now, 0
+
+
+class Causes:
+    """``Throttled`` per cause: a failure that recurs for many objects (a status write
+    to an API that went away) is logged once per cause and interval, with its count,
+    while a different cause is still said at once."""
+
+    def __init__(self, logger: logging.Logger, every: float = 10.0) -> None:
+        self.logger = logger
+        self.every = every
+        self.by_cause: dict[str, Throttled] = {}
+
+    def __call__(self, cause: str, level: int, msg: str, *args: object) -> None:
+        throttled = self.by_cause.get(cause)
+        if throttled is None:
+            throttled = self.by_cause[cause] = Throttled(self.logger, self.every)
+        throttled(level, msg, *args)

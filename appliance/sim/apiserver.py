@@ -18,8 +18,10 @@ import base64
 import copy
 import json
 import ssl
+import sys
 import threading
 import uuid
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -46,6 +48,9 @@ class SimApiServer:
         self.faults = Faults(paused)
         self.bookmark_interval = bookmark_interval
         self.requests = 0
+        # Called with (verb, path) as each request arrives, in its thread: a test's hook
+        # to inject a fault at an exact point (say, the 50th status write).
+        self.before_request: Callable[[str, str], None] | None = None
         # (verb as RBAC names it, group, resource or resource/subresource) -> count
         self.calls: dict[tuple[str, str, str], int] = {}
         self.httpd = _HttpServer((host, port), _Handler, self)
@@ -97,6 +102,15 @@ class SimApiServer:
 
     def resume(self) -> None:
         self.faults.paused.set()
+
+    def go_away(self) -> None:
+        """Close every connection unanswered, open watches included, until ``come_back``
+        (as an apiserver that died: clients see their connections broken)."""
+        self.faults.gone = True
+        self.drop_watches()
+
+    def come_back(self) -> None:
+        self.faults.gone = False
 
     def fail(self, status: int, count: int = 1_000_000, retry_after: int = 1) -> None:
         """Answer the next ``count`` requests with ``status`` (500, 429 + Retry-After, 401,
@@ -172,10 +186,20 @@ class _HttpServer(ThreadingHTTPServer):
         self.sim = sim
         super().__init__(addr, handler)
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that left (a watch it closed, a daemon stopped) is no error of ours.
+        if not isinstance(sys.exc_info()[1], OSError):
+            super().handle_error(request, client_address)
+
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: _HttpServer
+    # A response goes out in one write, and at once: head and body written apart, with
+    # Nagle on, wait for the client's delayed ACK (~40 ms) and held every client at
+    # about 20 writes a second.
+    wbufsize = 1 << 16
+    disable_nagle_algorithm = True
 
     def log_message(self, format: str, *args: object) -> None:
         pass
@@ -206,6 +230,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header(k, v)
         self.end_headers()
         self.wfile.write(data)
+        self.wfile.flush()
 
     def _body(self) -> Any:
         n = int(self.headers.get("Content-Length") or 0)
@@ -219,7 +244,12 @@ class _Handler(BaseHTTPRequestHandler):
         sim = self.server.sim
         sim.requests += 1
         try:
+            if sim.before_request is not None:
+                sim.before_request(verb, self.path)
             sim.faults.paused.wait()
+            if sim.faults.gone:
+                self.close_connection = True
+                return
             self._auth(verb)
             f = sim.faults
             if f.fail_status and f.fail_count > 0:
@@ -267,6 +297,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Length", "2")
             self.end_headers()
             self.wfile.write(b"ok")
+            self.wfile.flush()
             return
         if parts == ["api"]:
             self._send_json(200, {"kind": "APIVersions", "versions": ["v1"],
@@ -396,6 +427,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", "application/json")
         self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
+        self.wfile.flush()  # the head now: events may be a while
         self.close_connection = True
         sim = self.server.sim
         Watch(sim.store, sim.faults, sim.bookmark_interval, self.wfile, kind,

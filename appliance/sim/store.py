@@ -180,3 +180,4 @@ class Faults:
     fail_count: int = 0
     retry_after: int = 1
     watch_epoch: int = 0
+    gone: bool = False  # every connection is closed unanswered (the server went away)

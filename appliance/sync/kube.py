@@ -59,6 +59,9 @@ class Follow:
 
 def api_client(spec: ClusterSpec) -> client.ApiClient:
     """An ApiClient from the kubeconfig (or the in-cluster service account)."""
+    # urllib3 warns of every retry it makes (a line per request while the API is down);
+    # edgelb says what failed itself, once per cause.
+    logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
     # The client's config helpers carry no type hints.
     cfg_module = cast(Any, config)
     if spec.kubeconfig:

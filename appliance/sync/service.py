@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -14,10 +15,11 @@ import trio
 from kubernetes import client
 
 from ..files import replace_file
+from ..logs import Causes
 from ..model import ClusterSpec, Listener
 from ..views import SyncView, WatchView
 from .ipam import Ipam
-from .kube import ClusterSync, api_client
+from .kube import MAX_BACKOFF, ClusterSync, api_client
 from .status import StatusBook, StatusChange, post_events, status_changes, write_status
 from .translate import Cluster, Problem, Translation, seed_ipam, translate
 
@@ -48,6 +50,10 @@ class ClusterService:
         self.problems_seen: set[Problem] = set()
         self._seeded = False
         self._nursery: trio.Nursery | None = None
+        # Set when the service stops: a write thread left behind stops at its next object.
+        self._stop = threading.Event()
+        self._warn = Causes(logging.getLogger("edgelb.sync"))
+        self._retrying = False
 
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                   ) -> None:
@@ -55,10 +61,13 @@ class ClusterService:
         self.api = await trio.to_thread.run_sync(api_client, self.spec)
         self.sync = ClusterSync(self.spec, self._changed, self._quiet)
         log.info("following the cluster (%s)", self.spec.kubeconfig or "in-cluster")
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            await nursery.start(self.sync.run)
-            task_status.started()
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                await nursery.start(self.sync.run)
+                task_status.started()
+        finally:
+            self._stop.set()
 
     def view(self) -> SyncView:
         sync = self.sync
@@ -109,18 +118,48 @@ class ClusterService:
             assert self._nursery is not None
             self._nursery.start_soon(self._write, [(*k, want)])
 
+    def _ours(self) -> set[str]:
+        """The addresses edgelb hands out: a status showing one is ours to take back."""
+        return set(self.ipam.pool) | {a[0] for a in (self.spec.ingress_http,
+                                                     self.spec.ingress_https) if a}
+
     async def _write_back(self, cluster: Cluster, t: Translation,
                           problems: list[Problem]) -> None:
-        pool = set(self.ipam.pool) | {a[0] for a in (self.spec.ingress_http,
-                                                     self.spec.ingress_https) if a}
-        changes = status_changes(cluster, t, pool, self.book)
+        changes = status_changes(cluster, t, self._ours(), self.book)
         if changes:
             await self._write(changes)
         if problems:
             assert self.api is not None
-            await trio.to_thread.run_sync(post_events, self.api, problems, "edgelb")
+            await trio.to_thread.run_sync(post_events, self.api, problems, "edgelb",
+                                          self._stop, self._warn, abandon_on_cancel=True)
 
-    async def _write(self, changes: list[StatusChange]) -> None:
+    async def _write(self, changes: list[StatusChange]) -> list[StatusChange]:
+        """Write ``changes`` in a thread; returns those not written, which are tried again
+        with backoff. A stop does not wait for the thread (it stops at its next object)."""
         assert self.api is not None  # set before the sync starts
-        failed = await trio.to_thread.run_sync(write_status, self.api, changes)
+        failed = await trio.to_thread.run_sync(write_status, self.api, changes, self._stop,
+                                               self._warn, abandon_on_cancel=True)
         self.book.written(len(changes) - len(failed), failed)
+        if failed and not self._retrying and self._nursery is not None:
+            self._retrying = True
+            self._nursery.start_soon(self._write_again)
+        again = set(failed)
+        return [c for c in changes if c[:3] in again]
+
+    async def _write_again(self) -> None:
+        """Failed status writes again, with backoff, until none fails. Nothing else would
+        make them: a cluster that does not change (an API back after an outage, with the
+        same objects) brings no new translation."""
+        delay = 1.0
+        try:
+            while True:
+                await trio.sleep(delay)
+                delay = min(delay * 2, MAX_BACKOFF)
+                t, sync = self.translation, self.sync
+                if not self.is_leader() or t is None or sync is None:
+                    return  # a box that becomes the leader writes everything anyway
+                changes = status_changes(sync.cluster, t, self._ours(), self.book)
+                if not changes or not await self._write(changes):
+                    return
+        finally:
+            self._retrying = False

@@ -5,12 +5,14 @@ Blocking client calls; the daemon runs them in a thread."""
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from typing import Any, cast
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from ..logs import Causes
 from .translate import Cluster, Problem, Translation
 
 log = logging.getLogger("edgelb.sync")
@@ -75,34 +77,56 @@ def status_changes(cluster: Cluster, t: Translation, pool: set[str],
     return out
 
 
-def write_status(api: client.ApiClient, changes: list[StatusChange]) -> list[ObjectKey]:
-    """Patch each status; returns those that could not be written (to try again)."""
+# A write the API holds is given up after this long (and tried again later), so that a
+# stalled API never holds a status write, or the daemon's stop, for ever.
+WRITE_TIMEOUT = 10.0
+
+
+def write_status(api: client.ApiClient, changes: list[StatusChange], stop: threading.Event,
+                 warn: Causes) -> list[ObjectKey]:
+    """Patch each status; returns those not written (to try again). Stops when ``stop``
+    is set (the daemon is stopping) and at the first write the API did not answer: the
+    rest would fail alike, each after its own retries. Failures are logged by ``warn``,
+    once per cause and interval."""
     core, net = client.CoreV1Api(api), client.NetworkingV1Api(api)
-    failed = []
-    for kind, ns, name, ips in changes:
+    failed: list[ObjectKey] = []
+    for i, (kind, ns, name, ips) in enumerate(changes):
+        if stop.is_set():
+            return failed + [c[:3] for c in changes[i:]]
         body = {"status": {"loadBalancer": {"ingress": [{"ip": ip} for ip in ips]}}}
         try:
             if kind == "Service":
-                core.patch_namespaced_service_status(name, ns, body)
+                core.patch_namespaced_service_status(name, ns, body,
+                                                     _request_timeout=WRITE_TIMEOUT)
             else:
-                net.patch_namespaced_ingress_status(name, ns, body)
+                net.patch_namespaced_ingress_status(name, ns, body,
+                                                    _request_timeout=WRITE_TIMEOUT)
             log.info("status of %s %s/%s: %s", kind, ns, name, ", ".join(ips) or "cleared")
         except ApiException as e:
             if e.status != 404:  # gone meanwhile: nothing to write
-                log.warning("status of %s %s/%s not written: %s %s", kind, ns, name, e.status,
-                            e.reason)
+                warn(f"status {e.status}", logging.WARNING,
+                     "status of %s %s/%s not written: %s %s; tried again later", kind, ns,
+                     name, e.status, e.reason)
                 failed.append((kind, ns, name))
-        except Exception as e:  # the API is down: the next change tries again
-            log.warning("status of %s %s/%s not written: %s", kind, ns, name, e)
-            failed.append((kind, ns, name))
+        except Exception as e:  # the API is down: tried again with backoff
+            left = len(changes) - i
+            warn(type(e).__name__, logging.WARNING,
+                 "status of %s %s/%s not written: %s; %d status writes wait for the API",
+                 kind, ns, name, e, left)
+            return failed + [c[:3] for c in changes[i:]]
     return failed
 
 
-def post_events(api: client.ApiClient, problems: list[Problem], source: str) -> None:
-    """One Warning Event per new problem, on the object it concerns."""
+def post_events(api: client.ApiClient, problems: list[Problem], source: str,
+                stop: threading.Event, warn: Causes) -> None:
+    """One Warning Event per new problem, on the object it concerns. An Event the API
+    does not take is logged (by ``warn``, once per cause and interval) and not posted
+    again: the problem stays in the log and the status view."""
     core = client.CoreV1Api(api)
     now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    for p in problems:
+    for i, p in enumerate(problems):
+        if stop.is_set():
+            return
         ns = p.namespace or "default"
         api_version = "v1" if p.kind == "Service" else "networking.k8s.io/v1"
         body = {"metadata": {"generateName": f"{p.name}.", "namespace": ns},
@@ -112,6 +136,13 @@ def post_events(api: client.ApiClient, problems: list[Problem], source: str) -> 
                 "source": {"component": source}, "firstTimestamp": now,
                 "lastTimestamp": now, "count": 1}
         try:
-            core.create_namespaced_event(ns, cast(Any, body))  # a dict serializes as is
+            core.create_namespaced_event(ns, cast(Any, body),  # a dict serializes as is
+                                         _request_timeout=WRITE_TIMEOUT)
         except ApiException as e:
-            log.warning("event for %s %s/%s not posted: %s", p.kind, ns, p.name, e.status)
+            warn(f"event {e.status}", logging.WARNING, "event for %s %s/%s not posted: %s",
+                 p.kind, ns, p.name, e.status)
+        except Exception as e:  # the API is down: the rest would fail alike
+            warn(type(e).__name__, logging.WARNING,
+                 "event for %s %s/%s not posted: %s; %d events dropped", p.kind, ns,
+                 p.name, e, len(problems) - i)
+            return

@@ -192,6 +192,7 @@ def main() -> int:
 | initial sync, {i['nodes']} nodes / {i['services']} services / {i['endpoints']} endpoints \
 | {i['first_snapshot_s']:.1f} s to the first complete Snapshot, RSS {i['rss_mib']:.0f} MiB \
 | < 10 s, < 1 GB (at 1000/5000/50000) |
+| ... until all {i['services']} statuses are written | {i['all_status_s']:.1f} s | <= 30 s |
 | idle CPU while watching | {i['idle_cpu_percent']:.2f} % of a core | near zero |
 | translation alone, {f['nodes']} nodes / {f['services']} services / {f['endpoints']} \
 endpoints | {f['translate_s']:.2f} s | |

@@ -3,11 +3,13 @@ API server, traffic through the VIPs to the simulated nodes' nodePorts."""
 
 from __future__ import annotations
 
+import itertools
 import json
+import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +18,7 @@ import yaml
 
 from appliance.control.client import Client
 from appliance.sim import objects as k8s
+from appliance.sim.apiserver import SimApiServer
 from appliance.sim.cluster import SimCluster
 
 from ..helpers import ROOT, Edgelb, free_port, metrics, wait_for
@@ -364,3 +367,71 @@ def test_addresses_survive_a_restart(rig: Rig) -> None:
     wait_for(lambda: vip_of(sim, "c") is not None, 10, "status of c")
     assert vip_of(sim, "b") == "127.0.0.105" and vip_of(sim, "c") == "127.0.0.100"
     wait_for(lambda: "ERR" not in answers("127.0.0.105", port, 3), 10, "b still served")
+
+
+def _backlog(d: Path, services: int) -> tuple[SimApiServer, Edgelb]:
+    """An API server holding ``services`` LoadBalancer Services, and an edgelb about to
+    follow it (not started: the test sets its faults first)."""
+    api = SimApiServer(tls_dir=str(d)).start()
+    for i in range(services):
+        api.apply(k8s.service(f"s{i}", [(80, 30000 + i % 2000)]))
+    (d / "kubeconfig").write_text(api.kubeconfig())
+    e = Edgelb(d, f"""\
+cluster:
+  kubeconfig: {d}/kubeconfig
+  address_pools: ["127.3.0.0/20"]
+  tls_dir: {d}/tls
+listeners: []
+""")
+    return api, e
+
+
+def _at_status_write(api: SimApiServer, n: int, fault: Callable[[], None]) -> None:
+    """Inject ``fault`` as the ``n``th status write arrives."""
+    seen = itertools.count(1)
+
+    def hook(verb: str, path: str) -> None:
+        if verb == "PATCH" and path.endswith("/status") and next(seen) == n:
+            fault()
+    api.before_request = hook
+
+
+def test_an_api_outage_during_a_status_backlog_is_logged_once_per_cause(
+        tmp_path: Path) -> None:
+    """1,500 statuses to write and the API goes away after 100: a line or two, not one
+    (and urllib3's retries) per Service; once it is back every status is written."""
+    api, e = _backlog(tmp_path, 1500)
+    try:
+        _at_status_write(api, 100, api.go_away)
+        e.start()
+        wait_for(lambda: "not written" in e.logs(), 30, "a failed write")
+        time.sleep(3)  # what the old daemon did meanwhile: a warning per Service
+        api.come_back()
+        wait_for(lambda: all((s.get("status") or {}).get("loadBalancer", {}).get("ingress")
+                             for s in api.list("Service")), 60, "every status, at last")
+        logs = e.logs()
+        assert logs.count("not written") <= 3, logs.count("not written")
+        assert "Retrying" not in logs
+    finally:
+        e.stop()
+        api.stop()
+
+
+def test_stopping_does_not_wait_for_status_writes(tmp_path: Path) -> None:
+    """SIGTERM while a status write is held by the API: the daemon exits at once, and
+    writes nothing after it said it was exiting."""
+    api, e = _backlog(tmp_path, 500)
+    try:
+        _at_status_write(api, 50, api.pause)
+        e.start()
+        wait_for(lambda: not api.faults.paused.is_set(), 30, "a write held")
+        assert e.proc is not None
+        e.signal(signal.SIGTERM)
+        e.proc.wait(15)  # the old daemon waited for the held write: for ever
+        logs = e.logs()
+        assert "drained, exiting" in logs
+        assert "status of" not in logs.split("drained, exiting", 1)[1]
+    finally:
+        api.resume()
+        e.stop()
+        api.stop()

@@ -176,6 +176,27 @@ def test_dropped_watch_ends_the_stream(sim: SimApiServer, tmp_path: Path) -> Non
 
 
 @pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
+def test_a_response_goes_out_whole_in_one_write(sim: SimApiServer) -> None:
+    """Head and body in one write (one TLS record here, so one read returns both). Sent
+    apart, with Nagle on, every answer waited for the client's delayed ACK: about 20
+    requests a second on one connection."""
+    import socket
+    import ssl
+    from urllib.parse import urlsplit
+
+    u = urlsplit(sim.url)
+    assert u.hostname and u.port and sim.ca_file
+    ctx = ssl.create_default_context(cafile=sim.ca_file)
+    with socket.create_connection((u.hostname, u.port), timeout=5) as raw, \
+            ctx.wrap_socket(raw, server_hostname=u.hostname) as s:
+        for _ in range(3):  # each answer on a kept-alive connection
+            s.sendall(b"GET /version HTTP/1.1\r\nHost: x\r\n"
+                      b"Authorization: Bearer admin-token\r\n\r\n")
+            first = s.recv(65536)
+            head, _, body = first.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200") and json.loads(body)["major"] == "1"
+
+
 def test_kubectl_works_unmodified(sim: SimApiServer, tmp_path: Path) -> None:
     kc = tmp_path / "kubeconfig"
     kc.write_text(sim.kubeconfig())
