@@ -1,11 +1,15 @@
-"""What an edgelb process asks of its host: descriptors, and systemd's notify protocol
-(READY, RELOADING, STOPPING, WATCHDOG) when it runs as a Type=notify unit."""
+"""What an edgelb process asks of its host: descriptors, memory given back after a
+burst, and systemd's notify protocol (READY, RELOADING, STOPPING, WATCHDOG) when it runs
+as a Type=notify unit."""
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import errno
 import os
 import resource
+from collections.abc import Callable
 
 import trio
 
@@ -68,3 +72,46 @@ async def ping_watchdog(every: float) -> None:
     while True:
         sd_notify("WATCHDOG=1")
         await trio.sleep(every)
+
+
+class Ebb:
+    """When a burst of flows has ebbed: the open flows fell to half of a peak of at least
+    ``least`` since the last ebb. Then the memory the burst held is free, but the C
+    allocator keeps it for the process (glibc returns only what is at the top of its
+    heaps), so the process would stay at its high-water mark: HAProxy trims its pools
+    then too."""
+
+    def __init__(self, least: int = 1000) -> None:
+        self.least = least
+        self.peak = 0
+
+    def ebbed(self, open_now: int) -> bool:
+        """Whether the flows ebbed since the last call that said so (``open_now`` open);
+        the peak then starts again from ``open_now``."""
+        self.peak = max(self.peak, open_now)
+        if self.peak >= self.least and open_now <= self.peak // 2:
+            self.peak = open_now
+            return True
+        return False
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    name = ctypes.util.find_library("c")
+    try:
+        trim: Callable[[int], int] | None = getattr(ctypes.CDLL(name), "malloc_trim", None) \
+            if name else None
+    except OSError:
+        return None
+    return trim
+
+
+_TRIM = _malloc_trim()
+
+
+def give_back_memory() -> bool:
+    """Return the C allocator's free memory to the OS (glibc's ``malloc_trim``); False
+    where there is no such call (another libc)."""
+    if _TRIM is None:
+        return False
+    _TRIM(0)
+    return True

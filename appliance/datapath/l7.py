@@ -75,6 +75,7 @@ class HttpProxy:
         """One client connection, until it closes."""
         lst = site.listener
         site.stats.accepted += 1
+        hc: HttpConnection | None = None
         try:
             open_now = self.open.get(lst.name, 0)
             if lst.max_connections and open_now >= lst.max_connections:
@@ -94,6 +95,8 @@ class HttpProxy:
                 self.open[lst.name] -= 1
                 self.book.end(flow)
         finally:
+            if hc is not None:
+                hc.wire.close()  # a TLS wire has more to let go of than its socket
             wire.close(sock)
 
     async def run_timer(self) -> None:

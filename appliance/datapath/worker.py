@@ -14,6 +14,7 @@ import ssl
 import trio
 
 from ..model import Listener, Proto, Snapshot, TlsCert
+from ..process import Ebb, give_back_memory
 from ..views import FlowRow, ListenerStats, Traffic
 from . import wire
 from .backends import Backends, BackendSet
@@ -25,6 +26,9 @@ from .relay import HAVE_SPLICE
 from .routing import RouteTable
 from .tls import client_context, server_context
 from .udp import UdpForwarder
+
+# How often a worker looks whether a burst of flows has ebbed (see process.Ebb).
+EBB_EVERY = 2.0
 
 
 class Worker:
@@ -49,11 +53,15 @@ class Worker:
         # TLS contexts by certificate fingerprints: a reload that keeps the certificates
         # keeps the contexts (and their session caches).
         self.tls_contexts: dict[tuple[str, ...], ssl.SSLContext] = {}
+        self.ebb = Ebb()
+        nursery.start_soon(self._give_back_after_bursts)
 
     # -- the flow table (FlowBook) -------------------------------------------------------
 
     def begin(self, flow: Flow) -> None:
         self.flows[flow.id] = flow
+        if len(self.flows) > self.ebb.peak:
+            self.ebb.peak = len(self.flows)
         if self.idle.is_set():
             self.idle = trio.Event()
 
@@ -61,6 +69,15 @@ class Worker:
         self.flows.pop(flow.id, None)
         if not self.flows:
             self.idle.set()
+
+    async def _give_back_after_bursts(self) -> None:
+        """Memory back to the OS once a burst of flows has ebbed: 3,000 idle TLS
+        connections took a worker from 54 to 134 MiB, and it stayed at 140 after they
+        closed (free, but kept by the C allocator); given back, 86."""
+        while True:
+            await trio.sleep(EBB_EVERY)
+            if self.ebb.ebbed(len(self.flows)):
+                give_back_memory()
 
     # -- Snapshots -----------------------------------------------------------------------
 
