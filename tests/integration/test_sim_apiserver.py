@@ -6,12 +6,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
+import ssl
 import subprocess
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 from kubernetes import client, config, watch
@@ -176,25 +179,44 @@ def test_dropped_watch_ends_the_stream(sim: SimApiServer, tmp_path: Path) -> Non
 
 
 @pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
+def _tls_connection(sim: SimApiServer) -> ssl.SSLSocket:
+    u = urlsplit(sim.url)
+    assert u.hostname and u.port and sim.ca_file
+    ctx = ssl.create_default_context(cafile=sim.ca_file)
+    raw = socket.create_connection((u.hostname, u.port), timeout=5)
+    return ctx.wrap_socket(raw, server_hostname=u.hostname)
+
+
 def test_a_response_goes_out_whole_in_one_write(sim: SimApiServer) -> None:
     """Head and body in one write (one TLS record here, so one read returns both). Sent
     apart, with Nagle on, every answer waited for the client's delayed ACK: about 20
     requests a second on one connection."""
-    import socket
-    import ssl
-    from urllib.parse import urlsplit
-
-    u = urlsplit(sim.url)
-    assert u.hostname and u.port and sim.ca_file
-    ctx = ssl.create_default_context(cafile=sim.ca_file)
-    with socket.create_connection((u.hostname, u.port), timeout=5) as raw, \
-            ctx.wrap_socket(raw, server_hostname=u.hostname) as s:
+    with _tls_connection(sim) as s:
         for _ in range(3):  # each answer on a kept-alive connection
             s.sendall(b"GET /version HTTP/1.1\r\nHost: x\r\n"
                       b"Authorization: Bearer admin-token\r\n\r\n")
             first = s.recv(65536)
             head, _, body = first.partition(b"\r\n\r\n")
             assert head.startswith(b"HTTP/1.1 200") and json.loads(body)["major"] == "1"
+
+
+def test_a_body_no_route_reads_is_not_taken_for_the_next_request(sim: SimApiServer) -> None:
+    """kubectl sends DeleteOptions with a DELETE: left unread, it was parsed as the next
+    request line and answered with an HTML 400 that broke kubectl's connection."""
+    body = b'{"propagationPolicy":"Background"}'
+    sim.apply(service("gone"))
+    with _tls_connection(sim) as s:
+        s.sendall(b"DELETE /api/v1/namespaces/default/services/gone HTTP/1.1\r\nHost: x\r\n"
+                  b"Authorization: Bearer admin-token\r\nContent-Length: %d\r\n\r\n%s"
+                  b"GET /version HTTP/1.1\r\nHost: x\r\n"
+                  b"Authorization: Bearer admin-token\r\n\r\n" % (len(body), body))
+        got = b""
+        while got.count(b"HTTP/1.1 ") < 2 or not got.rstrip().endswith(b"}"):
+            chunk = s.recv(65536)
+            assert chunk, got
+            got += chunk
+    assert got.startswith(b"HTTP/1.1 200") and sim.get("Service", "gone") is None
+    assert got.count(b"HTTP/1.1 200") == 2 and b"<!DOCTYPE" not in got
 
 
 def test_kubectl_works_unmodified(sim: SimApiServer, tmp_path: Path) -> None:
