@@ -87,6 +87,8 @@ image: wheel image-deps
 # build included). Not in CI, where tests/integration/test_ansible.py runs the same role
 # against localhost. The image is built with the test's VARS: a config baked in.
 test-system: export VARS := tests/system/image-vars.yml
+# The VM reaches the package index through qemu's user network: the machine's namespace.
+test-system: export EDGELB_TEST_SHARED_NET := 1
 test-system: image
 	$(call pytest_some,-s tests/system)
 

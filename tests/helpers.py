@@ -5,6 +5,7 @@ every process is stopped by its own PID."""
 from __future__ import annotations
 
 import atexit
+import ctypes
 import json
 import os
 import shutil
@@ -54,6 +55,23 @@ def free_port(kind: int = socket.SOCK_STREAM, host: str = "127.0.0.1") -> int:
             with socket.socket(socket.AF_INET, other) as s2:
                 s2.bind((host, port))
             return int(port)
+        except OSError:
+            continue
+
+
+def free_ports(n: int, host: str = "127.0.0.1") -> int:
+    """The first of ``n`` consecutive ports free for TCP and UDP right now (the demo
+    binds a run of them)."""
+    while True:
+        base = free_port(host=host)
+        if base + n > 65535:
+            continue
+        try:
+            for p in range(base + 1, base + n):
+                for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+                    with socket.socket(socket.AF_INET, kind) as s:
+                        s.bind((host, p))
+            return base
         except OSError:
             continue
 
@@ -293,19 +311,50 @@ def read_response(s: socket.socket) -> bytes:
 
 
 def site_play(tmp: Path, inventory: str, variables: dict[str, object], *args: str,
-              timeout: float = 900) -> subprocess.CompletedProcess[str]:
+              timeout: float = 900, outside: bool = False) -> subprocess.CompletedProcess[str]:
     """``ansible-playbook site.yml`` with ``inventory`` (its text) and ``variables`` as
-    extra vars, both written to ``tmp``; ``args`` are more options, e.g. ``--check``."""
+    extra vars, both written to ``tmp``; ``args`` are more options, e.g. ``--check``.
+    ``outside``: run it in the machine's network namespace (its pip needs the index)."""
     (tmp / "inventory").write_text(inventory)
     (tmp / "vars.json").write_text(json.dumps(variables))
+    cmd = [str(ANSIBLE_PLAYBOOK), "-i", str(tmp / "inventory"), "-e", f"@{tmp / 'vars.json'}",
+           *args, "site.yml"]
     return subprocess.run(
-        [str(ANSIBLE_PLAYBOOK), "-i", str(tmp / "inventory"), "-e", f"@{tmp / 'vars.json'}",
-         *args, "site.yml"], cwd=ROOT / "ansible", text=True, capture_output=True,
-        timeout=timeout, env={**os.environ, "ANSIBLE_NOCOLOR": "1", "ANSIBLE_FORCE_COLOR": "0",
-                              "ANSIBLE_HOST_KEY_CHECKING": "0"})
+        host_net(cmd) if outside else cmd, cwd=ROOT / "ansible", text=True,
+        capture_output=True, timeout=timeout,
+        env={**os.environ, "ANSIBLE_NOCOLOR": "1", "ANSIBLE_FORCE_COLOR": "0",
+             "ANSIBLE_HOST_KEY_CHECKING": "0"})
 
 
 def play_recap(out: str, host: str) -> dict[str, int]:
     """The PLAY RECAP counters (ok, changed, failed, ...) of ``host`` in a play's output."""
     line = next(x for x in out.splitlines() if x.startswith(f"{host} ") and "ok=" in x)
     return {k: int(v) for k, v in (f.split("=") for f in line.split()[2:])}
+
+
+# The machine's network namespace, kept open when the test run moved to its own.
+_HOST_NETNS: int | None = None
+CLONE_NEWNET = 0x40000000
+
+
+def isolate_network() -> None:
+    """Move this process (and what it starts from now on) into a new network namespace
+    with loopback up; only as root, and not when EDGELB_TEST_SHARED_NET is set."""
+    global _HOST_NETNS
+    if os.geteuid() != 0 or os.environ.get("EDGELB_TEST_SHARED_NET") or _HOST_NETNS:
+        return
+    fd = os.open("/proc/self/ns/net", os.O_RDONLY)
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.unshare(CLONE_NEWNET) != 0:
+        os.close(fd)
+        return  # no such right here (a container): the shared namespace it is
+    _HOST_NETNS = fd
+    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+
+
+def host_net(cmd: list[str]) -> list[str]:
+    """``cmd`` run in the machine's network namespace (for what needs the outside,
+    such as pip), or as it is when the run never left it."""
+    if _HOST_NETNS is None:
+        return cmd
+    return ["nsenter", f"--net=/proc/{os.getpid()}/fd/{_HOST_NETNS}", *cmd]

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import ANSIBLE_PLAYBOOK, ROOT, play_recap, site_play, wait_for
+from tests.helpers import ANSIBLE_PLAYBOOK, ROOT, host_net, play_recap, site_play, wait_for
 
 WRITES = ["/opt/edgelb", "/etc/edgelb", "/etc/sysctl.d/60-edgelb.conf",
           "/etc/systemd/system/edgelb.service", "/etc/ssh/sshd_config.d/edgelb-console.conf",
@@ -50,8 +50,9 @@ class Box:
         self.ns = f"elbt-ansible-{os.getpid()}"
         subprocess.run(["ip", "netns", "add", self.ns], check=True)
         subprocess.run(["ip", "-n", self.ns, "link", "set", "lo", "up"], check=True)
-        subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w",
-                        str(tmp / "dist"), str(ROOT)], check=True, capture_output=True)
+        subprocess.run(host_net([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
+                                 "-w", str(tmp / "dist"), str(ROOT)]),
+                       check=True, capture_output=True)
         self.wheel = next((tmp / "dist").glob("edgelb-*.whl"))
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f",
                         str(tmp / "console.key")], check=True)
@@ -78,7 +79,7 @@ class Box:
     def play(self, *args: str, **over: object) -> subprocess.CompletedProcess[str]:
         return site_play(self.tmp, "[edgelb]\nlocalhost ansible_connection=local "
                          "ansible_python_interpreter=/usr/bin/python3\n",
-                         self.vars(**over), *args)
+                         self.vars(**over), *args, outside=True)
 
     def close(self) -> None:
         subprocess.run(["ip", "netns", "del", self.ns], check=False)

@@ -13,7 +13,18 @@ import urllib.request
 from collections import Counter
 from pathlib import Path
 
-from ..helpers import EDGELB, Server, ask, can_connect, edgelb, free_port, metrics, named, wait_for
+from ..helpers import (
+    EDGELB,
+    Server,
+    ask,
+    can_connect,
+    edgelb,
+    free_port,
+    free_ports,
+    metrics,
+    named,
+    wait_for,
+)
 
 
 def _notified(tmp_path: Path, **env: str) -> tuple[socket.socket, subprocess.Popen[bytes]]:
@@ -117,11 +128,16 @@ def test_ipv6_listener_and_backend(tmp_path: Path) -> None:
 
 
 def test_demo_runs_and_stops_on_ctrl_c(tmp_path: Path) -> None:
-    port = free_port()
-    proc = subprocess.Popen([*EDGELB, "demo", "--port", str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    port = free_ports(9)  # the demo serves port .. port + 8
+    # Its output to a file: a pipe nobody reads while the demo starts could fill and
+    # stop it.
+    log = tmp_path / "demo.log"
+    with open(log, "wb") as out_file:
+        proc = subprocess.Popen([*EDGELB, "demo", "--port", str(port)],
+                                stdout=out_file, stderr=subprocess.STDOUT)
     try:
-        wait_for(lambda: can_connect(port), 20, "demo listener")
+        wait_for(lambda: can_connect(port) or proc.poll() is not None, 20, "demo listener")
+        assert proc.poll() is None, log.read_text()
         bodies = [urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5).read()
                   for _ in range(40)]
         shares = Counter(b.split(b":")[0].decode() for b in bodies)
@@ -151,13 +167,13 @@ def test_demo_runs_and_stops_on_ctrl_c(tmp_path: Path) -> None:
         assert cluster.startswith("svc shop pod shop-"), cluster
         assert "svc blog pod blog-1" in cluster.splitlines()[1]
         proc.send_signal(signal.SIGINT)
-        out, _ = proc.communicate(timeout=20)
+        proc.wait(timeout=20)
+        out = log.read_text()
         assert proc.returncode == 0, out
         assert f"curl -s http://127.0.0.1:{port}/" in out
         assert "drained, exiting" in out
     finally:
         if proc.poll() is None:
             proc.kill()
-            # Reaps it and closes the pipe (left open, it failed the next test with a
-            # ResourceWarning); the demo's own account goes beside the failure.
-            print(proc.communicate()[0][-4000:])
+            proc.wait()
+            print(log.read_text()[-4000:])  # the demo's own account, beside the failure

@@ -240,6 +240,11 @@ def test_max_connections_closes_the_excess_and_counts(tmp_path: Path) -> None:
         cfg = tcp_config(port, [backend.port], top=f"metrics: {{bind: 127.0.0.1:{mport}}}\n",
                          listener_extra="    max_connections: 2\n    health: {type: none}\n")
         with edgelb(tmp_path, cfg, wait_port=port), ExitStack() as stack:
+            # The start's probe connection holds a slot until edgelb has seen it close.
+            wait_for(lambda: sum(v for k, v in metrics(mport).items()
+                                 if k.startswith("edgelb_backend_active")) == 0
+                     and metrics(mport).get('edgelb_listener_accepted_total{listener="web"}'),
+                     5, "the probe's flow ended")
             held = [stack.enter_context(socket.create_connection(("127.0.0.1", port),
                                                                  timeout=10))
                     for _ in range(2)]
