@@ -11,10 +11,11 @@ from collections import deque
 from collections.abc import Iterable, Sequence
 from typing import Any, ClassVar
 
-from textual import on, work
+from textual import events, on, work
 from textual.app import ComposeResult, SystemCommand
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
+from textual.message import Message
 from textual.screen import ModalScreen, Screen
 from textual.widgets import (
     DataTable,
@@ -54,6 +55,18 @@ from .tables import ha_text, rate, sync_rows
 
 class _Closed(Exception):
     """The console stopped while a request was out: its widgets may be gone."""
+
+
+class FlowTable(DataTable[Any]):
+    """The flows table: it says when its height changes, since only the rows that fit
+    are fetched (a page fetched before the first layout was sized for the screen)."""
+
+    def on_resize(self, event: events.Resize) -> None:
+        self.post_message(FlowsResized())
+
+
+class FlowsResized(Message):
+    """The flows table's height changed."""
 
 
 class Console(OperatorActions):
@@ -104,6 +117,7 @@ class Console(OperatorActions):
         self.bps_line: deque[float] = deque([0.0] * 60, maxlen=60)
         self.refreshes = 0
         self.refresh_seconds = 0.0
+        self.flow_limit = 0  # the rows the flows page was last fetched for
 
     # -- layout ------------------------------------------------------------------------
 
@@ -122,7 +136,7 @@ class Console(OperatorActions):
                 yield Static("", id="flow-info", markup=False)
                 yield Input(placeholder="filter flows (Enter; empty clears)", id="flow-filter",
                             disabled=True)
-                yield DataTable(id="flows-table", cursor_type="row", zebra_stripes=True)
+                yield FlowTable(id="flows-table", cursor_type="row", zebra_stripes=True)
             with TabPane("3 Backends", id="backends"), Horizontal():
                 yield DataTable(id="listeners-table", cursor_type="row")
                 yield DataTable(id="backends-table", cursor_type="row")
@@ -252,17 +266,19 @@ class Console(OperatorActions):
         # Before the first layout of the view: the screen less the lines around it.
         return max(5, (height or self.size.height - 7) - 1)
 
+    def on_flows_resized(self, _: FlowsResized) -> None:
+        if self.flow_limit and self._page_size() != self.flow_limit and \
+                self._main("#panes", TabbedContent).active == "flows":
+            self.refresh_data()
+
     async def _read_flows(self) -> None:
         q = self.flow_query
-        limit = self._page_size()
+        limit = self.flow_limit = self._page_size()
         page = await self._get(
             "/v1/flows", sort=q["sort"] or None, desc=1 if q["desc"] else None,
             offset=q["offset"], limit=limit, q=q["q"] or None)
         if page is None:
             return
-        if self._page_size() != limit:
-            # Laid out (or resized) meanwhile: fetch the page that fits.
-            self.call_later(self.refresh_data)
         self.flow_total = page["total"]
         rows = [(f["id"], flow_cells(f)) for f in page["flows"]]
         sync_rows(self._main("#flows-table", DataTable), rows)

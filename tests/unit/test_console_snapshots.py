@@ -231,3 +231,24 @@ def test_closing_while_a_request_is_out_is_quiet() -> None:
 
     asyncio.run(run())
     assert before and app.refreshes == before[0] and late == []
+
+
+def test_the_flows_page_follows_the_table_height() -> None:
+    """Only the rows that fit are fetched: when the table's height changes after a page
+    came in (a resize, or the first layout arriving after the first answer), the page is
+    fetched again for the new height. Before, a page fetched before the first layout
+    stayed sized for the bare screen, and the flows snapshot differed now and then."""
+    app = _app()
+    shown: list[str] = []
+
+    async def run() -> None:
+        async with app.run_test(size=(80, 24)) as pilot:
+            await _after("2")(pilot)
+            shown.append(str(app.query_one("#flow-info", Static).render()))
+            await pilot.resize_terminal(80, 40)
+            await _after()(pilot)
+            shown.append(str(app.query_one("#flow-info", Static).render()))
+
+    asyncio.run(run())
+    small, big = (int(s.split()[1].split("-")[1]) for s in shown)
+    assert big > small + 10, shown
