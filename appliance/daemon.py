@@ -34,6 +34,8 @@ from .control.metrics import open_metrics_socket, serve_metrics
 from .control.plane import ControlPlane, Operations, Views, restore_admin
 from .control.server import open_control_socket, serve_control
 from .datapath.checks import HealthChecker
+from .datapath.kernel.service import KernelDatapath
+from .datapath.paths import SplitDatapath
 from .datapath.workers import Datapath, LocalDatapath, datapath_for
 from .files import trusted_dir
 from .ha.lease_runner import LeaseRunner
@@ -78,12 +80,15 @@ class Daemon:
         self.config.edit = self.admin.apply
         self.config.put_in_force = self._put_in_force
         snap = self.config.compose_first()
-        datapath = datapath_for(snap, self.log_format, self.events)
+        kernel = snap.kernel
+        datapath = SplitDatapath(datapath_for(snap, self.log_format, self.events),
+                                 KernelDatapath(kernel.table, (kernel.snat_address(4),
+                                                               kernel.snat_address(6))))
         ha, cluster = self._leadership(snap)
         views = Views(snapshot=self.config.view, traffic=datapath.traffic,
                       health=self.health.view, ha=ha.view,
                       sync=cluster.view if cluster is not None else _no_sync,
-                      flows=datapath.flow_rows)
+                      flows=datapath.flow_rows, paths=datapath.view)
         plane = ControlPlane(self.events, self.admin, views,
                              Operations(self.reload, self.config.recompose, ha.act),
                              AuditLog(snap.control.audit_log), snap.control.state_file)

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
 BALANCERS = ("round_robin", "least_conn", "p2c", "maglev")
+# The balancers with an nftables form: numgen over weighted slots, and Maglev on jhash.
+KERNEL_BALANCERS = ("round_robin", "maglev")
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,6 +218,12 @@ class Listener:
     # Non-zero: every backend is reached on this port (a Service's nodePort on each of
     # the nodes), so that all nodePort listeners can share one tuple of node Backends.
     backend_port: int = 0
+    # tcp and udp: who moves the packets. ``auto``: the kernel (nftables DNAT and
+    # conntrack) where it can serve the listener's features, else user space.
+    datapath: str = "auto"
+    # kernel: source NAT towards the backends (their replies come back through this box);
+    # False keeps the client's address, for backends that route back through the box.
+    snat: bool = True
 
     @property
     def bind_text(self) -> str:
@@ -241,6 +249,26 @@ class Listener:
 
     def backend_address(self, b: Backend) -> tuple[str, int]:
         return (b.host, self.backend_port or b.port)
+
+    @property
+    def kernel_refusal(self) -> str | None:
+        """Why the kernel datapath cannot serve this listener (it stays in user space),
+        or None when it can."""
+        if self.protocol not in (Proto.TCP, Proto.UDP):
+            return f"{self.protocol} is served in user space"
+        if self.proxy_protocol != "none":
+            return "proxy_protocol needs user space"
+        if self.balance not in KERNEL_BALANCERS:
+            return f"balance {self.balance} has no kernel form"
+        if self.max_connections:
+            return "max_connections needs user space"
+        host = self.bind[0]
+        if ipaddress.ip_address(host).is_unspecified:
+            return "a wildcard bind needs user space"
+        family = ipaddress.ip_address(host).version
+        if any(ipaddress.ip_address(b.host).version != family for b in self.backends):
+            return "backends of the other IP family need user space"
+        return None
 
     def no_healthy_backend(self, down: Collection[tuple[str, str]]) -> bool:
         """Every actively checked backend is down (False without active checks)."""
@@ -333,6 +361,27 @@ class HaSpec:
     track_weight: int = 50
 
 
+DATAPATHS = ("auto", "kernel", "user")
+
+
+@dataclass(frozen=True)
+class KernelSpec:
+    """The kernel datapath (the ``kernel:`` section). ``snat_addresses``: the source
+    address of source NAT towards the backends, one per family (a floating address that
+    moves with the VIPs, so that the backends' replies find the new master after a
+    failover); none: the outgoing interface's address (masquerade). ``conntrack_sync``:
+    the interface conntrackd replicates flows to the peer box over (vrrp mode)."""
+
+    table: str = "edgelb"
+    snat_addresses: tuple[str, ...] = ()
+    conntrack_sync: str = ""
+
+    def snat_address(self, family: int) -> str | None:
+        """The configured source NAT address of IP ``family`` (4 or 6), if any."""
+        return next((a for a in self.snat_addresses
+                     if ipaddress.ip_address(a).version == family), None)
+
+
 @dataclass(frozen=True)
 class ControlSpec:
     """The control API (the ``control:`` section): a Unix socket whose callers get a role
@@ -362,13 +411,14 @@ class Snapshot:
     control: ControlSpec = field(default_factory=ControlSpec)
     # A reload to a file without listeners stops them all only when the file says so.
     allow_no_listeners: bool = False
+    kernel: KernelSpec = field(default_factory=KernelSpec)
 
     @functools.cached_property
     def digest(self) -> str:
         """A short hash of the content (not the version): equal digests forward alike.
         A tuple of backends shared by many listeners (the nodes) is hashed once."""
         h = hashlib.sha256(repr((self.workers, self.drain_timeout, self.metrics_bind,
-                                 self.cluster, self.ha)).encode())
+                                 self.cluster, self.ha, self.kernel)).encode())
         seen: dict[int, bytes] = {}
         for lst in self.listeners:
             b = seen.get(id(lst.backends))

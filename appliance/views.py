@@ -94,11 +94,32 @@ def merge(parts: list[Traffic]) -> Traffic:
 
 # A flow as workers report it: a tuple is far cheaper to gather and sort than a dict.
 FLOW_FIELDS = ("id", "listener", "protocol", "client", "vip", "backend", "bytes_in",
-               "bytes_out", "age", "state")
+               "bytes_out", "age", "state", "path")
 FlowRow = tuple[Any, ...]
+# The fields a flows query filters on: exactly listener, protocol, state and path; the
+# others by substring.
+FLOW_FILTERS = ("listener", "protocol", "backend", "client", "state", "path", "vip")
 
 
 # -- published views ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PathsView:
+    """Which datapath serves what: ``kernel`` is False, with ``why_not``, when the kernel
+    cannot be programmed here."""
+
+    kernel: bool = False
+    why_not: str = ""
+    listeners: dict[str, str] = field(default_factory=dict)  # name -> "kernel" | "user"
+
+    def as_json(self) -> dict[str, Any]:
+        paths = list(self.listeners.values())
+        return {"kernel": self.kernel, "why_not": self.why_not,
+                "mode": "kernel" if paths and set(paths) == {"kernel"} else
+                        "mixed" if "kernel" in paths else "user",
+                "kernel_listeners": paths.count("kernel"),
+                "user_listeners": paths.count("user")}
 
 
 class ActionRefused(ValueError):

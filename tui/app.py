@@ -167,7 +167,7 @@ class Console(OperatorActions):
             return
         self.refresh_data()
 
-    async def _get(self, path: str, **query: Any) -> Any | None:
+    async def _get(self, path: str, /, **query: Any) -> Any | None:
         """The source's answer, unless the console stopped while it was out (the answer
         comes from a thread, and by then the screens may have been taken down)."""
         got = await self.source.get(path, **query)

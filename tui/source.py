@@ -12,7 +12,7 @@ from appliance.control.client import ControlError
 
 
 class Api(Protocol):
-    def get(self, path: str, **query: Any) -> Any: ...
+    def get(self, path: str, /, **query: Any) -> Any: ...
 
     def act(self, action: str, **args: Any) -> Any: ...
 
@@ -25,7 +25,7 @@ class Source:
         self.connected = False
         self.error = ""
 
-    async def get(self, path: str, **query: Any) -> Any | None:
+    async def get(self, path: str, /, **query: Any) -> Any | None:
         """The answer, or None while the daemon cannot be reached (``error`` says why);
         a refusal (4xx) raises ControlError."""
         try:

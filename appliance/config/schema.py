@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from ..model import BALANCERS, PATH_TYPES, Proto
+from ..model import BALANCERS, DATAPATHS, PATH_TYPES, Proto
 from . import values as v
 from .values import Convert
 
@@ -175,6 +175,8 @@ LISTENER = Section("listeners", (
     Key("access_log", v.boolean, "http: a line per request"),
     Key("backend_keepalive", v.int_range(0, 10000), "http: idle connections kept per "
         "backend"),
+    Key("datapath", v.choice(*DATAPATHS), "tcp, udp: the kernel (nftables) or user space"),
+    Key("snat", v.boolean, "kernel: source NAT towards the backends"),
 ), "what to accept and where to forward it")
 
 CLUSTER = Section("cluster", (
@@ -237,6 +239,13 @@ CONTROL = Section("control", (
     ), flat=True),
 ), "the control API")
 
+KERNEL = Section("kernel", (
+    Key("table", v.nft_name, "the nftables table edgelb owns (family inet)"),
+    ListOf("snat_addresses", v.ip_address, "the source NAT address, one per family",
+           "addresses"),
+    Key("conntrack_sync", v.text, "vrrp: the interface conntrackd replicates flows over"),
+), "the kernel datapath")
+
 METRICS = Section("metrics", (
     Key("bind", v.parse_address, "Prometheus /metrics", required=True),
 ))
@@ -248,7 +257,7 @@ TOP = Section("", (
         "every listener"),
     METRICS,
     ListOf("listeners", LISTENER, "what to accept and where to forward it"),
-    CLUSTER, HA, CONTROL,
+    CLUSTER, HA, CONTROL, KERNEL,
 ))
 
 

@@ -133,6 +133,10 @@ name = matching(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}",
 group = matching(r"[A-Za-z_][A-Za-z0-9_.-]{0,31}", "a group name")
 
 
+nft_name = matching(r"[A-Za-z][A-Za-z0-9_]{0,31}",
+                    "an nftables name (a letter, then letters, digits or _; up to 32)")
+
+
 def text(v: Any) -> str:
     """a string"""
     return str(v)

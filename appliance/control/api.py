@@ -26,11 +26,11 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 import trio
 
-from ..views import FLOW_FIELDS, ActionRefused, FlowRow
+from ..views import FLOW_FIELDS, FLOW_FILTERS, ActionRefused, FlowRow
 from .roles import Caller
 
 _SORTABLE = {f: i for i, f in enumerate(FLOW_FIELDS)} | {"bytes": -1}
-_FILTERS = ("listener", "protocol", "backend", "client", "state", "vip")
+_FILTERS = FLOW_FILTERS
 ACTIONS = ("drain", "undrain", "disable", "enable", "weight", "failover", "demote",
            "promote", "auto", "reload")
 MAX_PAGE = 5000
@@ -148,7 +148,7 @@ def _flag(q: dict[str, str], key: str) -> bool:
 
 def select_flows(rows: Sequence[FlowRow], q: dict[str, str]
                  ) -> tuple[int, list[FlowRow]]:
-    """Filter (exact ``listener``, ``protocol``, ``state``; substring ``backend``,
+    """Filter (exact ``listener``, ``protocol``, ``state``, ``path``; substring ``backend``,
     ``client``, ``vip``; ``q`` anywhere), sort (``sort`` by a field, ``desc``) and page
     (``offset``, ``limit``) the flows; returns (matching count, the page)."""
     sel: Sequence[FlowRow] = rows
@@ -157,13 +157,13 @@ def select_flows(rows: Sequence[FlowRow], q: dict[str, str]
         if not want:
             continue
         i = FLOW_FIELDS.index(f)
-        if f in ("listener", "protocol", "state"):
+        if f in ("listener", "protocol", "state", "path"):
             sel = [r for r in sel if r[i] == want]
         else:
             sel = [r for r in sel if want in r[i]]
     text = q.get("q")
     if text:
-        sel = [r for r in sel if any(text in str(v) for v in r[1:6]) or text == r[9]]
+        sel = [r for r in sel if any(text in str(v) for v in r[1:6]) or text in r[9:11]]
     sort = q.get("sort", "")
     desc = _flag(q, "desc")
     if sort:

@@ -113,7 +113,7 @@ class Client:
             raise ControlError(resp.status, msg)
         return conn, resp
 
-    def get(self, path: str, **query: Any) -> Any:
+    def get(self, path: str, /, **query: Any) -> Any:
         """GET an endpoint (``/v1/...``) with query parameters (None ones left out)."""
         q = {k: v for k, v in query.items() if v is not None and v is not False}
         conn, resp = self._open("GET", path + (f"?{urlencode(q)}" if q else ""), None)
@@ -133,7 +133,7 @@ class Client:
         finally:
             conn.close()
 
-    def stream(self, path: str, **query: Any) -> Iterator[Any]:
+    def stream(self, path: str, /, **query: Any) -> Iterator[Any]:
         """Follow a streaming endpoint: one object per JSON line, until the daemon goes."""
         q = {k: v for k, v in query.items() if v is not None and v is not False}
         q["follow"] = 1

@@ -14,6 +14,7 @@ import json
 import sys
 from typing import Any
 
+from ..views import FLOW_FILTERS
 from .client import Client, ControlError
 from .format import (
     format_backends,
@@ -55,11 +56,11 @@ def add_parser(sub: Any) -> None:
     p.add_argument("name")
     command("routes", help="HTTP routes: host and path -> pool -> backends")
     p = command("flows", help="open flows: filter, sort, page, or --watch")
-    for f in ("listener", "protocol", "backend", "client", "state", "vip"):
+    for f in FLOW_FILTERS:
         p.add_argument(f"--{f}")
     p.add_argument("-q", "--query", help="text anywhere in the flow")
     p.add_argument("--sort", help="id, listener, protocol, client, vip, backend, bytes_in, "
-                   "bytes_out, bytes, age, state")
+                   "bytes_out, bytes, age, state, path")
     p.add_argument("--desc", action="store_true")
     p.add_argument("--limit", type=int, default=100)
     p.add_argument("--offset", type=int, default=0)
@@ -139,8 +140,7 @@ def _run(client: Client, args: argparse.Namespace) -> int:
 def _follow(client: Client, args: argparse.Namespace) -> int:
     """``flows`` and ``events``: a page (or the events) now, or as they come."""
     if args.ctl == "flows":
-        q = {f: getattr(args, f) for f in ("listener", "protocol", "backend", "client",
-                                           "state", "vip", "sort", "limit", "offset")}
+        q = {f: getattr(args, f) for f in (*FLOW_FILTERS, "sort", "limit", "offset")}
         q.update(q=args.query, desc=1 if args.desc else None)
         pages = (client.stream("/v1/flows", interval=args.interval, **q) if args.watch
                  else iter([client.get("/v1/flows", **q)]))

@@ -46,6 +46,11 @@ def status_lines(st: dict[str, Any]) -> list[str]:
              f"snapshot v{st['snapshot']['version']} ({st['snapshot']['digest']}): "
              f"{st['snapshot']['listeners']} listeners, {st['snapshot']['from_cluster']} "
              "from the cluster"]
+    dp = st.get("datapath")
+    if dp is not None:
+        lines.append(f"datapath: {dp['mode']} ({dp['kernel_listeners']} listeners in the "
+                     f"kernel, {dp['user_listeners']} in user space)"
+                     + (f"; kernel unavailable: {dp['why_not']}" if dp["why_not"] else ""))
     if ha["mode"] == "vrrp":
         for r in ha["routers"]:
             lines.append(f"HA vrrp {r['family']} vrid {r['vrid']}: {r['state'].upper()} "
@@ -71,14 +76,15 @@ def status_lines(st: dict[str, Any]) -> list[str]:
     return lines
 
 
-FLOW_COLUMNS = ("ID", "CLIENT", "VIP", "BACKEND", "PROTO", "IN", "OUT", "AGE", "STATE")
+FLOW_COLUMNS = ("ID", "CLIENT", "VIP", "BACKEND", "PROTO", "IN", "OUT", "AGE", "STATE",
+                "PATH")
 
 
 def flow_cells(f: dict[str, Any]) -> list[Any]:
     """One flow as the cells under FLOW_COLUMNS (the table here and the console's)."""
     return [f["id"], f["client"], f["vip"], f["backend"] or "-", f["protocol"],
             human_bytes(f["bytes_in"]), human_bytes(f["bytes_out"]), human_age(f["age"]),
-            f["state"]]
+            f["state"], f["path"]]
 
 
 def format_flows(page: dict[str, Any]) -> str:
@@ -95,10 +101,11 @@ def format_event(e: dict[str, Any]) -> str:
 
 def format_listeners(ls: list[dict[str, Any]]) -> str:
     """``ctl listeners``: one line per listener."""
-    return table(["NAME", "PROTO", "BIND", "BACKENDS", "DOWN", "NOT READY", "ACTIVE",
+    return table(["NAME", "PROTO", "BIND", "PATH", "BACKENDS", "DOWN", "NOT READY", "ACTIVE",
                   "ACCEPTED", "REQUESTS"],
-                 [[x["name"], x["protocol"], x["bind"], x["backends"], x["down"],
-                   x["not_ready"], x["active"], x["accepted"], x["requests"]] for x in ls])
+                 [[x["name"], x["protocol"], x["bind"], x.get("datapath", "user"),
+                   x["backends"], x["down"], x["not_ready"], x["active"], x["accepted"],
+                   x["requests"]] for x in ls])
 
 
 def format_backends(d: dict[str, Any]) -> str:
@@ -109,7 +116,8 @@ def format_backends(d: dict[str, Any]) -> str:
              b["active"], b["connections"], b["requests"], b["connect_failures"],
              human_bytes(b["bytes_in"] + b["bytes_out"])]
             for p in d["pools"] for b in p["backends"]]
-    return f"{d['name']} {d['protocol']} {d['bind']} ({d['balance']})\n" + table(
+    return f"{d['name']} {d['protocol']} {d['bind']} ({d['balance']}, " \
+        f"{d.get('datapath', 'user')})\n" + table(
         ["BACKEND", "ADDRESS", "HEALTH", "STATE", "WEIGHT", "ACTIVE", "FLOWS", "REQUESTS",
          "FAILS", "BYTES"], rows)
 

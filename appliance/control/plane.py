@@ -14,7 +14,7 @@ from typing import Any
 
 from .. import __version__
 from ..files import replace_file
-from ..views import FlowRow, HaView, HealthView, SnapshotView, SyncView, Traffic
+from ..views import FlowRow, HaView, HealthView, PathsView, SnapshotView, SyncView, Traffic
 from .admin import AdminError, AdminState
 from .api import Streams
 from .audit import AuditLog
@@ -39,6 +39,7 @@ class Views:
     ha: Callable[[], HaView]
     sync: Callable[[], SyncView | None]
     flows: Callable[[], Awaitable[list[FlowRow]]]
+    paths: Callable[[], PathsView] = PathsView
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,7 @@ class ControlPlane:
                          "listeners": len(snap.listeners), "from_cluster": snap.from_cluster},
             "workers": snap.workers, "draining": snap.draining,
             "reload_failures": snap.reload_failures,
+            "datapath": self.views.paths().as_json(),
             "ha": ha.as_json(time.time()), "sync": sync.as_json() if sync else None,
             "totals": {"accepted": sum(st.accepted for st in totals.values()),
                        "requests": sum(st.requests for st in totals.values()),
@@ -109,7 +111,9 @@ class ControlPlane:
     def listeners(self) -> list[dict[str, Any]]:
         totals = self.views.traffic()
         down = self.views.health().down
-        return [listener_summary(lst, totals.get(lst.name), down, self.admin)
+        paths = self.views.paths().listeners
+        return [listener_summary(lst, totals.get(lst.name), down, self.admin,
+                                 paths.get(lst.name, "user"))
                 for lst in self.views.snapshot().listeners]
 
     def listener(self, name: str) -> dict[str, Any] | None:
@@ -117,7 +121,8 @@ class ControlPlane:
         if lst is None:
             return None
         return listener_detail(lst, self.views.traffic().get(name),
-                               self.views.health().down, self.admin)
+                               self.views.health().down, self.admin,
+                               self.views.paths().listeners.get(name, "user"))
 
     def routes(self) -> list[dict[str, Any]]:
         return route_views(self.views.snapshot().listeners)

@@ -37,15 +37,16 @@ def backend_view(lst: Listener, key: str, b: Backend, stats: BackendStats | None
 
 
 def listener_summary(lst: Listener, stats: ListenerStats | None,
-                     down: Down, admin: AdminState) -> dict[str, Any]:
-    """One line's worth: counts of backends by health and admin state, and counters."""
+                     down: Down, admin: AdminState, path: str = "user") -> dict[str, Any]:
+    """One line's worth: counts of backends by health and admin state, counters, and
+    the datapath that serves it (``path``)."""
     st = stats or ListenerStats()
     keys = [k for k, _ in backend_keys(lst)]
     checked = {k for k, _, _ in lst.checked()}
     n_down = sum(1 for k in checked if (lst.name, k) in down)
     n_admin = sum(1 for k in keys if admin.get(lst.name, k).state != "ready")
     return {"name": lst.name, "protocol": lst.protocol, "bind": lst.bind_text,
-            "balance": lst.balance, "backends": len(keys), "down": n_down,
+            "datapath": path, "balance": lst.balance, "backends": len(keys), "down": n_down,
             "not_ready": n_admin, "active": sum(b.active for b in st.backends.values()),
             "accepted": st.accepted, "requests": st.requests, "no_backend": st.no_backend,
             "bytes_in": sum(b.bytes_in for b in st.backends.values()),
@@ -53,11 +54,11 @@ def listener_summary(lst: Listener, stats: ListenerStats | None,
 
 
 def listener_detail(lst: Listener, stats: ListenerStats | None,
-                    down: Down, admin: AdminState) -> dict[str, Any]:
+                    down: Down, admin: AdminState, path: str = "user") -> dict[str, Any]:
     """The summary plus every pool with its backends."""
     st = stats or ListenerStats()
     checked = {k for k, _, _ in lst.checked()}
-    out = listener_summary(lst, stats, down, admin)
+    out = listener_summary(lst, stats, down, admin, path)
     if lst.http is None:
         pools = [("", lst.balance, [(lst.backend_key(b), b) for b in lst.backends])]
     else:

@@ -9,9 +9,17 @@ a connection now (healthy, not ejected, not already tried), ``key`` identifies t
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import random
 from collections.abc import Collection, Sequence
 from typing import Protocol
+
+from .jhash import nft_jhash
+
+# The hash seed of Maglev slots, the same in the kernel's rules and in user space.
+MAGLEV_SEED = 0x00ED6E1B
+# Slots a pick probes past unavailable backends before it falls back to the lowest index.
+PROBES = 4096
 
 
 class Balancer(Protocol):
@@ -146,7 +154,14 @@ class Maglev:
                         return table
 
     def slot(self, key: bytes) -> int:
-        return _h64(key, b"key") % self.size
+        """The table slot of a client: ``key`` is its IP address as text. The kernel
+        datapath's nftables rule (``jhash ip saddr mod M seed MAGLEV_SEED``) hashes the
+        same address to the same slot, so both paths, and every box, agree."""
+        try:
+            packed = ipaddress.ip_address(key.decode("ascii", "replace")).packed
+        except ValueError:
+            packed = key  # not an address: still a stable slot
+        return nft_jhash(packed, self.size, MAGLEV_SEED)
 
     def pick(self, available: Collection[int], key: bytes = b"",
              active: Sequence[int] = ()) -> int | None:
@@ -156,11 +171,34 @@ class Maglev:
         table = self.table
         # Probe a bounded number of slots; beyond that, fall back to the lowest index so
         # a nearly-all-down pool still answers deterministically.
-        for k in range(min(self.size, 4096)):
+        for k in range(min(self.size, PROBES)):
             b = table[(s + k) % self.size]
             if b >= 0 and b in available:
                 return b
         return min(available)
+
+    def effective(self, available: Collection[int]) -> list[int]:
+        """What ``pick`` answers for each slot given ``available`` (one entry per slot,
+        -1 when nothing is available): the table the kernel datapath is given, computed
+        in one pass rather than a probe per slot."""
+        m, table = self.size, self.table
+        avail = set(available)
+        if not avail:
+            return [-1] * m
+        fallback = min(avail)
+        out = [fallback] * m
+        # Walk backwards twice round, carrying the nearest usable entry at or after each
+        # slot and how far it is; a slot whose nearest is PROBES or more away falls back.
+        nearest, dist = -1, m
+        for k in range(2 * m - 1, -1, -1):
+            b = table[k % m]
+            if b >= 0 and b in avail:
+                nearest, dist = b, 0
+            else:
+                dist += 1
+            if k < m:
+                out[k] = nearest if nearest >= 0 and dist < PROBES else fallback
+        return out
 
 
 def make_balancer(kind: str, names_weights: Sequence[tuple[str, int]]) -> Balancer:

@@ -151,7 +151,7 @@ class Worker:
         wid = self.worker_id
         return [(f"{wid}.{f.id}", f.listener, f.protocol, wire.address_text(*f.client),
                  vips.get(f.listener, ""), f.backend, f.bytes_in, f.bytes_out,
-                 round(now - f.started, 1), f.state)
+                 round(now - f.started, 1), f.state, "user")
                 for f in list(self.flows.values())]
 
     async def drain(self, deadline: float) -> None:

@@ -27,6 +27,7 @@ import pytest
 from tests.helpers import ANSIBLE_PLAYBOOK, ROOT, host_net, play_recap, site_play, wait_for
 
 WRITES = ["/opt/edgelb", "/etc/edgelb", "/etc/sysctl.d/60-edgelb.conf",
+          "/etc/modules-load.d/edgelb.conf",
           "/etc/systemd/system/edgelb.service", "/etc/ssh/sshd_config.d/edgelb-console.conf",
           "/etc/ssh/edgelb_authorized_keys"]
 USERS = ["edgelb", "elbt-console"]
@@ -165,7 +166,12 @@ def test_role_installs_a_working_daemon_idempotently(box: Box) -> None:
                 capture_output=True, text=True)
             return r.stdout.strip().encode()
 
-        wait_for(lambda: ask() == b"backend", 30, "traffic through the installed daemon")
+        try:
+            wait_for(lambda: ask() == b"backend", 30, "traffic through the installed daemon")
+        except AssertionError:
+            daemon.kill()
+            out = daemon.communicate()[0]
+            raise AssertionError(out.decode(errors="replace")[-3000:]) from None
         # A connection held open across a reload (what ExecReload sends).
         held = subprocess.Popen(_in_ns(box, sys.executable, "-c", (
             "import socket,sys\ns=socket.create_connection(('127.0.0.1',"

@@ -31,6 +31,7 @@ drain_timeout: 1s
 listeners:
   - name: web
     bind: 127.0.0.1:{port}
+    datapath: user
     backends: [127.0.0.1:{b1}, 127.0.0.1:{b2}]
     health: {{type: tcp, interval: 0.2, rise: 1, fall: 1}}
   - name: site

@@ -123,6 +123,7 @@ def lb(tmp_path: Path, users: Accounts) -> Iterator[tuple[object, int, int, int]
 listeners:
   - name: web
     bind: 127.0.0.1:{port}
+    datapath: user
     backends: [127.0.0.1:{one.port}, 127.0.0.1:{two.port}]
     health: {{type: tcp, interval: 0.2, rise: 1, fall: 1}}
 {CONTROL_ROLES}""", wait_port=port) as e:

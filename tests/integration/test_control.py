@@ -24,6 +24,7 @@ drain_timeout: 1s
 listeners:
   - name: web
     bind: 127.0.0.1:{port}
+    datapath: user
     backends:
       - {{address: 127.0.0.1:{b1}}}
       - {{address: 127.0.0.1:{b2}}}

@@ -36,7 +36,8 @@ def _notified(tmp_path: Path, **env: str) -> tuple[socket.socket, subprocess.Pop
     sock.settimeout(15)
     port = free_port()
     (tmp_path / "c.yaml").write_text(
-        f"listeners:\n  - {{name: a, bind: 127.0.0.1:{port}, backends: [127.0.0.1:9]}}\n")
+        f"listeners:\n  - {{name: a, bind: 127.0.0.1:{port}, backends: [127.0.0.1:9], "
+        "datapath: user}\n")
     proc = subprocess.Popen([*EDGELB, "run", "-c", str(tmp_path / "c.yaml")],
                             env={**os.environ, "NOTIFY_SOCKET": path, **env},
                             stderr=subprocess.DEVNULL)
@@ -78,7 +79,8 @@ def test_sd_notify_watchdog_pings(tmp_path: Path) -> None:
 def test_json_logs(tmp_path: Path) -> None:
     port = free_port()
     (tmp_path / "c.yaml").write_text(
-        f"listeners:\n  - {{name: a, bind: 127.0.0.1:{port}, backends: [127.0.0.1:9]}}\n")
+        f"listeners:\n  - {{name: a, bind: 127.0.0.1:{port}, backends: [127.0.0.1:9], "
+        "datapath: user}\n")
     proc = subprocess.Popen([*EDGELB, "--log-format", "json",
                              "run", "-c", str(tmp_path / "c.yaml")],
                             stderr=subprocess.PIPE, text=True)
@@ -101,6 +103,7 @@ def test_dead_worker_is_replaced_and_traffic_continues(tmp_path: Path) -> None:
     with Server(named("w")) as backend:
         cfg = (f"workers: 2\nmetrics: {{bind: 127.0.0.1:{mport}}}\nlisteners:\n"
                f"  - {{name: a, bind: 127.0.0.1:{port}, backends: [127.0.0.1:{backend.port}],"
+               " datapath: user,"
                " health: {type: none}}\n")
         with edgelb(tmp_path, cfg, wait_port=port) as e:
             wait_for(lambda: len(e.workers()) == 2, 10, "two workers")
@@ -159,7 +162,10 @@ def test_demo_runs_and_stops_on_ctrl_c(tmp_path: Path) -> None:
         assert routed.startswith("backend web-1: GET /api/x HTTP/1.1\n"), routed
         assert "GET /cart HTTP/1.1" in routed.splitlines()[1]
         # The simulated cluster: a LoadBalancer service and the Ingress, through VIPs.
-        wait_for(lambda: can_connect(port + 5, "127.0.0.100"), 20, "cluster VIP")
+        # The Service's VIP (kernel, as root) and the Ingress (user space) come into
+        # force one after the other.
+        wait_for(lambda: can_connect(port + 5, "127.0.0.100")
+                 and can_connect(port + 8, "127.0.0.120"), 20, "cluster VIP and Ingress")
         cluster = subprocess.run(
             ["curl", "-sS", f"http://127.0.0.100:{port + 5}/", "-H", "Host: blog.cluster.test",
              f"http://127.0.0.120:{port + 8}/"], capture_output=True, text=True,

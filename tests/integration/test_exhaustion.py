@@ -48,6 +48,7 @@ listeners:
   - name: web
     bind: 127.0.0.1:{port}
     protocol: {protocol}
+    datapath: user
     backends: [127.0.0.1:{be.port}]
     health: {{type: http, interval: 100ms, timeout: 500ms, fall: 2}}
 """)

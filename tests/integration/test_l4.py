@@ -45,6 +45,7 @@ def tcp_config(port: int, backends: list[int], extra: str = "", top: str = "",
 {top}listeners:
   - name: web
     bind: 127.0.0.1:{port}
+    datapath: user
     backends:
 {lines}
 {listener_extra}{extra}"""
@@ -352,6 +353,7 @@ listeners:
   - name: dns
     bind: 127.0.0.1:{port}
     protocol: udp
+    datapath: user
     balance: maglev
     backends: [127.0.0.1:{u1.port}, 127.0.0.1:{u2.port}]
 """
@@ -394,6 +396,7 @@ listeners:
   - name: dns
     bind: 127.0.0.1:{port}
     protocol: udp
+    datapath: user
     max_flows: 4
     backends: [127.0.0.1:{backend.port}]
 """
@@ -447,8 +450,8 @@ def test_check_config_cli(tmp_path: Path) -> None:
     bad.write_text(tcp_config(8080, [9001]) + "    balance: fastest\n    timeouts: 3\n")
     r = run_edgelb("check-config", "-c", str(bad))
     assert r.returncode == 1
-    assert "line 6: listeners[0].balance: 'fastest' is not one of" in r.stderr
-    assert "line 7: listeners[0].timeouts: expected a mapping" in r.stderr
+    assert "line 7: listeners[0].balance: 'fastest' is not one of" in r.stderr
+    assert "line 8: listeners[0].timeouts: expected a mapping" in r.stderr
     r = run_edgelb("run", "-c", str(bad))
     assert r.returncode == 1 and "listeners[0].balance" in r.stderr
 
@@ -487,6 +490,7 @@ def test_a_listener_binds_an_address_the_box_does_not_have_yet(tmp_path: Path) -
         listeners:
           - name: vip
             bind: 192.0.2.123:{port}
+            datapath: user
             backends: [127.0.0.1:{be.port}]
             health: {{type: none}}
         """) as e:

@@ -25,7 +25,7 @@ _BOMB = 'a: &a ["x","x","x","x","x","x","x","x","x"]\n' + "".join(
 def config(port: int, backend: int, workers: int = 1, extra: str = "") -> str:
     return (f"workers: {workers}\nlisteners:\n"
             f"  - {{name: a, bind: 127.0.0.1:{port}, backends: [127.0.0.1:{backend}], "
-            "health: {type: none}}\n" + extra)
+            "health: {type: none}, datapath: user}\n" + extra)
 
 
 def version(socket_path: str) -> int:
@@ -105,7 +105,8 @@ def test_a_reload_whose_bind_fails_is_refused_and_the_old_socket_serves(
             # The new file moves the listener to a taken port and adds another.
             e.path.write_text(f"workers: {workers}\nlisteners:\n"
                               f"  - {{name: a, bind: 127.0.0.1:{taken}, "
-                              f"backends: [127.0.0.1:{be.port}], health: {{type: none}}}}\n")
+                              f"backends: [127.0.0.1:{be.port}], health: {{type: none}}, "
+                              "datapath: user}\n")
             e.reload()
             wait_for(lambda: "reload refused" in e.logs(), 10, "the refusal")
             assert f"cannot bind 127.0.0.1:{taken}" in e.logs()
@@ -123,7 +124,7 @@ def test_flows_to_a_backend_back_before_its_drain_deadline_are_not_cut(
     with Server(named("x")) as x, Server(named("y")) as y:
         both = (f"drain_timeout: 1s\nlisteners:\n  - {{name: a, bind: 127.0.0.1:{port}, "
                 f"backends: [127.0.0.1:{x.port}, 127.0.0.1:{y.port}], "
-                "health: {type: none}, balance: least_conn}\n")
+                "health: {type: none}, balance: least_conn, datapath: user}\n")
         with edgelb(tmp_path, both, wait_port=port) as e:
             flows = []
             for _ in range(4):

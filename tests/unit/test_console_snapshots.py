@@ -35,10 +35,12 @@ STATUS = {
     "alerts": ["listener api: no healthy backend"], "last_event": 3,
 }
 LISTENERS = [
-    {"name": "web", "protocol": "tcp", "bind": "192.0.2.10:443", "balance": "round_robin",
+    {"name": "web", "protocol": "tcp", "bind": "192.0.2.10:443", "datapath": "kernel",
+     "balance": "round_robin",
      "backends": 3, "down": 0, "not_ready": 1, "active": 3, "accepted": 1200, "requests": 0,
      "no_backend": 0, "bytes_in": 1 << 20, "bytes_out": 9 << 20},
-    {"name": "api", "protocol": "http", "bind": "192.0.2.11:80", "balance": "least_conn",
+    {"name": "api", "protocol": "http", "bind": "192.0.2.11:80", "datapath": "user",
+     "balance": "least_conn",
      "backends": 1, "down": 1, "not_ready": 0, "active": 0, "accepted": 80, "requests": 5400,
      "no_backend": 2, "bytes_in": 0, "bytes_out": 0},
 ]
@@ -64,7 +66,8 @@ ROUTES = [{"listener": "api", "host": "shop.example.com", "path": "/api", "type"
 # The first client is IPv6 with letters in brackets: data is never read as markup.
 FLOWS = [(f"{i % 2}.{i}", "web", "tcp", "[fe80::1]:40001" if i == 1 else
           f"198.51.100.{i}:{40000 + i}", "192.0.2.10:443",
-          f"10.0.1.{i % 3 + 1}:30443", 1000 * i, 20000 * i, float(i * 7), "established")
+          f"10.0.1.{i % 3 + 1}:30443", 1000 * i, 20000 * i, float(i * 7), "established",
+          "kernel" if i % 4 == 0 else "user")
          for i in range(1, 41)]
 EVENTS: list[dict[str, Any]] = [
           {"seq": 1, "time": 0.0, "kind": "start", "message": "edgelb 0.1.0 serving "
@@ -81,7 +84,7 @@ class FixedApi:
     def __init__(self, role: str = "operator") -> None:
         self.role = role
 
-    def get(self, path: str, **q: Any) -> Any:
+    def get(self, path: str, /, **q: Any) -> Any:
         if path == "/v1/whoami":
             return {"user": "ops", "uid": 1001, "role": self.role}
         if path == "/v1/status":
@@ -195,7 +198,7 @@ def test_closing_while_a_request_is_out_is_quiet() -> None:
     late: list[str] = []
 
     class ClosingApi(FixedApi):
-        def get(self, path: str, **q: Any) -> Any:
+        def get(self, path: str, /, **q: Any) -> Any:
             if before:
                 late.append(path)
             elif path == "/v1/status" and app.refreshes >= 1:

@@ -1,0 +1,1 @@
+"""The kernel datapath: nftables DNAT and conntrack, decided in Python."""

@@ -1,0 +1,336 @@
+"""The kernel datapath's rules, pure: what each kernel listener dispatches to, and the
+nftables script that puts a set of them in force, whole or as the change from the set in
+force, in one transaction either way.
+
+The table (family ``inet``, IPv4 and IPv6):
+
+* ``svc4``/``svc6``: verdict maps from VIP . protocol . port to the listener's chain,
+  looked up by the ``prerouting`` (traffic from other hosts) and ``output`` (traffic from
+  this box) NAT chains.
+* ``l_<id>``: one chain per listener. It marks the flow's conntrack entry (the ``ct
+  mark`` says edgelb, source NAT or not, and the listener's id), counts it, and DNATs to a
+  backend by looking up a dispatch map: ``numgen inc`` over weighted slots for
+  round_robin, ``jhash ip saddr`` over the Maglev table for maglev. With no backend
+  usable, TCP is reset and UDP refused (ICMP), and counted.
+* ``d_<hash>``: the dispatch maps, named by their content, so listeners whose backends
+  are the same (every nodePort Service over the same nodes) share one.
+* ``postrouting``: source NAT for marked flows (masquerade, or the configured address),
+  and a connection counter per (listener, backend) in a dynamic set.
+* ``count_*``: filter chains that add each packet's bytes to its (listener, backend) in
+  dynamic sets, original direction in, reply direction out.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import ipaddress
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass, field
+from math import gcd
+
+from ...model import Listener, Proto
+from ..balance import MAGLEV_SEED, Maglev, SmoothRoundRobin
+
+# ct mark of edgelb's kernel flows: the top byte says edgelb, the next bit source NAT,
+# the rest is the listener's id.
+MARK = 0xE1000000
+MARK_MASK = 0xFF000000
+SNAT_BIT = 0x00800000
+ID_MASK = 0x007FFFFF
+COUNTER_SET_SIZE = 1 << 20
+
+
+@dataclass(frozen=True)
+class Dispatch:
+    """A dispatch map: slot -> backend host (and port, unless every backend listens on
+    the listener's own ``backend_port``: nodePorts). Listeners whose slots are the same
+    share one map, so every nodePort Service over the same nodes costs one map."""
+
+    family: int
+    hosts: tuple[str, ...]
+    ports: tuple[int, ...] | None = None  # None: the listener adds its backend_port
+
+    @functools.cached_property
+    def name(self) -> str:
+        text = repr((self.family, self.hosts, self.ports))
+        return "d_" + hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def __len__(self) -> int:
+        return len(self.hosts)
+
+
+@dataclass(frozen=True)
+class KernelListener:
+    """One listener as the kernel serves it."""
+
+    id: int
+    name: str
+    family: int
+    vip: str
+    port: int
+    proto: str  # tcp | udp
+    balance: str
+    snat: bool
+    dispatch: Dispatch | None  # None: no backend usable
+    backend_port: int = 0  # the port added to a hosts-only dispatch map
+
+    @property
+    def mark(self) -> int:
+        return MARK | (SNAT_BIT if self.snat else 0) | self.id
+
+    @property
+    def chain(self) -> str:
+        return f"l_{self.id}"
+
+    @property
+    def vmap_key(self) -> str:
+        return f"{self.vip} . {self.proto} . {self.port}"
+
+
+@dataclass(frozen=True)
+class Ruleset:
+    """What the table holds: the kernel listeners by id, and the source NAT addresses."""
+
+    listeners: Mapping[int, KernelListener] = field(default_factory=dict)
+    snat4: str | None = None
+    snat6: str | None = None
+
+    @property
+    def maps(self) -> dict[str, Dispatch]:
+        return {kl.dispatch.name: kl.dispatch for kl in self.listeners.values()
+                if kl.dispatch is not None}
+
+
+def family_of(host: str) -> int:
+    return ipaddress.ip_address(host).version
+
+
+def dispatch_of(lst: Listener, usable: Collection[str] | None) -> Dispatch | None:
+    """The dispatch map of ``lst`` over its backends whose keys are in ``usable`` (all,
+    for None), weight above 0; None when none is left. round_robin: each backend
+    ``weight / gcd`` times, interleaved as smooth weighted round robin orders them.
+    maglev: the Maglev table as user space would pick on it, slot by slot."""
+    backends = lst.backends
+    keys = [lst.backend_key(b) for b in backends] if usable is not None else []
+    avail = [i for i, b in enumerate(backends)
+             if b.weight > 0 and (usable is None or keys[i] in usable)]
+    if not avail:
+        return None
+    if lst.balance == "maglev":
+        # Named as user space names them (the Backend's own key), so that both build
+        # the same table.
+        maglev = Maglev([(b.key, b.weight) for b in backends])
+        order = maglev.effective(avail)
+    else:
+        weights = [backends[i].weight for i in avail]
+        g = 0
+        for w in weights:
+            g = gcd(g, w)
+        reduced = [w // g for w in weights]
+        rr = SmoothRoundRobin(reduced)
+        order = []
+        for _ in range(sum(reduced)):
+            j = rr.pick(range(len(avail)))
+            assert j is not None
+            order.append(avail[j])
+    family = family_of(lst.bind[0])
+    hosts = tuple(backends[i].host for i in order)
+    if lst.backend_port:
+        return Dispatch(family, hosts)
+    return Dispatch(family, hosts, tuple(backends[i].port for i in order))
+
+
+def plan(lst: Listener, lid: int, dispatch: Dispatch | None) -> KernelListener:
+    """``lst`` as the kernel serves it, with id ``lid``, dispatching by ``dispatch``."""
+    host, port = lst.bind
+    return KernelListener(lid, lst.name, family_of(host), str(ipaddress.ip_address(host)),
+                          port, "udp" if lst.protocol == Proto.UDP else "tcp", lst.balance,
+                          lst.snat, dispatch, lst.backend_port)
+
+
+# -- the script ---------------------------------------------------------------------------
+
+def _ip(family: int) -> str:
+    return "ip" if family == 4 else "ip6"
+
+
+def _map_decl(d: Dispatch) -> str:
+    ip = _ip(d.family)
+    if d.ports is None:
+        value = f"{ip} daddr"
+        elements = ", ".join(f"{i} : {h}" for i, h in enumerate(d.hosts))
+    else:
+        value = f"{ip} daddr . th dport"
+        elements = ", ".join(f"{i} : {h} . {p}"
+                             for i, (h, p) in enumerate(zip(d.hosts, d.ports, strict=True)))
+    return (f"map {d.name} {{ typeof numgen inc mod {len(d)} : {value}; "
+            f"elements = {{ {elements} }}; }}")
+
+
+def _chain_rules(kl: KernelListener) -> list[str]:
+    out = [f"ct mark set {kl.mark:#010x} counter name \"a_{kl.id}\""]
+    d = kl.dispatch
+    if d is None:
+        reject = "reject with tcp reset" if kl.proto == "tcp" else "reject"
+        out.append(f"meta l4proto {kl.proto} counter name \"n_{kl.id}\" {reject}")
+        return out
+    n = len(d)
+    if kl.balance == "maglev":
+        key = f"jhash {_ip(kl.family)} saddr mod {n} seed {MAGLEV_SEED:#x}"
+    else:
+        key = f"numgen inc mod {n}"
+    to = f"{key} map @{d.name}" + (f" : {kl.backend_port}" if d.ports is None else "")
+    out.append(f"meta l4proto {kl.proto} dnat {_ip(kl.family)} to {to}")
+    return out
+
+
+def _chain(kl: KernelListener) -> str:
+    body = "\n".join(f"    {r}" for r in _chain_rules(kl))
+    return f"  chain {kl.chain} {{\n    # {kl.name}\n{body}\n  }}"
+
+
+def _counters_decl() -> list[str]:
+    out = []
+    for fam, ip in ((4, "ip"), (6, "ip6")):
+        for name, addr, port in ((f"bconn{fam}", "daddr", "dport"),
+                                 (f"bin{fam}", "daddr", "dport"),
+                                 (f"bout{fam}", "saddr", "sport")):
+            out.append(f"  set {name} {{ typeof ct mark . {ip} {addr} . tcp {port}; "
+                       f"flags dynamic; size {COUNTER_SET_SIZE}; }}")
+    return out
+
+
+def _count_rules(direction: str) -> list[str]:
+    """Rules adding a packet to its (listener, backend) byte counters."""
+    out = []
+    for fam, ip in ((4, "ip"), (6, "ip6")):
+        nf = "ipv4" if fam == 4 else "ipv6"
+        if direction in ("both", "original"):
+            out.append(f"ct direction original meta nfproto {nf} update @bin{fam} "
+                       f"{{ ct mark . {ip} daddr . th dport counter }}")
+        if direction in ("both", "reply"):
+            out.append(f"ct direction reply meta nfproto {nf} update @bout{fam} "
+                       f"{{ ct mark . {ip} saddr . th sport counter }}")
+    return out
+
+
+def _base(rs: Ruleset, table: str) -> str:
+    """The table's fixed part: hooks, vmaps, counters and source NAT."""
+    ours = f"ct mark & {MARK_MASK:#010x} != {MARK:#010x} accept"
+    snat = []
+    for fam, addr in ((4, rs.snat4), (6, rs.snat6)):
+        nf = "ipv4" if fam == 4 else "ipv6"
+        how = f"snat {_ip(fam)} to {addr}" if addr else "masquerade"
+        snat.append(f"ct mark & {SNAT_BIT:#010x} == {SNAT_BIT:#010x} meta nfproto {nf} {how}")
+    hooks = []
+    for hook, prio in (("prerouting", "dstnat"), ("output", "-100")):
+        hooks.append(
+            f"  chain {hook} {{\n    type nat hook {hook} priority {prio}; policy accept;\n"
+            "    ip daddr . meta l4proto . th dport vmap @svc4\n"
+            "    ip6 daddr . meta l4proto . th dport vmap @svc6\n  }")
+    conn = [f"meta nfproto {'ipv4' if f == 4 else 'ipv6'} update @bconn{f} "
+            f"{{ ct mark . {_ip(f)} daddr . th dport counter }}" for f in (4, 6)]
+    # A backend on this box (over loopback) is reached from this box's own address
+    # anyway, and masquerading loopback traffic drops it.
+    post = "\n".join(f"    {r}" for r in [ours, *conn, 'oif "lo" accept', *snat])
+    lines = [
+        f"table inet {table} {{",
+        "  map svc4 { type ipv4_addr . inet_proto . inet_service : verdict; }",
+        "  map svc6 { type ipv6_addr . inet_proto . inet_service : verdict; }",
+        *_counters_decl(),
+        *hooks,
+        "  chain postrouting {\n    type nat hook postrouting priority srcnat; "
+        f"policy accept;\n{post}\n  }}",
+    ]
+    # Bytes: routed packets in forward; this box's own (a client or a backend on the
+    # box) in output, and what arrives for them from elsewhere in input (what comes in
+    # over loopback was counted in output already).
+    for hook, extra, direction in (("forward", "", "both"), ("output", "", "both"),
+                                   ("input", "    iif \"lo\" accept\n", "both")):
+        rules = "\n".join(f"    {r}" for r in _count_rules(direction))
+        lines.append(f"  chain count_{hook} {{\n    type filter hook {hook} priority 10; "
+                     f"policy accept;\n    {ours}\n{extra}{rules}\n  }}")
+    lines.append("}")
+    return "\n".join(lines)
+
+
+def _listener_parts(kl: KernelListener, table: str) -> list[str]:
+    """Commands adding ``kl``: its counters, its chain, and its verdict map entry."""
+    svc = f"svc{kl.family}"
+    return [f"add counter inet {table} a_{kl.id}",
+            f"add counter inet {table} n_{kl.id}",
+            f"table inet {table} {{\n{_chain(kl)}\n}}",
+            f"add element inet {table} {svc} {{ {kl.vmap_key} : jump {kl.chain} }}"]
+
+
+def _map_parts(d: Dispatch, table: str) -> list[str]:
+    return [f"table inet {table} {{\n  {_map_decl(d)}\n}}"]
+
+
+def render_full(rs: Ruleset, table: str) -> str:
+    """The script that replaces the table with ``rs`` in one transaction (the table is
+    created first if missing, so that deleting it cannot fail)."""
+    parts = [f"add table inet {table}", f"delete table inet {table}", _base(rs, table)]
+    for d in rs.maps.values():
+        parts += _map_parts(d, table)
+    for kl in sorted(rs.listeners.values(), key=lambda x: x.id):
+        parts += _listener_parts(kl, table)
+    return "\n".join(parts) + "\n"
+
+
+def render_change(old: Ruleset, new: Ruleset, table: str) -> str | None:
+    """The script that turns the table holding ``old`` into ``new`` in one transaction,
+    touching only what differs (counters of listeners that stay keep counting); None
+    when nothing differs. The source NAT addresses live in the base: a change of them
+    needs ``render_full``."""
+    if (old.snat4, old.snat6) != (new.snat4, new.snat6):
+        return render_full(new, table)
+    parts: list[str] = []
+    old_maps, new_maps = old.maps, new.maps
+    for name, d in new_maps.items():
+        if name not in old_maps:
+            parts += _map_parts(d, table)
+    for lid, kl in sorted(new.listeners.items()):
+        was = old.listeners.get(lid)
+        if was == kl:
+            continue
+        if was is None:
+            parts += _listener_parts(kl, table)
+            continue
+        if was.vmap_key != kl.vmap_key or was.family != kl.family:
+            parts.append(f"delete element inet {table} svc{was.family} "
+                         f"{{ {was.vmap_key} }}")
+            parts.append(f"add element inet {table} svc{kl.family} "
+                         f"{{ {kl.vmap_key} : jump {kl.chain} }}")
+        parts.append(f"flush chain inet {table} {kl.chain}")
+        parts += [f"add rule inet {table} {kl.chain} {r}" for r in _chain_rules(kl)]
+    for lid, was in sorted(old.listeners.items()):
+        if lid not in new.listeners:
+            parts.append(f"delete element inet {table} svc{was.family} "
+                         f"{{ {was.vmap_key} }}")
+            parts.append(f"delete chain inet {table} {was.chain}")
+            parts.append(f"delete counter inet {table} a_{lid}")
+            parts.append(f"delete counter inet {table} n_{lid}")
+    for name in old_maps:
+        if name not in new_maps:
+            parts.append(f"delete map inet {table} {name}")
+    return "\n".join(parts) + "\n" if parts else None
+
+
+def ids_for(names: Iterable[str], known: Mapping[str, int]) -> dict[str, int]:
+    """A stable id per listener name: the ids in ``known`` stay, new names get the
+    lowest ids not in use (ids name chains and mark flows, so they must not move)."""
+    out = {n: known[n] for n in names if n in known}
+    used = set(out.values())
+    nxt = 1
+    for n in names:
+        if n in out:
+            continue
+        while nxt in used:
+            nxt += 1
+        if nxt > ID_MASK:
+            raise ValueError("more kernel listeners than ct mark ids")
+        out[n] = nxt
+        used.add(nxt)
+    return out

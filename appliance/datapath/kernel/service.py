@@ -1,0 +1,292 @@
+"""The kernel datapath as a service: it keeps edgelb's nftables table in step with the
+Snapshot in force and the health verdicts, one transaction per change, and reads back
+what the kernel did (counters, conntrack flows).
+
+A backend that leaves a listener (removed by a reload, disabled by an operator, or its
+listener gone) keeps its established flows until ``drain_timeout``; then its conntrack
+entries are deleted, unless it came back meanwhile. A backend that is down or drained
+(weight 0) only leaves the dispatch map: its flows run to their end, as in user space.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import trio
+
+from ...model import Listener
+from ...views import BackendStats, FlowRow, ListenerStats, Traffic
+from . import conntrack, nft
+from .rules import (
+    ID_MASK,
+    MARK,
+    MARK_MASK,
+    Dispatch,
+    KernelListener,
+    Ruleset,
+    dispatch_of,
+    ids_for,
+    plan,
+    render_change,
+    render_full,
+)
+
+log = logging.getLogger("edgelb.kernel")
+
+Down = set[tuple[str, str]]
+# How often the counters and the flow count per backend are read back.
+POLL_EVERY = 2.0
+
+
+@dataclass(frozen=True)
+class Retired:
+    """A backend that left a kernel listener: its flows are cut at ``deadline``."""
+
+    listener: str
+    lid: int
+    proto: str
+    key: str
+    address: tuple[str, int]
+    deadline: float
+
+
+class KernelDatapath:
+    """edgelb's nftables table (``table``) and what it counted."""
+
+    def __init__(self, table: str, snat: tuple[str | None, str | None] = (None, None),
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.table = table
+        self.snat4, self.snat6 = snat
+        self.clock = clock
+        self.why_not: str | None = None  # set by probe(): why the kernel cannot serve
+        self.listeners: tuple[Listener, ...] = ()
+        self.down: Down = set()
+        self.ids: dict[str, int] = {}
+        self.ruleset = Ruleset()
+        self.installed = False  # the table holds self.ruleset
+        self.retired: dict[tuple[str, str], Retired] = {}
+        self.counters = nft.Counters()
+        self.base: dict[tuple[str, str], BackendStats] = {}  # counts before a full reload
+        self.base_listener: dict[str, ListenerStats] = {}
+        self.active: dict[tuple[int, str, int], int] = {}
+        self._lock = trio.Lock()
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def probe(self) -> bool:
+        """Whether nftables can be programmed here; says why not once."""
+        self.why_not = await trio.to_thread.run_sync(nft.unavailable)
+        if self.why_not is not None:
+            log.warning("kernel datapath unavailable (%s): every listener is served in user "
+                        "space", self.why_not)
+        return self.why_not is None
+
+    async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        """Read the counters back, and cut retired backends' flows at their deadline."""
+        task_status.started()
+        while True:
+            await trio.sleep(POLL_EVERY)
+            if not self.installed:
+                continue
+            await self._cut_due()
+            try:
+                self.counters = await trio.to_thread.run_sync(
+                    nft.read_counters, self.table, ID_MASK)
+                flows = await trio.to_thread.run_sync(conntrack.list_flows, MARK, MARK_MASK)
+            except (OSError, nft.NftError, ValueError) as e:
+                log.warning("kernel counters not read: %s", e)
+                continue
+            active: dict[tuple[int, str, int], int] = {}
+            for f in flows:
+                if not f.open:
+                    continue
+                k = (f.mark & ID_MASK, f.backend[0], f.backend[1])
+                active[k] = active.get(k, 0) + 1
+            self.active = active
+
+    async def stop(self) -> None:
+        """Remove the table: the kernel forwards nothing more for edgelb."""
+        if self.why_not is None:
+            async with self._lock:
+                try:
+                    await trio.to_thread.run_sync(nft.delete_table, self.table)
+                except nft.NftError as e:
+                    log.error("kernel table %s not removed: %s", self.table, e)
+                self.installed = False
+
+    # -- putting listeners in force ---------------------------------------------------------
+
+    async def apply(self, listeners: tuple[Listener, ...], drain_timeout: float) -> list[str]:
+        """Serve ``listeners`` in the kernel (in one transaction); the errors, when nft
+        refused (the table then holds what it held)."""
+        async with self._lock:
+            self._retire(listeners, drain_timeout)
+            self.listeners = listeners
+            return await self._install()
+
+    async def set_health(self, down: Down) -> None:
+        """New verdicts: backends down leave the dispatch maps, their flows stay."""
+        async with self._lock:
+            mine = {(n, k) for n, k in down if n in self.ids}
+            if mine == {(n, k) for n, k in self.down if n in self.ids}:
+                self.down = set(down)
+                return
+            self.down = set(down)
+            errors = await self._install()
+            for e in errors:
+                log.error("kernel rules not updated for health: %s", e)
+
+    def _ruleset(self) -> Ruleset:
+        names = [lst.name for lst in self.listeners]
+        reserved = {r.listener: r.lid for r in self.retired.values()}
+        self.ids = ids_for(names, {**reserved, **self.ids})
+        down: dict[str, set[str]] = {}
+        for n, k in self.down:
+            down.setdefault(n, set()).add(k)
+        # A tuple of nodes shared by thousands of nodePort listeners is dispatched once
+        # (the memo keeps the tuple, so that its id cannot be reused meanwhile).
+        memo: dict[tuple[int, str, bool, frozenset[str]],
+                   tuple[object, Dispatch | None]] = {}
+        plans: dict[int, KernelListener] = {}
+        for lst in self.listeners:
+            lid = self.ids[lst.name]
+            mine = frozenset(down.get(lst.name, ()))
+            mk = (id(lst.backends), lst.balance, bool(lst.backend_port), mine)
+            hit = memo.get(mk)
+            if hit is None or hit[0] is not lst.backends:
+                usable = None if not mine else {
+                    lst.backend_key(b) for b in lst.backends} - mine
+                hit = (lst.backends, dispatch_of(lst, usable))
+                memo[mk] = hit
+            plans[lid] = plan(lst, lid, hit[1])
+        # Ids of removed listeners whose flows still drain stay reserved, nothing else.
+        keep = set(names) | {r.listener for r in self.retired.values()}
+        self.ids = {n: i for n, i in self.ids.items() if n in keep}
+        return Ruleset(plans, self.snat4, self.snat6)
+
+    async def _install(self) -> list[str]:
+        new = self._ruleset()
+        if not new.listeners and not self.installed:
+            self.ruleset = new
+            return []
+        if self.installed:
+            script = render_change(self.ruleset, new, self.table)
+            if script is None:
+                return []
+        else:
+            script = None
+        try:
+            if script is not None:
+                await trio.to_thread.run_sync(nft.run, script)
+            else:
+                await self._full(new)
+        except nft.NftError as e:
+            if script is None:
+                return [f"kernel rules not applied: {e}"]
+            log.warning("kernel rules: the change was refused (%s); replacing the table", e)
+            try:
+                await self._full(new)
+            except nft.NftError as e2:
+                return [f"kernel rules not applied: {e2}"]
+        self.ruleset = new
+        self.installed = True
+        return []
+
+    async def _full(self, new: Ruleset) -> None:
+        """Replace the whole table; the counters it held are kept as a base first."""
+        if self.installed:
+            self._fold_counters()
+        await trio.to_thread.run_sync(nft.run, render_full(new, self.table))
+
+    def _fold_counters(self) -> None:
+        traffic = self.traffic()
+        self.base_listener = {}
+        self.base = {}
+        for name, st in traffic.items():
+            self.base_listener[name] = ListenerStats(accepted=st.accepted,
+                                                     no_backend=st.no_backend)
+            for key, b in st.backends.items():
+                self.base[(name, key)] = BackendStats(0, b.connections, 0, b.bytes_in,
+                                                      b.bytes_out)
+        self.counters = nft.Counters()
+
+    # -- retiring backends ------------------------------------------------------------------
+
+    def _retire(self, new: tuple[Listener, ...], drain_timeout: float) -> None:
+        now = self.clock()
+        wanted = {(lst.name, lst.backend_key(b)) for lst in new for b in lst.backends}
+        for key in [k for k in self.retired if k in wanted]:
+            del self.retired[key]  # back before its deadline: its flows stay
+        for lst in self.listeners:
+            lid = self.ids.get(lst.name)
+            if lid is None:
+                continue
+            for b in lst.backends:
+                key = (lst.name, lst.backend_key(b))
+                if key not in wanted and key not in self.retired:
+                    self.retired[key] = Retired(lst.name, lid, lst.transport, key[1],
+                                                lst.backend_address(b), now + drain_timeout)
+
+    async def _cut_due(self) -> None:
+        now = self.clock()
+        due = [r for r in self.retired.values() if r.deadline <= now]
+        for r in due:
+            try:
+                n = await trio.to_thread.run_sync(
+                    conntrack.delete_flows, MARK | r.lid, MARK_MASK | ID_MASK, r.proto,
+                    r.address)
+            except OSError as e:
+                log.warning("flows of %s %s not cut: %s", r.listener, r.key, e)
+                continue
+            self.retired.pop((r.listener, r.key), None)
+            if n:
+                log.info("listener %s: %d flows to %s cut at the drain deadline",
+                         r.listener, n, r.key)
+
+    # -- what the kernel did ----------------------------------------------------------------
+
+    def traffic(self) -> Traffic:
+        """The kernel listeners' counters (new objects, the caller's own). A kernel
+        listener's backend key is its address, so the counters' addresses name them."""
+        out: Traffic = {}
+        by_id = {self.ids[lst.name]: lst.name for lst in self.listeners
+                 if lst.name in self.ids}
+        for lid, name in by_id.items():
+            st = out.setdefault(name, ListenerStats())
+            base = self.base_listener.get(name)
+            st.accepted = self.counters.accepted.get(lid, 0) + (base.accepted if base else 0)
+            st.no_backend = self.counters.no_backend.get(lid, 0) + \
+                (base.no_backend if base else 0)
+        for (name, key), prev in self.base.items():
+            if name in out:
+                out[name].backends[key] = BackendStats(0, prev.connections, 0,
+                                                       prev.bytes_in, prev.bytes_out)
+        seen = set(self.counters.backends) | set(self.active)
+        for lid, host, port in seen:
+            owner = by_id.get(lid)
+            if owner is None:
+                continue
+            row = self.counters.backends.get((lid, host, port), [0, 0, 0])
+            bs = out[owner].backends.setdefault(_text((host, port)), BackendStats())
+            bs.add(BackendStats(active=self.active.get((lid, host, port), 0),
+                                connections=row[0], bytes_in=row[1], bytes_out=row[2]))
+        return out
+
+    async def flow_rows(self) -> list[FlowRow]:
+        """The kernel's flows of edgelb's listeners, as rows of the flows table."""
+        if not self.installed:
+            return []
+        flows = await trio.to_thread.run_sync(conntrack.list_flows, MARK, MARK_MASK)
+        names = {i: n for n, i in self.ids.items()}
+        return [(f"k.{f.id}", names.get(f.mark & ID_MASK, f"#{f.mark & ID_MASK}"), f.proto,
+                 _text(f.client), _text(f.vip), _text(f.backend), f.bytes_in, f.bytes_out,
+                 f.age, f.state, "kernel") for f in flows if f.open]
+
+
+def _text(addr: tuple[str, int]) -> str:
+    host, port = addr
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
