@@ -1,6 +1,9 @@
-"""Routed network namespaces for tests and benchmarks that need traffic to cross a real
-box: a client namespace, the box, and a servers namespace, each test's own (named with
-the test's pid and a counter) and removed afterwards.
+"""Network namespaces for tests and benchmarks that need traffic to cross a real box,
+each test's own (named with the test's pid and a counter) and removed afterwards.
+
+``Lan``: a bridge in its own namespace and a namespace per host on it (10.77.0.0/24).
+
+``Routed``: a client namespace, the box, and a servers namespace:
 
     client 10.T.1.2/24 ── box 10.T.1.1 | 10.T.2.1 ── servers 10.T.2.2/24 ...
            fd0T:1::2/64       fd0T:1::1 | fd0T:2::1          fd0T:2::2/64 ...
@@ -80,6 +83,55 @@ def sh(*args: str, check: bool = True) -> str:
     if check and r.returncode:
         raise RuntimeError(f"{' '.join(args)}: {r.stderr.strip()}")
     return r.stdout
+
+
+def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.terminate()
+            try:
+                p.wait(5)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+
+class Lan:
+    """A bridge in its own namespace and a namespace per host, 10.77.0.0/24; ``close``
+    stops what was started and removes them."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.tag = f"{os.getpid() % 10000}-{next(_SEQ)}"
+        self.lan = f"elb-lan-{self.tag}"
+        self.hosts: dict[str, str] = {}
+        self.procs: list[subprocess.Popen[bytes]] = []
+        sh("ip", "netns", "add", self.lan)
+        sh("ip", "-n", self.lan, "link", "add", "br0", "type", "bridge")
+        sh("ip", "-n", self.lan, "link", "set", "br0", "up")
+
+    def host(self, name: str, addr: str) -> str:
+        """A namespace on the bridge, ``eth0`` at ``addr``/24."""
+        ns = f"elb-{name}-{self.tag}"
+        sh("ip", "netns", "add", ns)
+        port = f"v{name}{self.tag}"[:15]
+        sh("ip", "-n", self.lan, "link", "add", port, "type", "veth", "peer", "name", "eth0",
+           "netns", ns)
+        sh("ip", "-n", self.lan, "link", "set", port, "master", "br0", "up")
+        sh("ip", "-n", ns, "addr", "add", f"{addr}/24", "dev", "eth0")
+        sh("ip", "-n", ns, "link", "set", "eth0", "up")
+        sh("ip", "-n", ns, "link", "set", "lo", "up")
+        self.hosts[name] = ns
+        return ns
+
+    def port(self, name: str) -> str:
+        """The bridge port of host ``name`` (set it down to cut the host off)."""
+        return f"v{name}{self.tag}"[:15]
+
+    def close(self) -> None:
+        _stop(self.procs)
+        for ns in [*self.hosts.values(), self.lan]:
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
 
 
 class Routed:
@@ -177,13 +229,6 @@ class Routed:
         return ["ip", "netns", "exec", ns, *cmd]
 
     def close(self) -> None:
-        for p in self.procs:
-            if p.poll() is None:
-                p.terminate()
-                try:
-                    p.wait(5)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait()
+        _stop(self.procs)
         for ns in (self.client, self.box, self.servers):
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)

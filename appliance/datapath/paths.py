@@ -6,6 +6,7 @@ Both answer as one ``Datapath``."""
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import replace
 
 import trio
@@ -13,6 +14,7 @@ import trio
 from ..model import Listener, Snapshot
 from ..views import FlowRow, PathsView, Traffic, merge
 from .kernel.service import KernelDatapath
+from .kernel.sync import ConntrackSync, SyncSpec, interface_address
 from .workers import Datapath, Down
 
 log = logging.getLogger("edgelb")
@@ -42,6 +44,7 @@ class SplitDatapath:
         self.kernel_ok = False
         self.kernel_listeners: tuple[Listener, ...] = ()
         self.served: dict[str, str] = {}
+        self.sync: ConntrackSync | None = None
         self._nursery: trio.Nursery | None = None
 
     async def start(self, nursery: trio.Nursery, snap: Snapshot) -> None:
@@ -54,7 +57,23 @@ class SplitDatapath:
             errors = await self.kernel.apply(ours, snap.drain_timeout)
             if errors:
                 raise OSError(errors[0])
+            await self._start_sync(nursery, snap)
         self._served(snap, ours)
+
+    async def _start_sync(self, nursery: trio.Nursery, snap: Snapshot) -> None:
+        """conntrackd, with VRRP and ``kernel.conntrack_sync``: the peer holds our flows."""
+        iface = snap.kernel.conntrack_sync
+        if snap.ha.mode != "vrrp" or not iface:
+            return
+        address = await trio.to_thread.run_sync(interface_address, iface)
+        if address is None:
+            log.error("kernel.conntrack_sync: %s has no IPv4 address; flows will not "
+                      "survive a failover", iface)
+            return
+        spec = SyncSpec(iface, address, snap.ha.unicast_peers,
+                        os.path.dirname(snap.control.socket))
+        self.sync = ConntrackSync(spec)
+        await nursery.start(self.sync.run)
 
     async def apply(self, snap: Snapshot, all_or_nothing: bool = False) -> list[str]:
         ours, rest = split(snap, self.kernel_ok)

@@ -17,6 +17,7 @@ import pytest
 from appliance.control.client import Client
 
 from ..helpers import EDGELB, Edgelb, wait_for
+from ..netlab import Lan, sh
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("ip") is None,
                                 reason="needs root and iproute2 for network namespaces")
@@ -34,39 +35,12 @@ http.server.HTTPServer(("127.0.0.1", 9000), H).serve_forever()
 """
 
 
-def sh(*args: str) -> str:
-    out = subprocess.run(args, capture_output=True, text=True, timeout=30)
-    if out.returncode:
-        raise RuntimeError(f"{' '.join(args)}: {out.stderr.strip()}")
-    return out.stdout
-
-
-class Lab:
-    """A bridge in its own namespace and a namespace per host, 10.77.0.0/24."""
+class Lab(Lan):
+    """The LAN (10.77.0.0/24) with VRRP boxes, their backends and a client."""
 
     def __init__(self, tmp: Path) -> None:
-        self.tmp = tmp
-        self.tag = f"{os.getpid() % 10000}"
-        self.lan = f"elb-lan-{self.tag}"
-        self.hosts: dict[str, str] = {}
-        self.procs: list[subprocess.Popen[bytes]] = []
+        super().__init__(tmp)
         self.backends: dict[str, subprocess.Popen[bytes]] = {}
-        sh("ip", "netns", "add", self.lan)
-        sh("ip", "-n", self.lan, "link", "add", "br0", "type", "bridge")
-        sh("ip", "-n", self.lan, "link", "set", "br0", "up")
-
-    def host(self, name: str, addr: str) -> str:
-        ns = f"elb-{name}-{self.tag}"
-        sh("ip", "netns", "add", ns)
-        port = f"v{name}{self.tag}"[:15]
-        sh("ip", "-n", self.lan, "link", "add", port, "type", "veth", "peer", "name", "eth0",
-           "netns", ns)
-        sh("ip", "-n", self.lan, "link", "set", port, "master", "br0", "up")
-        sh("ip", "-n", ns, "addr", "add", f"{addr}/24", "dev", "eth0")
-        sh("ip", "-n", ns, "link", "set", "eth0", "up")
-        sh("ip", "-n", ns, "link", "set", "lo", "up")
-        self.hosts[name] = ns
-        return ns
 
     def backend(self, name: str) -> subprocess.Popen[bytes]:
         """An HTTP server on 127.0.0.1:9000 in ``name``'s namespace saying ``name``."""
@@ -151,17 +125,6 @@ vrrp_instance edge {{
         self.backend("a")
         self.backend("b")
         return self
-
-    def close(self) -> None:
-        for p in self.procs:
-            if p.poll() is None:
-                p.terminate()
-                try:
-                    p.wait(5)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-        for ns in [*self.hosts.values(), self.lan]:
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
 
 
 @pytest.fixture

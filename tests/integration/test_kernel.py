@@ -261,8 +261,11 @@ listeners:
         held = [_hold(lab, vip, 80) for _ in range(3)]
         for h in held:
             assert h.stdout is not None and h.stdout.readline().strip() == "a"
+        # conntrack is read at most once a second: the three appear within it.
+        wait_for(lambda: len(Client(e.socket).get("/v1/flows", path="kernel")["flows"]) == 3,
+                 10, "the kernel's flows")
         flows = Client(e.socket).get("/v1/flows", path="kernel")["flows"]
-        assert len(flows) == 3 and {f["listener"] for f in flows} == {"web"}
+        assert {f["listener"] for f in flows} == {"web"}
         f = flows[0]
         assert f["vip"] == f"{vip}:80" and f["backend"] == f"{a}:8080"
         assert f["state"] == "established" and f["client"].startswith(f"10.{lab.t}.1.2:")
