@@ -45,6 +45,7 @@ test-unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests/unit
 
 bench: $(STAMP) deb-deps
+	$(BIN)/python -m tests.bench.kernel
 	$(BIN)/python -m tests.bench.l4
 	$(BIN)/python -m tests.bench.l7
 	$(BIN)/python -m tests.bench.cluster
@@ -61,6 +62,7 @@ bench-failover: $(STAMP) deb-deps
 	$(BIN)/python -m tests.bench.failover
 
 bench-l4: $(STAMP) deb-deps
+	$(BIN)/python -m tests.bench.kernel
 	$(BIN)/python -m tests.bench.l4
 
 bench-l7: $(STAMP) deb-deps

@@ -112,6 +112,9 @@ class PathsView:
     kernel: bool = False
     why_not: str = ""
     listeners: dict[str, str] = field(default_factory=dict)  # name -> "kernel" | "user"
+    rules_changes: int = 0  # kernel rule transactions applied
+    rules_seconds: float = 0.0  # the last one: from its Snapshot to rules in force
+    rules_failures: int = 0
 
     def as_json(self) -> dict[str, Any]:
         paths = list(self.listeners.values())
@@ -119,7 +122,10 @@ class PathsView:
                 "mode": "kernel" if paths and set(paths) == {"kernel"} else
                         "mixed" if "kernel" in paths else "user",
                 "kernel_listeners": paths.count("kernel"),
-                "user_listeners": paths.count("user")}
+                "user_listeners": paths.count("user"),
+                "rules_changes": self.rules_changes,
+                "rules_seconds": round(self.rules_seconds, 4),
+                "rules_failures": self.rules_failures}
 
 
 class ActionRefused(ValueError):

@@ -14,7 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from ..views import HaView, SyncView, Traffic, VrrpState
+from ..views import HaView, PathsView, SyncView, Traffic, VrrpState
 from .http import Exchange, Refusal, accept_forever
 from .plane import Views
 
@@ -44,6 +44,7 @@ class StatsCollector(Collector):
                                     "control API")
         streams.add_metric([], self.streams())
         yield from (failures, unbound, streams)
+        yield from _kernel_metrics(self.views.paths())
         yield from _families(totals, _LISTENER_COUNTERS)
         yield from _families(totals, _BACKEND_COUNTERS)
         down = self.views.health().down
@@ -61,6 +62,24 @@ class StatsCollector(Collector):
         sync = self.views.sync()
         if sync is not None:
             yield from _cluster_metrics(sync)
+
+
+def _kernel_metrics(paths: PathsView) -> Iterator[Metric]:
+    served = GaugeMetricFamily("edgelb_listener_kernel", "1 while the kernel datapath "
+                               "serves the listener, 0 in user space", labels=["listener"])
+    for name, path in paths.listeners.items():
+        served.add_metric([name], 1 if path == "kernel" else 0)
+    yield served
+    changes = CounterMetricFamily("edgelb_kernel_rules_changes", "Kernel rule transactions "
+                                  "applied")
+    changes.add_metric([], paths.rules_changes)
+    failures = CounterMetricFamily("edgelb_kernel_rules_failures", "Kernel rule "
+                                   "transactions nft refused (the rules in force stayed)")
+    failures.add_metric([], paths.rules_failures)
+    seconds = GaugeMetricFamily("edgelb_kernel_rules_seconds", "The last kernel rule "
+                                "change: from its Snapshot to the rules in force")
+    seconds.add_metric([], paths.rules_seconds)
+    yield from (changes, failures, seconds)
 
 
 def _ha_metrics(ha: HaView) -> Iterator[Metric]:

@@ -134,4 +134,6 @@ class SplitDatapath:
         await self.kernel.stop()
 
     def view(self) -> PathsView:
-        return PathsView(self.kernel_ok, self.kernel.why_not or "", dict(self.served))
+        k = self.kernel
+        return PathsView(self.kernel_ok, k.why_not or "", dict(self.served), k.changes,
+                         k.last_seconds, k.failures)

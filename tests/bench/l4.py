@@ -1,6 +1,6 @@
-"""L4 benchmark: edgelb beside HAProxy (stock, and tuned with splice-auto and a larger
-tune.bufsize) and a direct connection, in one run, on loopback, against the same
-backends. Prints a markdown table of figures and ratios and writes JSON to
+"""L4 benchmark, user space: edgelb's user-space datapath beside HAProxy (stock, and
+tuned with splice-auto and a larger tune.bufsize) and a direct connection, in one run, on
+loopback, against the same backends (the kernel datapath: tests/bench/kernel.py). Prints a markdown table of figures and ratios and writes JSON to
 tests/bench/results/.
 
     python -m tests.bench.l4 [--seconds 5] [--idle 10000]
@@ -166,6 +166,7 @@ defaults
 def edgelb_config(tmp: Path, routes: dict[int, int]) -> Path:
     lst = "\n".join(f"""  - name: l{lp}
     bind: 127.0.0.1:{lp}
+    datapath: user
     backends: [127.0.0.1:{bp}]
     health: {{type: none}}""" for lp, bp in routes.items())
     conf = tmp / "edgelb.yaml"

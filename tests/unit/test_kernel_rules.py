@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import ipaddress
 import random
-from collections import Counter
 
 import pytest
 from hypothesis import given, settings
@@ -18,9 +17,9 @@ from appliance.datapath.balance import Maglev
 from appliance.datapath.jhash import jhash, nft_jhash
 from appliance.datapath.kernel.conntrack import parse
 from appliance.datapath.kernel.rules import (
+    Ids,
     Ruleset,
     dispatch_of,
-    ids_for,
     plan,
     render_change,
     render_full,
@@ -35,11 +34,11 @@ def _snap(listeners: str) -> tuple[Listener, ...]:
 
 def _ruleset(listeners: tuple[Listener, ...], down: frozenset[str] = frozenset()
              ) -> Ruleset:
-    ids = ids_for([lst.name for lst in listeners], {})
+    ids = Ids()
     out = {}
     for lst in listeners:
         usable = {lst.backend_key(b) for b in lst.backends} - down
-        out[ids[lst.name]] = plan(lst, ids[lst.name], dispatch_of(lst, usable))
+        out[ids.of(lst.name)] = plan(lst, ids.of(lst.name), dispatch_of(lst, usable))
     return Ruleset(out)
 
 
@@ -132,11 +131,21 @@ def test_a_change_touches_only_what_differs() -> None:
     assert "delete element inet edgelb svc4 { 192.0.2.11 . tcp . 80 }" in script
 
 
-def test_ids_stay_with_their_names() -> None:
-    ids = ids_for(["a", "b", "c"], {})
-    assert ids == {"a": 1, "b": 2, "c": 3}
-    again = ids_for(["c", "d", "a"], ids)
-    assert again["a"] == 1 and again["c"] == 3 and again["d"] == 2
+def test_ids_stay_with_their_names_and_are_never_given_again() -> None:
+    ids = Ids()
+    assert [ids.of(n) for n in ("a", "b", "c")] == [1, 2, 3]
+    assert ids.of("c") == 3 and ids.of("d") == 4 and ids.of("a") == 1
+
+
+def test_thousands_of_listeners_load_as_one_block_and_one_element_command() -> None:
+    """One table block and one verdict map command: a block or an element command per
+    listener took 5 s for 5,000 listeners here, one of each 0.2 s."""
+    listed = "".join(f"  - {{name: l{i}, bind: '192.0.2.1:{10000 + i}', "
+                     f"backends: ['10.0.0.{i % 250 + 1}:80']}}\n" for i in range(300))
+    script = render_full(_ruleset(_snap(listed)), "edgelb")
+    assert script.count("table inet edgelb {") == 1
+    assert script.count("add element") == 1 and script.count(": jump l_") == 300
+    assert "add counter" not in script  # counters are dynamic set elements
 
 
 def test_auto_leaves_to_user_space_what_the_kernel_cannot_do() -> None:
@@ -205,7 +214,6 @@ def test_conntrack_lines_read_back() -> None:
 
 
 def test_counters_count_by_listener() -> None:
-    rs = _ruleset(_snap(WEB))
-    script = render_full(rs, "edgelb")
-    assert Counter(line.split()[0] for line in script.splitlines()
-                   if line.startswith("add counter")) == Counter({"add": 2})
+    script = render_full(_ruleset(_snap(WEB)), "edgelb")
+    assert "update @accepted { ct mark counter }" in script
+    assert "set refused" in script and "set bconn4" in script

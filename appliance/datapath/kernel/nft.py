@@ -69,7 +69,8 @@ def _list(*args: str) -> list[dict[str, Any]]:
 @dataclass
 class Counters:
     """What the rules counted: per listener id (accepted, refused for want of a backend)
-    and per (listener id, backend address) (connections, bytes in, bytes out)."""
+    and per (listener id, backend address) (connections, bytes in, bytes out). A
+    listener's marks (with and without source NAT) add up."""
 
     accepted: dict[int, int] = field(default_factory=dict)
     no_backend: dict[int, int] = field(default_factory=dict)
@@ -77,15 +78,18 @@ class Counters:
 
 
 def read_counters(table: str, id_mask: int) -> Counters:
-    """The table's counters (``a_<id>``, ``n_<id>`` and the per-backend sets)."""
+    """The table's counters: the ``accepted`` and ``refused`` sets (per listener, by ct
+    mark) and the per-backend sets."""
     out = Counters()
-    for item in _list("counters", "table", "inet", table):
-        c = item.get("counter")
-        if not c:
-            continue
-        kind, _, lid = str(c["name"]).partition("_")
-        if lid.isdigit():
-            (out.accepted if kind == "a" else out.no_backend)[int(lid)] = int(c["packets"])
+    for name, table_of in (("accepted", out.accepted), ("refused", out.no_backend)):
+        for item in _list("set", "inet", table, name):
+            for elem in (item.get("set") or {}).get("elem", []):
+                e = elem.get("elem", elem) if isinstance(elem, dict) else {}
+                mark = e.get("val") if isinstance(e, dict) else None
+                if isinstance(mark, int):
+                    lid = mark & id_mask
+                    table_of[lid] = table_of.get(lid, 0) + int(
+                        e.get("counter", {}).get("packets", 0))
     for column, prefix in ((0, "bconn"), (1, "bin"), (2, "bout")):
         for family in (4, 6):
             for item in _list("set", "inet", table, f"{prefix}{family}"):

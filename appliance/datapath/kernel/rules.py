@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import ipaddress
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from math import gcd
@@ -41,7 +40,7 @@ ID_MASK = 0x007FFFFF
 COUNTER_SET_SIZE = 1 << 20
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Dispatch:
     """A dispatch map: slot -> backend host (and port, unless every backend listens on
     the listener's own ``backend_port``: nodePorts). Listeners whose slots are the same
@@ -58,6 +57,14 @@ class Dispatch:
 
     def __len__(self) -> int:
         return len(self.hosts)
+
+    # Equal when their content hashes are: comparing a thousand hosts per listener of
+    # thousands would cost more than the change it finds.
+    def __eq__(self, other: object) -> bool:
+        return self is other or (isinstance(other, Dispatch) and self.name == other.name)
+
+    def __hash__(self) -> int:
+        return hash(self.name)
 
 
 @dataclass(frozen=True)
@@ -103,7 +110,8 @@ class Ruleset:
 
 
 def family_of(host: str) -> int:
-    return ipaddress.ip_address(host).version
+    """4 or 6 (an address as the config and IPAM write it)."""
+    return 6 if ":" in host else 4
 
 
 def dispatch_of(lst: Listener, usable: Collection[str] | None) -> Dispatch | None:
@@ -144,8 +152,8 @@ def dispatch_of(lst: Listener, usable: Collection[str] | None) -> Dispatch | Non
 def plan(lst: Listener, lid: int, dispatch: Dispatch | None) -> KernelListener:
     """``lst`` as the kernel serves it, with id ``lid``, dispatching by ``dispatch``."""
     host, port = lst.bind
-    return KernelListener(lid, lst.name, family_of(host), str(ipaddress.ip_address(host)),
-                          port, "udp" if lst.protocol == Proto.UDP else "tcp", lst.balance,
+    return KernelListener(lid, lst.name, family_of(host), host, port,
+                          "udp" if lst.protocol == Proto.UDP else "tcp", lst.balance,
                           lst.snat, dispatch, lst.backend_port)
 
 
@@ -169,11 +177,12 @@ def _map_decl(d: Dispatch) -> str:
 
 
 def _chain_rules(kl: KernelListener) -> list[str]:
-    out = [f"ct mark set {kl.mark:#010x} counter name \"a_{kl.id}\""]
+    out = [f"ct mark set {kl.mark:#010x}"]
     d = kl.dispatch
     if d is None:
         reject = "reject with tcp reset" if kl.proto == "tcp" else "reject"
-        out.append(f"meta l4proto {kl.proto} counter name \"n_{kl.id}\" {reject}")
+        out.append("update @refused { ct mark counter }")
+        out.append(f"meta l4proto {kl.proto} {reject}")
         return out
     n = len(d)
     if kl.balance == "maglev":
@@ -191,7 +200,11 @@ def _chain(kl: KernelListener) -> str:
 
 
 def _counters_decl() -> list[str]:
-    out = []
+    # Per listener (by ct mark): flows accepted, and refused for want of a backend. Per
+    # (listener, backend): connections, bytes in, bytes out. Dynamic sets: an element
+    # (and its counter) appears with the first packet that needs it.
+    out = [f"  set {name} {{ typeof ct mark; flags dynamic; size {COUNTER_SET_SIZE}; }}"
+           for name in ("accepted", "refused")]
     for fam, ip in ((4, "ip"), (6, "ip6")):
         for name, addr, port in ((f"bconn{fam}", "daddr", "dport"),
                                  (f"bin{fam}", "daddr", "dport"),
@@ -201,21 +214,19 @@ def _counters_decl() -> list[str]:
     return out
 
 
-def _count_rules(direction: str) -> list[str]:
+def _count_rules() -> list[str]:
     """Rules adding a packet to its (listener, backend) byte counters."""
     out = []
     for fam, ip in ((4, "ip"), (6, "ip6")):
         nf = "ipv4" if fam == 4 else "ipv6"
-        if direction in ("both", "original"):
-            out.append(f"ct direction original meta nfproto {nf} update @bin{fam} "
-                       f"{{ ct mark . {ip} daddr . th dport counter }}")
-        if direction in ("both", "reply"):
-            out.append(f"ct direction reply meta nfproto {nf} update @bout{fam} "
-                       f"{{ ct mark . {ip} saddr . th sport counter }}")
+        out.append(f"ct direction original meta nfproto {nf} update @bin{fam} "
+                   f"{{ ct mark . {ip} daddr . th dport counter }}")
+        out.append(f"ct direction reply meta nfproto {nf} update @bout{fam} "
+                   f"{{ ct mark . {ip} saddr . th sport counter }}")
     return out
 
 
-def _base(rs: Ruleset, table: str) -> str:
+def _base(rs: Ruleset) -> list[str]:
     """The table's fixed part: hooks, vmaps, counters and source NAT."""
     ours = f"ct mark & {MARK_MASK:#010x} != {MARK:#010x} accept"
     snat = []
@@ -229,13 +240,13 @@ def _base(rs: Ruleset, table: str) -> str:
             f"  chain {hook} {{\n    type nat hook {hook} priority {prio}; policy accept;\n"
             "    ip daddr . meta l4proto . th dport vmap @svc4\n"
             "    ip6 daddr . meta l4proto . th dport vmap @svc6\n  }")
-    conn = [f"meta nfproto {'ipv4' if f == 4 else 'ipv6'} update @bconn{f} "
-            f"{{ ct mark . {_ip(f)} daddr . th dport counter }}" for f in (4, 6)]
+    conn = ["update @accepted { ct mark counter }"] + [
+        f"meta nfproto {'ipv4' if f == 4 else 'ipv6'} update @bconn{f} "
+        f"{{ ct mark . {_ip(f)} daddr . th dport counter }}" for f in (4, 6)]
     # A backend on this box (over loopback) is reached from this box's own address
     # anyway, and masquerading loopback traffic drops it.
     post = "\n".join(f"    {r}" for r in [ours, *conn, 'oif "lo" accept', *snat])
     lines = [
-        f"table inet {table} {{",
         "  map svc4 { type ipv4_addr . inet_proto . inet_service : verdict; }",
         "  map svc6 { type ipv6_addr . inet_proto . inet_service : verdict; }",
         *_counters_decl(),
@@ -246,36 +257,40 @@ def _base(rs: Ruleset, table: str) -> str:
     # Bytes: routed packets in forward; this box's own (a client or a backend on the
     # box) in output, and what arrives for them from elsewhere in input (what comes in
     # over loopback was counted in output already).
-    for hook, extra, direction in (("forward", "", "both"), ("output", "", "both"),
-                                   ("input", "    iif \"lo\" accept\n", "both")):
-        rules = "\n".join(f"    {r}" for r in _count_rules(direction))
+    rules = "\n".join(f"    {r}" for r in _count_rules())
+    for hook, extra in (("forward", ""), ("output", ""), ("input", "    iif \"lo\" accept\n")):
         lines.append(f"  chain count_{hook} {{\n    type filter hook {hook} priority 10; "
                      f"policy accept;\n    {ours}\n{extra}{rules}\n  }}")
-    lines.append("}")
-    return "\n".join(lines)
+    return lines
 
 
-def _listener_parts(kl: KernelListener, table: str) -> list[str]:
-    """Commands adding ``kl``: its counters, its chain, and its verdict map entry."""
-    svc = f"svc{kl.family}"
-    return [f"add counter inet {table} a_{kl.id}",
-            f"add counter inet {table} n_{kl.id}",
-            f"table inet {table} {{\n{_chain(kl)}\n}}",
-            f"add element inet {table} {svc} {{ {kl.vmap_key} : jump {kl.chain} }}"]
+def _elements(table: str, verb: str, listeners: Iterable[KernelListener],
+              jump: bool) -> list[str]:
+    """One command per verdict map for ``listeners``' entries (thousands of entries in
+    one command cost what one does; one command each, seconds)."""
+    out = []
+    for fam in (4, 6):
+        items = [f"{kl.vmap_key} : jump {kl.chain}" if jump else kl.vmap_key
+                 for kl in listeners if kl.family == fam]
+        if items:
+            out.append(f"{verb} element inet {table} svc{fam} {{ {', '.join(items)} }}")
+    return out
 
 
-def _map_parts(d: Dispatch, table: str) -> list[str]:
-    return [f"table inet {table} {{\n  {_map_decl(d)}\n}}"]
+def _block(table: str, lines: list[str]) -> list[str]:
+    """Declarations inside one table block: one block for thousands of chains loads in
+    a fraction of a second, a block each takes seconds."""
+    return [f"table inet {table} {{", *lines, "}"] if lines else []
 
 
 def render_full(rs: Ruleset, table: str) -> str:
     """The script that replaces the table with ``rs`` in one transaction (the table is
     created first if missing, so that deleting it cannot fail)."""
-    parts = [f"add table inet {table}", f"delete table inet {table}", _base(rs, table)]
-    for d in rs.maps.values():
-        parts += _map_parts(d, table)
-    for kl in sorted(rs.listeners.values(), key=lambda x: x.id):
-        parts += _listener_parts(kl, table)
+    listeners = sorted(rs.listeners.values(), key=lambda x: x.id)
+    body = _base(rs) + [f"  {_map_decl(d)}" for d in rs.maps.values()] + [
+        _chain(kl) for kl in listeners]
+    parts = [f"add table inet {table}", f"delete table inet {table}", *_block(table, body),
+             *_elements(table, "add", listeners, True)]
     return "\n".join(parts) + "\n"
 
 
@@ -286,51 +301,46 @@ def render_change(old: Ruleset, new: Ruleset, table: str) -> str | None:
     needs ``render_full``."""
     if (old.snat4, old.snat6) != (new.snat4, new.snat6):
         return render_full(new, table)
-    parts: list[str] = []
+    decl: list[str] = []
+    flushes: list[str] = []
+    added: list[KernelListener] = []
+    removed: list[KernelListener] = []
     old_maps, new_maps = old.maps, new.maps
-    for name, d in new_maps.items():
-        if name not in old_maps:
-            parts += _map_parts(d, table)
+    decl += [f"  {_map_decl(d)}" for name, d in new_maps.items() if name not in old_maps]
     for lid, kl in sorted(new.listeners.items()):
         was = old.listeners.get(lid)
-        if was == kl:
+        if was is kl or was == kl:
             continue
-        if was is None:
-            parts += _listener_parts(kl, table)
-            continue
-        if was.vmap_key != kl.vmap_key or was.family != kl.family:
-            parts.append(f"delete element inet {table} svc{was.family} "
-                         f"{{ {was.vmap_key} }}")
-            parts.append(f"add element inet {table} svc{kl.family} "
-                         f"{{ {kl.vmap_key} : jump {kl.chain} }}")
-        parts.append(f"flush chain inet {table} {kl.chain}")
-        parts += [f"add rule inet {table} {kl.chain} {r}" for r in _chain_rules(kl)]
-    for lid, was in sorted(old.listeners.items()):
-        if lid not in new.listeners:
-            parts.append(f"delete element inet {table} svc{was.family} "
-                         f"{{ {was.vmap_key} }}")
-            parts.append(f"delete chain inet {table} {was.chain}")
-            parts.append(f"delete counter inet {table} a_{lid}")
-            parts.append(f"delete counter inet {table} n_{lid}")
-    for name in old_maps:
-        if name not in new_maps:
-            parts.append(f"delete map inet {table} {name}")
+        if was is not None:
+            if was.vmap_key != kl.vmap_key or was.family != kl.family:
+                removed.append(was)
+                added.append(kl)
+            flushes.append(f"flush chain inet {table} {kl.chain}")
+        else:
+            added.append(kl)
+        decl.append(_chain(kl))  # a chain block adds its rules to the chain
+    gone = [was for lid, was in sorted(old.listeners.items()) if lid not in new.listeners]
+    parts = [*_elements(table, "delete", removed + gone, False), *flushes,
+             *_block(table, decl), *_elements(table, "add", added, True)]
+    parts += [f"delete chain inet {table} {was.chain}" for was in gone]
+    parts += [f"delete map inet {table} {name}" for name in old_maps if name not in new_maps]
     return "\n".join(parts) + "\n" if parts else None
 
 
-def ids_for(names: Iterable[str], known: Mapping[str, int]) -> dict[str, int]:
-    """A stable id per listener name: the ids in ``known`` stay, new names get the
-    lowest ids not in use (ids name chains and mark flows, so they must not move)."""
-    out = {n: known[n] for n in names if n in known}
-    used = set(out.values())
-    nxt = 1
-    for n in names:
-        if n in out:
-            continue
-        while nxt in used:
-            nxt += 1
-        if nxt > ID_MASK:
-            raise ValueError("more kernel listeners than ct mark ids")
-        out[n] = nxt
-        used.add(nxt)
-    return out
+class Ids:
+    """An id per listener name, for as long as the daemon runs: ids name chains and mark
+    flows, and an id is never given to another listener (its flows, counters and
+    dynamic set elements may outlive it)."""
+
+    def __init__(self) -> None:
+        self.by_name: dict[str, int] = {}
+        self.next = 1
+
+    def of(self, name: str) -> int:
+        lid = self.by_name.get(name)
+        if lid is None:
+            if self.next > ID_MASK:
+                raise ValueError("more kernel listeners than ct mark ids in one run")
+            lid = self.by_name[name] = self.next
+            self.next += 1
+        return lid

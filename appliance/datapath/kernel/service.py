@@ -25,10 +25,10 @@ from .rules import (
     MARK,
     MARK_MASK,
     Dispatch,
+    Ids,
     KernelListener,
     Ruleset,
     dispatch_of,
-    ids_for,
     plan,
     render_change,
     render_full,
@@ -68,7 +68,8 @@ class KernelDatapath:
         self.why_not: str | None = None  # set by probe(): why the kernel cannot serve
         self.listeners: tuple[Listener, ...] = ()
         self.down: Down = set()
-        self.ids: dict[str, int] = {}
+        self.ids = Ids()
+        self._plans: dict[str, tuple[tuple[object, ...], KernelListener, object]] = {}
         self.ruleset = Ruleset()
         self.installed = False  # the table holds self.ruleset
         self.retired: dict[tuple[str, str], Retired] = {}
@@ -81,6 +82,9 @@ class KernelDatapath:
         self._reading: trio.Event | None = None
         self._nursery: trio.Nursery | None = None
         self._lock = trio.Lock()
+        self.changes = 0  # transactions applied
+        self.failures = 0  # transactions refused
+        self.last_seconds = 0.0  # the last one, from its Snapshot to rules in force
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -128,7 +132,7 @@ class KernelDatapath:
             done, self._reading = self._reading, None
             done.set()
         active: dict[tuple[int, str, int], int] = {}
-        names = {i: n for n, i in self.ids.items()}
+        names = {i: n for n, i in self.ids.by_name.items()}
         rows: list[FlowRow] = []
         for f in flows:
             if not f.open:
@@ -156,27 +160,41 @@ class KernelDatapath:
     async def apply(self, listeners: tuple[Listener, ...], drain_timeout: float) -> list[str]:
         """Serve ``listeners`` in the kernel (in one transaction); the errors, when nft
         refused (the table then holds what it held)."""
+        started = time.perf_counter()
         async with self._lock:
             self._retire(listeners, drain_timeout)
             self.listeners = listeners
-            return await self._install()
+            errors = await self._install()
+        self._count(started, errors)
+        return errors
+
+    def _count(self, started: float, errors: list[str]) -> None:
+        if errors:
+            self.failures += 1
+        else:
+            self.changes += 1
+            self.last_seconds = time.perf_counter() - started
 
     async def set_health(self, down: Down) -> None:
         """New verdicts: backends down leave the dispatch maps, their flows stay."""
+        started = time.perf_counter()
         async with self._lock:
-            mine = {(n, k) for n, k in down if n in self.ids}
-            if mine == {(n, k) for n, k in self.down if n in self.ids}:
+            serving = {lst.name for lst in self.listeners}
+            mine = {(n, k) for n, k in down if n in serving}
+            if mine == {(n, k) for n, k in self.down if n in serving}:
                 self.down = set(down)
                 return
             self.down = set(down)
             errors = await self._install()
             for e in errors:
                 log.error("kernel rules not updated for health: %s", e)
+        self._count(started, errors)
 
     def _ruleset(self) -> Ruleset:
-        names = [lst.name for lst in self.listeners]
-        reserved = {r.listener: r.lid for r in self.retired.values()}
-        self.ids = ids_for(names, {**reserved, **self.ids})
+        """The rules of the listeners and verdicts in force. A listener whose backends,
+        verdicts and settings did not change keeps its plan (and the very object, which
+        makes the change from the rules in force cheap to find): at 5,000 listeners a
+        change costs what the changed listeners cost."""
         down: dict[str, set[str]] = {}
         for n, k in self.down:
             down.setdefault(n, set()).add(k)
@@ -185,9 +203,20 @@ class KernelDatapath:
         memo: dict[tuple[int, str, bool, frozenset[str]],
                    tuple[object, Dispatch | None]] = {}
         plans: dict[int, KernelListener] = {}
+        cache: dict[str, tuple[tuple[object, ...], KernelListener, object]] = {}
         for lst in self.listeners:
-            lid = self.ids[lst.name]
+            lid = self.ids.of(lst.name)
             mine = frozenset(down.get(lst.name, ()))
+            # A long tuple (the nodes) by identity: comparing thousands of backends for
+            # each of thousands of listeners would cost more than the plan does.
+            token = lst.backends if len(lst.backends) <= 64 else id(lst.backends)
+            key = (lst.bind, lst.protocol, lst.balance, lst.snat, lst.backend_port, token,
+                   mine)
+            had = self._plans.get(lst.name)
+            if had is not None and had[0] == key:
+                plans[lid] = had[1]
+                cache[lst.name] = had
+                continue
             mk = (id(lst.backends), lst.balance, bool(lst.backend_port), mine)
             hit = memo.get(mk)
             if hit is None or hit[0] is not lst.backends:
@@ -196,9 +225,9 @@ class KernelDatapath:
                 hit = (lst.backends, dispatch_of(lst, usable))
                 memo[mk] = hit
             plans[lid] = plan(lst, lid, hit[1])
-        # Ids of removed listeners whose flows still drain stay reserved, nothing else.
-        keep = set(names) | {r.listener for r in self.retired.values()}
-        self.ids = {n: i for n, i in self.ids.items() if n in keep}
+            # The tuple is kept with its plan, so that its id is not reused meanwhile.
+            cache[lst.name] = (key, plans[lid], lst.backends)
+        self._plans = cache
         return Ruleset(plans, self.snat4, self.snat6)
 
     async def _install(self) -> list[str]:
@@ -250,17 +279,27 @@ class KernelDatapath:
     # -- retiring backends ------------------------------------------------------------------
 
     def _retire(self, new: tuple[Listener, ...], drain_timeout: float) -> None:
+        """Backends that leave (by listener) get a drain deadline; retired ones that come
+        back lose theirs. Only listeners whose backends changed are looked into: the
+        nodes of thousands of nodePort listeners are one shared tuple."""
         now = self.clock()
-        wanted = {(lst.name, lst.backend_key(b)) for lst in new for b in lst.backends}
-        for key in [k for k in self.retired if k in wanted]:
+        by_name = {lst.name: lst for lst in new}
+        back = [k for k in self.retired if k[0] in by_name and k[1] in
+                {by_name[k[0]].backend_key(b) for b in by_name[k[0]].backends}]
+        for key in back:
             del self.retired[key]  # back before its deadline: its flows stay
         for lst in self.listeners:
-            lid = self.ids.get(lst.name)
+            nl = by_name.get(lst.name)
+            if nl is not None and (nl.backends is lst.backends or (
+                    nl.backend_port == lst.backend_port and nl.backends == lst.backends)):
+                continue
+            lid = self.ids.by_name.get(lst.name)
             if lid is None:
                 continue
+            wanted = {nl.backend_key(b) for b in nl.backends} if nl is not None else set()
             for b in lst.backends:
                 key = (lst.name, lst.backend_key(b))
-                if key not in wanted and key not in self.retired:
+                if key[1] not in wanted and key not in self.retired:
                     self.retired[key] = Retired(lst.name, lid, lst.transport, key[1],
                                                 lst.backend_address(b), now + drain_timeout)
 
@@ -286,8 +325,8 @@ class KernelDatapath:
         """The kernel listeners' counters (new objects, the caller's own). A kernel
         listener's backend key is its address, so the counters' addresses name them."""
         out: Traffic = {}
-        by_id = {self.ids[lst.name]: lst.name for lst in self.listeners
-                 if lst.name in self.ids}
+        by_id = {self.ids.by_name[lst.name]: lst.name for lst in self.listeners
+                 if lst.name in self.ids.by_name}
         for lid, name in by_id.items():
             st = out.setdefault(name, ListenerStats())
             base = self.base_listener.get(name)
