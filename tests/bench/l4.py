@@ -1,7 +1,7 @@
 """L4 benchmark, user space: edgelb's user-space datapath beside HAProxy (stock, and
 tuned with splice-auto and a larger tune.bufsize) and a direct connection, in one run, on
-loopback, against the same backends (the kernel datapath: tests/bench/kernel.py). Prints a markdown table of figures and ratios and writes JSON to
-tests/bench/results/.
+loopback, against the same backends (the kernel datapath: tests/bench/kernel.py). Prints
+a markdown table of figures and ratios and writes JSON to tests/bench/results/.
 
     python -m tests.bench.l4 [--seconds 5] [--idle 10000]
 
