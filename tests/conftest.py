@@ -30,3 +30,9 @@ def _control_socket(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     monkeypatch.setenv("EDGELB_SOCKET", path)
     yield path
     shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+def _forget_flows() -> Iterator[None]:
+    yield
+    helpers.forget_flows()

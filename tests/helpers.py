@@ -244,6 +244,9 @@ class Server:
                 conn, _ = self.sock.accept()
             except OSError:
                 return
+            if self._stop:
+                conn.close()
+                return
             self.accepted += 1
             self.conns.append(conn)
             threading.Thread(target=self._run, args=(conn,), daemon=True).start()
@@ -257,7 +260,13 @@ class Server:
             conn.close()
 
     def close(self) -> None:
+        """Stop listening now: a thread blocked in accept() holds the socket open past
+        close(), and would serve one more connection to whoever reuses the port."""
         self._stop = True
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
         self.sock.close()
 
     def __enter__(self) -> Server:
@@ -350,6 +359,22 @@ def isolate_network() -> None:
         return  # no such right here (a container): the shared namespace it is
     _HOST_NETNS = fd
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+
+
+def forget_flows() -> None:
+    """Between tests in the run's own namespace: no conntrack entry (with a kernel
+    listener's NAT binding) and no edgelb table outlives the test that made it. A later
+    test that got the same port from ``free_port`` reused the same client ports to it
+    (Linux picks source ports per destination), matched a left-over entry and was sent
+    to the old test's backend."""
+    if _HOST_NETNS is None:
+        return  # the machine's own tables are not ours to clear
+    for cmd in (["conntrack", "-F"], ["nft", "delete", "table", "inet", "edgelb"]):
+        try:
+            subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           timeout=10, check=False)
+        except (OSError, subprocess.TimeoutExpired):
+            pass
 
 
 def host_net(cmd: list[str]) -> list[str]:
