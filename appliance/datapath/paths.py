@@ -12,7 +12,7 @@ from dataclasses import replace
 import trio
 
 from ..model import Listener, Snapshot
-from ..views import FlowRow, PathsView, Traffic, merge
+from ..views import FlowRow, PathsView, Traffic
 from .kernel.service import KernelDatapath
 from .kernel.sync import ConntrackSync, SyncSpec, interface_address
 from .workers import Datapath, Down
@@ -105,9 +105,16 @@ class SplitDatapath:
             self._nursery.start_soon(self.kernel.set_health, set(down))
 
     def traffic(self) -> Traffic:
+        """Both paths' counters, to be read only (the kernel's are shared)."""
         if not self.kernel_ok:
             return self.user.traffic()
-        return merge([self.user.traffic(), self.kernel.traffic()])
+        out = self.user.traffic()
+        for name, st in self.kernel.traffic().items():
+            if name in out:  # moved between the paths: both sides' counts
+                out[name].add(st)
+            else:
+                out[name] = st
+        return out
 
     async def flow_rows(self) -> list[FlowRow]:
         rows = await self.user.flow_rows()

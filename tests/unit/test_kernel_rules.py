@@ -217,3 +217,16 @@ def test_counters_count_by_listener() -> None:
     script = render_full(_ruleset(_snap(WEB)), "edgelb")
     assert "update @accepted { ct mark counter }" in script
     assert "set refused" in script and "set bconn4" in script
+
+
+def test_a_map_with_ports_is_typed_by_its_protocol() -> None:
+    """nft 1.0.6 cannot point a new rule at a map typed ``th dport`` once that map is in
+    the kernel; a map typed ``tcp dport`` serves tcp listeners only."""
+    tcp, udp = _snap("""  - {name: t, bind: 192.0.2.10:53, backends: [10.0.0.1:53]}
+  - {name: u, bind: 192.0.2.10:53, protocol: udp, backends: [10.0.0.1:53]}
+""")
+    dt, du = dispatch_of(tcp, None), dispatch_of(udp, None)
+    assert dt is not None and du is not None and dt.name != du.name
+    script = render_full(_ruleset((tcp, udp)), "edgelb")
+    assert "ip daddr . tcp dport" in script and "ip daddr . udp dport" in script
+    assert "typeof numgen inc mod 1 : ip daddr . th dport" not in script

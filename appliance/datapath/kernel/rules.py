@@ -49,10 +49,16 @@ class Dispatch:
     family: int
     hosts: tuple[str, ...]
     ports: tuple[int, ...] | None = None  # None: the listener adds its backend_port
+    # The map's port is typed by protocol (``tcp dport``), which is why a map with ports
+    # serves one protocol: nft 1.0.6 reads ``th dport`` back from the kernel in a way
+    # that no rule added later can use ("conflicting protocols specified: tcp vs. th"),
+    # so every change that pointed a chain at a map already in the table was refused.
+    proto: str = "tcp"
 
     @functools.cached_property
     def name(self) -> str:
-        text = repr((self.family, self.hosts, self.ports))
+        text = repr((self.family, self.hosts, self.ports) if self.ports is None else
+                    (self.family, self.hosts, self.ports, self.proto))
         return "d_" + hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def __len__(self) -> int:
@@ -146,7 +152,7 @@ def dispatch_of(lst: Listener, usable: Collection[str] | None) -> Dispatch | Non
     hosts = tuple(backends[i].host for i in order)
     if lst.backend_port:
         return Dispatch(family, hosts)
-    return Dispatch(family, hosts, tuple(backends[i].port for i in order))
+    return Dispatch(family, hosts, tuple(backends[i].port for i in order), lst.protocol)
 
 
 def plan(lst: Listener, lid: int, dispatch: Dispatch | None) -> KernelListener:
@@ -169,7 +175,7 @@ def _map_decl(d: Dispatch) -> str:
         value = f"{ip} daddr"
         elements = ", ".join(f"{i} : {h}" for i, h in enumerate(d.hosts))
     else:
-        value = f"{ip} daddr . th dport"
+        value = f"{ip} daddr . {d.proto} dport"
         elements = ", ".join(f"{i} : {h} . {p}"
                              for i, (h, p) in enumerate(zip(d.hosts, d.ports, strict=True)))
     return (f"map {d.name} {{ typeof numgen inc mod {len(d)} : {value}; "
