@@ -1,6 +1,7 @@
 """Console benchmark: the control API and `edgelb tui` with 10,000 and 50,000 live flows.
 
     python -m tests.bench.console [--flows 10000 50000] [--seconds 10]
+                                  [--datapath user|kernel]
 
 The daemon runs with 4 workers and a UDP listener; each flow is a real client address
 (127.0.0.x and a port, bound explicitly) whose datagram made the workers open a flow
@@ -12,6 +13,9 @@ and an upstream socket to a discarding backend. Then, at each size:
 2. The console: `edgelb tui` in its own process (headless Textual, 100x40, the flows
    view, a refresh every second) for --seconds: mean and max time per refresh (request
    and drawing) and the console process's CPU.
+
+With --datapath kernel (as root) the listener is served by nftables and the flows are
+conntrack's entries, read once a second for every caller.
 
 As root it runs in a network namespace of its own with the ephemeral port range widened
 (each UDP flow's upstream socket takes a local port; the default range stops at ~28,000
@@ -139,8 +143,10 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--flows", type=int, nargs="+", default=[10000, 50000])
     ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--datapath", choices=("user", "kernel"), default="user",
+                    help="the UDP listener's datapath: user-space flows, or conntrack's")
     args = ap.parse_args()
-    results: dict[str, Any] = {"flows": {}}
+    results: dict[str, Any] = {"flows": {}, "datapath": None}
     backend, bport = sink()
     port = free_port(socket.SOCK_DGRAM)
     with tempfile.TemporaryDirectory(prefix="elb-bench-") as tmp:
@@ -155,6 +161,7 @@ listeners:
     backends: [127.0.0.1:{bport}]
     max_flows: 200000
     timeouts: {{idle: 1h}}
+    datapath: {args.datapath}
 """)
         log = open(Path(tmp) / "edgelb.log", "wb")
         daemon = subprocess.Popen([*EDGELB, "run", "-c", str(cfg)], stdout=log,
@@ -164,6 +171,7 @@ listeners:
             wait_for(lambda: os.path.exists(sock), 20, "control socket")
             api = Client(sock, timeout=60)
             wait_for(lambda: api.get("/v1/status")["workers"] == 4, 20, "daemon")
+            results["datapath"] = api.get("/v1/listeners")["listeners"][0]["datapath"]
             have = 0
             script = Path(tmp) / "console.py"
             script.write_text(CONSOLE)

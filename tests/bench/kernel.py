@@ -212,6 +212,11 @@ http {{ access_log off; keepalive_requests 1000000;
 
     def measure(self, path: str) -> None:
         r, lab, secs = self.results[path], self.lab, self.args.seconds
+        # The box tracks every connection (edgelb's table needs conntrack), HAProxy's
+        # too, and each path leaves ~100,000 entries in TIME_WAIT for two minutes: the
+        # path measured last found the table full and its SYNs dropped (HAProxy: 1,000
+        # new connections/s). Each path starts with the box's table empty.
+        sh(*lab.in_ns(lab.box, "conntrack", "-F"))
         addr, hp, ip, hdp = self.targets[path]
         pid = self.pid(path)
         for streams in (1, 8):
