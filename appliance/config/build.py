@@ -38,7 +38,7 @@ from ..model import (
 )
 from . import schema as s
 from . import values
-from .source import MAX_BYTES, ConfigError, ConfigIssue, Node, parse_yaml
+from .source import MAX_BYTES, ConfigError, ConfigIssue, Node, cycle_collection_paused, parse_yaml
 from .values import kind_of
 from .walker import Walker
 
@@ -392,7 +392,8 @@ def _backend_tls(w: Walker, m: dict[str, Node], path: str) -> BackendTls | None:
 
 def load_text(text: str, version: int = 1, source: str = "") -> Snapshot:
     """Parse and validate config text into a Snapshot (raises ConfigError)."""
-    return build_snapshot(parse_yaml(text, source), version, source)
+    with cycle_collection_paused():
+        return build_snapshot(parse_yaml(text, source), version, source)
 
 
 def load_file(path: str, version: int = 1) -> Snapshot:

@@ -69,7 +69,7 @@ def lan(tmp_path: Path) -> Iterator[Lan]:
         lan.close()
 
 
-def _box(lan: Lan, tmp: Path, name: str, priority: int) -> Edgelb:
+def _box(lan: Lan, tmp: Path, name: str, priority: int, advert: str = "100ms") -> Edgelb:
     ns = lan.hosts[name]
     sh("ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv4.ip_forward=1",
        "net.ipv4.conf.all.send_redirects=0", "net.ipv4.conf.eth0.send_redirects=0")
@@ -81,7 +81,7 @@ ha:
   interface: eth0
   vrid: 77
   priority: {priority}
-  advert_interval: 100ms
+  advert_interval: {advert}
   vips: ["{VIP}/24", "{SNAT}/24"]
 kernel:
   snat_addresses: ["{SNAT}"]
