@@ -15,6 +15,7 @@ import ssl
 from dataclasses import replace
 from typing import Any
 
+from ..collector import cycle_collection_paused
 from ..model import (
     Backend,
     BackendTls,
@@ -38,7 +39,7 @@ from ..model import (
 )
 from . import schema as s
 from . import values
-from .source import MAX_BYTES, ConfigError, ConfigIssue, Node, cycle_collection_paused, parse_yaml
+from .source import MAX_BYTES, ConfigError, ConfigIssue, Node, parse_yaml
 from .values import kind_of
 from .walker import Walker
 

@@ -11,10 +11,6 @@ long to convert) becomes a line-numbered issue.
 
 from __future__ import annotations
 
-import gc
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -141,33 +137,6 @@ def _problem(e: yaml.YAMLError) -> str:
     if isinstance(e, yaml.MarkedYAMLError):
         return " ".join(filter(None, (e.context, e.problem))) or "YAML syntax"
     return str(e).split("\n", 1)[0]
-
-
-_pause_lock = threading.Lock()
-_pauses = 0  # parses under way that paused the cycle collector
-_paused = False  # whether they did (it was on)
-
-
-@contextmanager
-def cycle_collection_paused() -> Iterator[None]:
-    """No cycle collection while a config is read (the process's collector is paused
-    for that time). A parse allocates hundreds of thousands of objects, none of them
-    cyclic, and each collection they triggered walked the whole heap: at 5,000
-    listeners four pauses of ~95 ms per reload, which held the GIL and so stalled the
-    event loop and its traffic."""
-    global _pauses, _paused
-    with _pause_lock:
-        if _pauses == 0:
-            _paused = gc.isenabled()
-            gc.disable()
-        _pauses += 1
-    try:
-        yield
-    finally:
-        with _pause_lock:
-            _pauses -= 1
-            if _pauses == 0 and _paused:
-                gc.enable()
 
 
 def parse_yaml(text: str, source: str = "") -> Node:

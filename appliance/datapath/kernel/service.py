@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import trio
 
+from ...collector import cycle_collection_paused
 from ...model import Listener
 from ...views import BackendStats, FlowRow, ListenerStats, Traffic
 from . import conntrack, nft
@@ -163,9 +164,10 @@ class KernelDatapath:
         refused (the table then holds what it held)."""
         started = time.perf_counter()
         async with self._lock:
-            self._retire(listeners, drain_timeout)
-            self.listeners = listeners
-            errors = await self._install()
+            with cycle_collection_paused():
+                self._retire(listeners, drain_timeout)
+                self.listeners = listeners
+                errors = await self._install()
         self._count(started, errors)
         return errors
 
