@@ -42,11 +42,34 @@ def _checksum(data: bytes) -> int:
     return ~total & 0xFFFF
 
 
-def _pseudo_header(src: str, dst: str, length: int) -> bytes:
+def _pseudo_header(src: str, dst: str, length: int, proto: int = PROTOCOL) -> bytes:
     s, d = ipaddress.ip_address(src), ipaddress.ip_address(dst)
     if s.version == 4:
-        return s.packed + d.packed + struct.pack("!BBH", 0, PROTOCOL, length)
-    return s.packed + d.packed + struct.pack("!I3xB", length, PROTOCOL)
+        return s.packed + d.packed + struct.pack("!BBH", 0, proto, length)
+    return s.packed + d.packed + struct.pack("!I3xB", length, proto)
+
+
+ETH_P_ARP, ETH_P_IPV6, ICMPV6 = 0x0806, 0x86DD, 58
+ALL_NODES = "ff02::1"
+
+
+def announcement(mac: str, address: str) -> bytes:
+    """The Ethernet frame that tells the LAN ``address`` is now at ``mac`` (RFC 5798
+    8.1.2): a gratuitous ARP request for IPv4, an unsolicited neighbour advertisement
+    with the override flag to all nodes for IPv6."""
+    hw = bytes.fromhex(mac.replace(":", ""))
+    ip = ipaddress.ip_address(address)
+    if ip.version == 4:
+        arp = struct.pack("!HHBBH6s4s6s4s", 1, 0x0800, 6, 4, 1, hw, ip.packed, bytes(6),
+                          ip.packed)
+        return b"\xff" * 6 + hw + struct.pack("!H", ETH_P_ARP) + arp
+    # type 136, code 0, checksum, flags (override), target, option 2: our link address
+    na = struct.pack("!BBHI16sBB6s", 136, 0, 0, 0x20000000, ip.packed, 2, 1, hw)
+    csum = _checksum(_pseudo_header(address, ALL_NODES, len(na), ICMPV6) + na)
+    na = na[:2] + struct.pack("!H", csum) + na[4:]
+    head = struct.pack("!IHBB16s16s", 6 << 28, len(na), ICMPV6, 255, ip.packed,
+                       ipaddress.ip_address(ALL_NODES).packed)
+    return b"\x33\x33\x00\x00\x00\x01" + hw + struct.pack("!H", ETH_P_IPV6) + head + na
 
 
 def encode(adv: Advert, src: str, dst: str) -> bytes:

@@ -206,7 +206,8 @@ class VrrpRouter:
                                      family=self.version)
 
     def _announce(self, count: int, interval: float) -> None:
-        """Gratuitous ARP / unsolicited NA for the VIPs, from a thread (scapy blocks)."""
+        """Gratuitous ARP / unsolicited NA for the VIPs, from a thread (it sleeps between
+        rounds)."""
         if self._nursery is not None:
             self._nursery.start_soon(trio.to_thread.run_sync, gratuitous_arp,
                                      self.ha.interface,

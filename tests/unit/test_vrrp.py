@@ -179,3 +179,23 @@ def test_a_master_hearing_a_lower_master_reannounces_once_per_interval() -> None
     assert any(isinstance(a, Reannounce) for a in first) and SendAdvert(200) in first
     assert m.on_advert(low, "192.0.2.2", 11.1) == []  # rate-limited
     assert any(isinstance(a, Reannounce) for a in m.on_advert(low, "192.0.2.2", 12.0))
+
+
+@pytest.mark.parametrize("address", ["192.0.2.10", "2001:db8::10", "fe80::1"])
+def test_announcements_are_the_frames_scapy_builds(address: str) -> None:
+    """The gratuitous ARP and the unsolicited NA (override) written straight to the link
+    are byte for byte what scapy builds (which sent them before, 134 ms late)."""
+    from scapy.layers.inet6 import ICMPv6ND_NA, ICMPv6NDOptDstLLAddr, IPv6
+    from scapy.layers.l2 import ARP, Ether
+
+    from appliance.ha.vrrp import announcement
+
+    mac = "02:00:5e:10:20:30"
+    if ":" not in address:
+        want = (Ether(src=mac, dst="ff:ff:ff:ff:ff:ff") /
+                ARP(op=1, hwsrc=mac, psrc=address, hwdst="00:00:00:00:00:00", pdst=address))
+    else:
+        want = (Ether(src=mac, dst="33:33:00:00:00:01") /
+                IPv6(src=address, dst="ff02::1", hlim=255) /
+                ICMPv6ND_NA(tgt=address, R=0, S=0, O=1) / ICMPv6NDOptDstLLAddr(lladdr=mac))
+    assert announcement(mac, address) == bytes(want)
