@@ -46,22 +46,30 @@ def open_control_socket(spec: ControlSpec) -> socket.socket:
                                             "answering on it")
         finally:
             probe.close()
+    # Made ready under another name and renamed into place: a client that finds the
+    # path can connect at once (a client that came between bind and listen was refused).
+    ready = f"{path}.{os.getpid()}"
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        sock.bind(path)
-        os.chmod(path, 0o660)
+        if os.path.lexists(ready):
+            os.unlink(ready)
+        sock.bind(ready)
+        os.chmod(ready, 0o660)
         try:
             gid = grp.getgrnam(spec.group).gr_gid
-            if os.stat(path).st_gid != gid:  # as the service user, it already is
-                os.chown(path, -1, gid)
+            if os.stat(ready).st_gid != gid:  # as the service user, it already is
+                os.chown(ready, -1, gid)
         except KeyError:
             log.warning("control socket %s: no group %r, so only %s can connect", path,
                         spec.group, "root" if os.getuid() == 0 else "this user")
         except PermissionError:
             log.warning("control socket %s: cannot give it to group %r", path, spec.group)
         sock.listen(64)
+        os.rename(ready, path)
     except BaseException:
         sock.close()
+        if os.path.lexists(ready):
+            os.unlink(ready)
         raise
     return sock
 

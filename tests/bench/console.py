@@ -205,6 +205,10 @@ listeners:
                                        "page50_sorted_ms": by_bytes, "page5000_ms": big,
                                        "console": tui}
                 print(n, results["flows"][n], file=sys.stderr)
+        except BaseException:
+            log.flush()
+            print((Path(tmp) / "edgelb.log").read_text()[-3000:], file=sys.stderr)
+            raise
         finally:
             daemon.terminate()
             daemon.wait(30)

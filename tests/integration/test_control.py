@@ -392,3 +392,34 @@ def test_ctl_refuses_a_socket_it_cannot_trust(tmp_path: Path) -> None:
         assert "refusing" in r.stderr and "nobody" in r.stderr
     finally:
         fake.close()
+
+
+def test_the_control_socket_appears_only_once_it_accepts(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A client that found the socket between bind and listen (the group being looked
+    up) was refused: the console bench failed so once. The socket is made ready under
+    another name and renamed into place."""
+    import grp
+
+    from appliance.control.server import open_control_socket
+    from appliance.model import ControlSpec
+
+    path = os.environ["EDGELB_SOCKET"]  # this test's own (conftest)
+    seen: list[bool] = []
+    real = grp.getgrnam
+
+    def looking_up(name: str) -> grp.struct_group:
+        seen.append(os.path.exists(path))
+        return real(name)
+
+    monkeypatch.setattr(grp, "getgrnam", looking_up)
+    sock = open_control_socket(ControlSpec(socket=path, group="root"))
+    try:
+        assert seen == [False]  # not there while it was being made ready
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as c:
+            c.connect(path)  # there, and accepting
+        assert oct(os.stat(path).st_mode & 0o777) == "0o660"
+        assert [p for p in os.listdir(os.path.dirname(path))
+                if p.startswith("control.sock.")] == []
+    finally:
+        sock.close()
