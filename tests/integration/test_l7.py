@@ -199,6 +199,14 @@ BAD = {
     "absolute vs host": b"GET http://evil.com/ HTTP/1.1\r\nHost: foo.example.com\r\n\r\n",
     "bad request line": b"GET /\r\nHost: a\r\n\r\n",
     "bare lf": b"GET / HTTP/1.1\nHost: a\n\n\r\n\r\n",
+    # Nothing but bare LFs: the head never "ended", and the request was held, unanswered,
+    # until the request timeout.
+    "bare lf head": b"GET / HTTP/1.1\nHost: a\n\n",
+    "bare lf header line": b"GET / HTTP/1.1\r\nHost: a\nX-A: b\n\n",
+    "bare lf chunk lines": b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+                           b"5\nhello\n0\n\n",
+    "bare lf after last chunk": b"POST / HTTP/1.1\r\nHost: a\r\n"
+                                b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\n",
 }
 
 
@@ -206,7 +214,8 @@ BAD = {
 def test_malformed_request_is_400_and_never_reaches_a_backend(rig: Rig, case: str) -> None:
     web = rig.b["web"]
     before = (len(web.seen), web.connections)
-    resp = raw(rig.port, BAD[case])
+    # The answer comes at once (the request timeout here is longer than this wait).
+    resp = raw(rig.port, BAD[case], wait=2.0)
     assert status(resp) == 400, resp
     assert b"Connection: close" in resp and b"Date: " in resp
     assert int(resp.split(b"Content-Length: ")[1].split(b"\r\n")[0]) == len(body(resp))
@@ -340,6 +349,19 @@ def test_expect_100_continue(rig: Rig) -> None:
     assert status(resp) == 200
     seen = rig.b["api"].seen[-1]
     assert seen.body == b"hello" and seen.header("Expect") is None
+
+
+@pytest.mark.parametrize("lengths", ["Content-Length: 5\r\nContent-Length: 5\r\n",
+                                     "Content-Length: 5, 5\r\n"])
+def test_equal_content_lengths_reach_the_backend_as_one(rig: Rig, lengths: str) -> None:
+    """RFC 9110 8.6: equal Content-Length values may be forwarded as one field; passing
+    them on as they came invites a desync with a backend that reads them otherwise."""
+    resp = raw(rig.port, b"POST /api/cl HTTP/1.1\r\nHost: foo.example.com\r\n" +
+               lengths.encode() + b"Connection: close\r\n\r\nhello")
+    assert status(resp) == 200, resp
+    seen = rig.b["api"].seen[-1]
+    assert [v for k, v in seen.headers if k.lower() == "content-length"] == ["5"]
+    assert seen.body == b"hello"
 
 
 def test_forwarded_headers(rig: Rig) -> None:

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from appliance.datapath.http1 import (
     CHUNKED,
     LENGTH,
+    NEED_DATA,
     NO_BODY,
     UNTIL_CLOSE,
+    BackendConnection,
     ChunkedDecoder,
     HttpError,
+    ServerConnection,
     downstream_head,
     error_response,
     parse_request,
@@ -178,8 +183,64 @@ def test_chunked_decoder_byte_by_byte() -> None:
 @pytest.mark.parametrize("wire", [
     b"g\r\n", b"-1\r\n", b"1 2\r\n", b"11111111111111111\r\n", b"5\r\nhelloXX",
     b"\r\n", b"5\nhello\r\n", b"0\r\nbad trailer\r\n\r\n", b"0x5\r\n",
+    # A line ended by LF alone is refused at once, not waited on for its CRLF.
+    b"5\n", b"5\nhello\n0\n\n", b"0\r\n\n", b"0\r\nX-T: 1\n", b"\n",
 ])
 def test_chunked_decoder_refuses(wire: bytes) -> None:
     with pytest.raises(HttpError) as e:
         ChunkedDecoder().feed(wire)
     assert e.value.status == 400
+
+
+def test_one_content_length_goes_upstream_and_downstream() -> None:
+    for lengths in (b"Content-Length: 5\r\nContent-Length: 5", b"Content-Length: 5, 5"):
+        r = req(b"POST / HTTP/1.1\r\nHost: a\r\n" + lengths)
+        head = upstream_head(r, "10.0.0.1", "http", False)
+        assert head.count(b"Content-Length") == 1 and b"Content-Length: 5\r\n" in head
+        resp = parse_response(b"HTTP/1.1 200 OK\r\n" + lengths, b"GET")
+        head = downstream_head(resp, chunked=False, close=False)
+        assert head.count(b"Content-Length") == 1 and b"Content-Length: 5\r\n" in head
+    zero = upstream_head(req(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0"),
+                         "10.0.0.1", "http", False)
+    assert b"Content-Length: 0\r\n" in zero
+
+
+_TOKEN = st.text("abcdefghijklmnopqrstuvwxyz-", min_size=1, max_size=12)
+_VALUE = st.text("abcdefghijklmnopqrstuvwxyz0123456789 ;=/", max_size=20).map(str.strip)
+
+
+@settings(max_examples=300)
+@given(fields=st.lists(st.tuples(_TOKEN, _VALUE), max_size=6), chunks=st.lists(
+    st.binary(min_size=1, max_size=20), max_size=3), which=st.integers(min_value=0))
+def test_a_line_ended_by_lf_alone_is_answered_at_once(
+        fields: list[tuple[str, str]], chunks: list[bytes], which: int) -> None:
+    """The general rule: a request that cannot be parsed gets its answer as soon as the
+    fault has arrived, never a wait for more. Any one CRLF of a chunked request (head or
+    body) replaced by a bare LF: refused with 400 once the bytes so far are in."""
+    head = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n" + b"".join(
+        b"X-%s: %s\r\n" % (k.encode(), v.encode()) for k, v in fields) + b"\r\n"
+    body = b"".join(b"%x\r\n%s\r\n" % (len(c), c) for c in chunks) + b"0\r\n\r\n"
+    wire = head + body
+    crlfs = [i for i in range(len(wire) - 1) if wire[i:i + 2] == b"\r\n"]
+    at = crlfs[which % len(crlfs)]
+    wire = wire[:at] + wire[at + 1:]  # that CR gone: LF alone
+    conn = ServerConnection(LIMITS)
+    conn.receive_data(wire)
+    with pytest.raises(HttpError) as e:
+        _events_until_stuck(conn)
+    assert e.value.status == 400
+
+
+def _events_until_stuck(conn: ServerConnection) -> None:
+    for _ in range(20):
+        assert conn.next_event() is not NEED_DATA, "waited for more instead of answering"
+
+
+def test_a_backend_head_with_bare_lf_is_refused_at_once() -> None:
+    conn = BackendConnection()
+    r = req(b"GET / HTTP/1.1\r\nHost: a")
+    conn.send_request(r, "10.0.0.1", "http", False)
+    conn.receive_data(b"HTTP/1.1 200 OK\nContent-Length: 2\n\nok")
+    with pytest.raises(HttpError) as e:
+        conn.next_event()
+    assert e.value.status == 502

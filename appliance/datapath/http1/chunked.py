@@ -86,8 +86,19 @@ class ChunkedDecoder:
         self.state = _SIZE
         return pos + 2
 
+    def _line_end(self, buf: bytearray, pos: int) -> int:
+        """Where the line at ``pos`` ends (its CR), or -1 until its LF has come. A line
+        ended by LF alone is refused at once: waiting for a CRLF held it until a
+        timeout."""
+        lf = buf.find(b"\n", pos)
+        if lf < 0:
+            return -1
+        if lf == pos or buf[lf - 1] != 0x0D:
+            raise refusal(self.status, "a chunk line ended by LF alone, not CRLF")
+        return lf - 1
+
     def _size(self, buf: bytearray, pos: int, out: list[bytes]) -> int:
-        eol = buf.find(b"\r\n", pos)
+        eol = self._line_end(buf, pos)
         if eol < 0:
             if len(buf) - pos > self.max_line:
                 raise refusal(self.status, "chunk size line too long")
@@ -104,7 +115,7 @@ class ChunkedDecoder:
         return eol + 2
 
     def _trailer(self, buf: bytearray, pos: int, out: list[bytes]) -> int:
-        eol = buf.find(b"\r\n", pos)
+        eol = self._line_end(buf, pos)
         if eol < 0:
             if self.trailer_bytes + len(buf) - pos > self.max_trailer:
                 raise refusal(self.status, "trailer too large")

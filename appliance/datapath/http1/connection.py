@@ -31,6 +31,7 @@ from .heads import (
     UNTIL_CLOSE,
     Request,
     Response,
+    bare_lf,
     downstream_head,
     error_response,
     parse_request,
@@ -196,6 +197,8 @@ class ServerConnection:
             request_line_end(buf, limits)
             if len(buf) > limits.max_header_bytes + 4:
                 raise ClientError(431, "request header too large")
+            if bare_lf(buf):
+                raise ClientError(400, "a line ended by LF alone, not CRLF")
             if self.eof:
                 # A client that closes between or mid-head gets nothing: no one to read it.
                 raise ClientGone
@@ -327,6 +330,8 @@ class BackendConnection:
         if end < 0:
             if len(buf) > MAX_RESPONSE_HEAD:
                 raise BackendError("response head too large")
+            if bare_lf(buf):
+                raise BackendError("a response line ended by LF alone, not CRLF")
             if self.eof:
                 if not buf:
                     raise BackendGone

@@ -86,6 +86,12 @@ def _why_bad_field(line: bytes) -> str:
     return "an invalid header name or value"
 
 
+def bare_lf(buf: bytes | bytearray) -> bool:
+    """Whether a line in ``buf`` ends with LF alone. Refused (RFC 9112 2.2 allows that):
+    waiting for a CRLF that never comes held such a message until a timeout."""
+    return buf.count(b"\n") != buf.count(b"\r\n")
+
+
 def _split_fields(block: bytes, status: int) -> list[tuple[bytes, bytes]]:
     fields: list[tuple[bytes, bytes]] = []
     if not block:
@@ -310,10 +316,15 @@ def upstream_head(req: Request, client_ip: str, proto: str, trusted: bool) -> by
     drop = req.connection_drop
     xff = fwd = b""
     xproto = xhost = b""
-    has_host = False
+    has_host = has_length = False
     for name, value in req.fields:
         low = name.lower()
         if low in HOP_BY_HOP or low in drop or low == b"expect":
+            continue
+        if low == b"content-length":
+            # Stated once, below: two equal fields or a list of equal values were passed
+            # on as they came, for a backend that reads them otherwise to desync on.
+            has_length = True
             continue
         if low in _FORWARDING:
             if trusted:
@@ -340,6 +351,8 @@ def upstream_head(req: Request, client_ip: str, proto: str, trusted: bool) -> by
     if host:
         this += b';host="' + host + b'"'
     out += (b"Forwarded: ", fwd + b", " + this if fwd else this, b"\r\n")
+    if has_length:
+        out += (b"Content-Length: ", b"%d" % req.framing.length, b"\r\n")
     if req.framing.kind == CHUNKED:
         codings = req.framing.codings
         out += (b"Transfer-Encoding: ", codings + b", chunked" if codings else b"chunked",
@@ -356,6 +369,7 @@ def downstream_head(resp: Response, chunked: bool, close: bool, keep_alive_10: b
     fields; framing and connection fields as edgelb will actually send the body."""
     out = [resp.status_line, b"\r\n"]
     drop = resp.connection_drop
+    has_length = False
     for name, value in resp.fields:
         low = name.lower()
         if switching and low in (b"connection", b"upgrade"):
@@ -363,6 +377,11 @@ def downstream_head(resp: Response, chunked: bool, close: bool, keep_alive_10: b
             continue
         if low in HOP_BY_HOP or low in drop:
             continue
+        if low == b"content-length":
+            if has_length:
+                continue  # once, as for requests (the values were found equal)
+            has_length = True
+            value = value.split(b",")[0].strip(b" \t")
         out += (name, b": ", value, b"\r\n")
     if chunked:
         codings = resp.framing.codings if resp.framing.kind == CHUNKED else b""
