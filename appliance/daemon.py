@@ -10,7 +10,8 @@ that publishes a view; the control API and the metrics read only those views.
     control   ControlPlane     the control API and metrics, over the views
 
 Signals: SIGHUP reloads (an invalid config is refused and the old Snapshot keeps
-serving), SIGTERM and SIGINT drain (stop accepting, let flows finish until
+serving) and reopens the access log file, SIGUSR1 only reopens it (logrotate), SIGTERM
+and SIGINT drain (stop accepting, let flows finish until
 ``drain_timeout``, exit 0). With NOTIFY_SOCKET set, systemd hears READY, RELOADING and
 STOPPING.
 """
@@ -94,7 +95,8 @@ class Daemon:
                              AuditLog(snap.control.audit_log), snap.control.state_file)
         metrics_sock = open_metrics_socket(snap.metrics_bind) if snap.metrics_bind else None
         self.datapath, self.ha = datapath, ha
-        with trio.open_signal_receiver(signal.SIGHUP, signal.SIGTERM, signal.SIGINT) as sigs:
+        with trio.open_signal_receiver(signal.SIGHUP, signal.SIGUSR1, signal.SIGTERM,
+                                       signal.SIGINT) as sigs:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 await nursery.start(serve_control, control_sock, snap.control, plane)
@@ -109,9 +111,11 @@ class Daemon:
                 self._started(snap, nursery)
                 task_status.started()
                 async for signum in sigs:
+                    if signum in (signal.SIGHUP, signal.SIGUSR1):
+                        datapath.reopen_logs()  # logrotate's signal, either of them
                     if signum == signal.SIGHUP:
                         await self.reload()
-                    else:
+                    elif signum != signal.SIGUSR1:
                         await self.drain()
                         nursery.cancel_scope.cancel()
                         break

@@ -21,8 +21,18 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out)
 
 
+_format = "text"
+
+
+def log_format() -> str:
+    """The format ``setup`` was given: ``text`` or ``json``."""
+    return _format
+
+
 def setup(fmt: str = "text", level: int = logging.INFO) -> None:
     """Send logs to stderr, where systemd's journal picks them up."""
+    global _format
+    _format = fmt
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
         handler.setFormatter(JsonFormatter())

@@ -398,6 +398,19 @@ class ControlSpec:
 
 
 @dataclass(frozen=True)
+class AccessLogSpec:
+    """Where the access log goes (the ``access_log:`` section; each HTTP listener's
+    ``access_log`` turns its lines on). Requests append preformatted lines to a buffer
+    of ``buffer`` bytes; a tick every ``flush`` seconds writes it, off the event loop,
+    to ``target``: ``stderr`` (the journal), ``syslog`` (/dev/log) or a file path. What
+    does not fit is dropped and counted, never waited for."""
+
+    target: str = "stderr"
+    buffer: int = 65536
+    flush: float = 1.0
+
+
+@dataclass(frozen=True)
 class Snapshot:
     """Everything the datapath needs, immutable, versioned and content-hashed."""
 
@@ -412,13 +425,15 @@ class Snapshot:
     # A reload to a file without listeners stops them all only when the file says so.
     allow_no_listeners: bool = False
     kernel: KernelSpec = field(default_factory=KernelSpec)
+    access_log: AccessLogSpec = field(default_factory=AccessLogSpec)
 
     @functools.cached_property
     def digest(self) -> str:
         """A short hash of the content (not the version): equal digests forward alike.
         A tuple of backends shared by many listeners (the nodes) is hashed once."""
         h = hashlib.sha256(repr((self.workers, self.drain_timeout, self.metrics_bind,
-                                 self.cluster, self.ha, self.kernel)).encode())
+                                 self.cluster, self.ha, self.kernel,
+                                 self.access_log)).encode())
         seen: dict[int, bytes] = {}
         for lst in self.listeners:
             b = seen.get(id(lst.backends))

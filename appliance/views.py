@@ -48,6 +48,8 @@ class ListenerStats:
     udp_evicted: int = 0
     # Accepts paused and flows refused because this box ran out of descriptors or memory.
     exhausted: int = 0
+    # Access log lines dropped: the buffer was full, or the target refused the write.
+    access_log_dropped: int = 0
     backends: dict[str, BackendStats] = field(default_factory=dict)
     # HTTP listeners: requests, by route and by status class, and what went wrong.
     requests: int = 0
@@ -70,6 +72,7 @@ class ListenerStats:
         self.over_limit += other.over_limit
         self.udp_evicted += other.udp_evicted
         self.exhausted += other.exhausted
+        self.access_log_dropped += other.access_log_dropped
         for key, b in other.backends.items():
             self.backends.setdefault(key, BackendStats()).add(b)
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from ..collector import cycle_collection_paused
 from ..model import (
+    AccessLogSpec,
     Backend,
     BackendTls,
     ClusterSpec,
@@ -69,6 +70,8 @@ def build_snapshot(root: Node, version: int = 1, source: str = "") -> Snapshot:
                       s.CONTROL)
     ha = _ha(w, top, cluster)
     kernel = _kernel(w, w.section(top, "kernel", "", s.KERNEL))
+    access_log = w.build(AccessLogSpec(), w.section(top, "access_log", "", s.ACCESS_LOG),
+                         "access_log", s.ACCESS_LOG)
     listeners = _listeners(w, top)
     known = {lst.name for lst in listeners}
     for name in ha.track_listeners:
@@ -78,6 +81,7 @@ def build_snapshot(root: Node, version: int = 1, source: str = "") -> Snapshot:
         raise ConfigError(w.issues, source)
     return Snapshot(version=version, listeners=tuple(listeners), metrics_bind=metrics_bind,
                     cluster=cluster, ha=ha, control=control, kernel=kernel,
+                    access_log=access_log,
                     **{k: given[k] for k in ("workers", "drain_timeout", "allow_no_listeners")
                        if k in given})
 

@@ -246,6 +246,12 @@ KERNEL = Section("kernel", (
     Key("conntrack_sync", v.text, "vrrp: the interface conntrackd replicates flows over"),
 ), "the kernel datapath")
 
+ACCESS_LOG = Section("access_log", (
+    Key("target", v.log_target, "stderr, syslog or a file (reopened on SIGHUP and SIGUSR1)"),
+    Key("buffer", v.byte_size(4096, 1 << 26), "lines waiting to be written; beyond: dropped"),
+    Key("flush", v.positive_duration, "how often the buffer is written"),
+), "where the HTTP listeners' access log goes")
+
 METRICS = Section("metrics", (
     Key("bind", v.parse_address, "Prometheus /metrics", required=True),
 ))
@@ -257,7 +263,7 @@ TOP = Section("", (
         "every listener"),
     METRICS,
     ListOf("listeners", LISTENER, "what to accept and where to forward it"),
-    CLUSTER, HA, CONTROL, KERNEL,
+    CLUSTER, HA, CONTROL, KERNEL, ACCESS_LOG,
 ))
 
 

@@ -137,6 +137,38 @@ nft_name = matching(r"[A-Za-z][A-Za-z0-9_]{0,31}",
                     "an nftables name (a letter, then letters, digits or _; up to 32)")
 
 
+_SIZE_UNITS: dict[str, int] = {"": 1, "b": 1, "k": 1024, "kb": 1000, "kib": 1024, "m": 1 << 20,
+                              "mb": 1_000_000, "mib": 1 << 20}
+
+
+def byte_size(lo: int, hi: int) -> Convert:
+    def conv(v: Any) -> int:
+        if isinstance(v, bool):
+            raise ValueError(f"expected a size, got {kind_of(v)} {v!r}")
+        if isinstance(v, int):
+            n = v
+        else:
+            m = re.fullmatch(r"\s*(\d{1,12})\s*([A-Za-z]*)\s*", str(v))
+            unit = m.group(2).lower() if m else ""
+            if m is None or unit not in _SIZE_UNITS:
+                raise ValueError(f"{v!r} is not a size (64KiB, 1MiB, or bytes)")
+            n = int(m.group(1)) * _SIZE_UNITS[unit]
+        if not lo <= n <= hi:
+            raise ValueError(f"{v!r} is not in {lo:,}-{hi:,} bytes")
+        return n
+    conv.__doc__ = f"a size, {lo:,}-{hi:,} bytes (64KiB, 1MiB)"
+    return conv
+
+
+def log_target(v: Any) -> str:
+    """`stderr`, `syslog` or an absolute file path"""
+    if v in ("stderr", "syslog"):
+        return str(v)
+    if isinstance(v, str) and v.startswith("/") and "\0" not in v:
+        return v
+    raise ValueError(f"{v!r} is not stderr, syslog or an absolute path")
+
+
 def text(v: Any) -> str:
     """a string"""
     return str(v)

@@ -141,6 +141,8 @@ _HTTP_COUNTERS = [
      "bodies)", "timeouts"),
     ("counter", "edgelb_tls_handshake_failures", "TLS handshakes that failed",
      "tls_failures"),
+    ("counter", "edgelb_access_log_dropped", "Access log lines dropped: the buffer was "
+     "full (a slow target) or the target refused the write", "access_log_dropped"),
     ("backend counter", "edgelb_backend_requests", "HTTP requests sent to a backend",
      "requests"),
 ]

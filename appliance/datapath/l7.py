@@ -27,6 +27,7 @@ import trio
 from ..model import Listener
 from ..views import ListenerStats
 from . import http1, wire
+from .access import AccessLog
 from .backends import BackendSet
 from .errors import ClientError, ClientGone, HttpError
 from .flows import Flow, FlowBook
@@ -36,7 +37,7 @@ from .routing import RouteTable
 from .wire import PlainWire, TlsWire, Wire
 
 log = logging.getLogger("edgelb.datapath")
-access = logging.getLogger("edgelb.access")
+NO_FIELDS: dict[str, object] = {}  # the access log's fields, in text format unused
 
 TIMER_TICK = 0.1  # the granularity of HTTP timeouts, in seconds
 
@@ -63,8 +64,9 @@ class Site:
 class HttpProxy:
     """Every HTTP connection of one worker: the Sites in force, the timer, the drain."""
 
-    def __init__(self, book: FlowBook) -> None:
+    def __init__(self, book: FlowBook, access: AccessLog) -> None:
         self.book = book
+        self.access = access
         self.sites: dict[tuple[str, str, int], Site] = {}
         self.conns: set[HttpConnection] = set()
         self.open: dict[str, int] = {}  # open client connections per listener
@@ -229,11 +231,11 @@ class HttpConnection:
         st.bad_requests += 1
         st.count_status(e.status)
         if self.site.listener.http is not None and self.site.listener.http.access_log:
-            access.info('%s %s "-" %d refused: %s', self.site.listener.name,
-                        self.client[0], e.status, e.reason, extra={"access": {
-                            "listener": self.site.listener.name,
-                            "client": self.client[0], "status": e.status,
-                            "refused": e.reason}})
+            name = self.site.listener.name
+            self.proxy.access.add(
+                st, f'{name} {self.client[0]} "-" {e.status} refused: {e.reason}',
+                {"listener": name, "client": self.client[0], "status": e.status,
+                 "refused": e.reason} if self.proxy.access.json else NO_FIELDS)
         await self._reply_error(e.status, e.reason)
 
     async def _reply_error(self, status: int, reason: str = "") -> None:
@@ -317,18 +319,19 @@ class HttpConnection:
         self.flow.bytes_out += ex.bytes_out
         if site.listener.http is not None and site.listener.http.access_log:
             total = (time.monotonic() - ex.started) * 1000
-            access.info(
-                '%s %s "%s %s%s" %d in=%d out=%d backend=%s connect=%s total=%.1fms',
-                site.listener.name, self.client[0], req.method.decode(), req.host or "-",
-                req.target.decode("latin-1"), ex.status, ex.bytes_in, ex.bytes_out,
-                ex.backend, f"{ex.connect_ms:.1f}ms" if ex.connect_ms >= 0 else "-", total,
-                extra={"access": {
-                    "listener": site.listener.name, "client": self.client[0],
-                    "host": req.host, "method": req.method.decode(),
-                    "path": req.target.decode("latin-1"), "status": ex.status,
-                    "bytes_in": ex.bytes_in, "bytes_out": ex.bytes_out,
-                    "backend": ex.backend, "connect_ms": round(ex.connect_ms, 3),
-                    "total_ms": round(total, 3)}})
+            method, target = req.method.decode(), req.target.decode("latin-1")
+            connect = f"{ex.connect_ms:.1f}ms" if ex.connect_ms >= 0 else "-"
+            host = req.host or "-"
+            msg = (f'{site.listener.name} {self.client[0]} "{method} {host}{target}" '
+                   f"{ex.status} in={ex.bytes_in} out={ex.bytes_out} backend={ex.backend} "
+                   f"connect={connect} total={total:.1f}ms")
+            access = self.proxy.access
+            access.add(site.stats, msg, {
+                "listener": site.listener.name, "client": self.client[0],
+                "host": req.host, "method": method, "path": target, "status": ex.status,
+                "bytes_in": ex.bytes_in, "bytes_out": ex.bytes_out, "backend": ex.backend,
+                "connect_ms": round(ex.connect_ms, 3), "total_ms": round(total, 3),
+            } if access.json else NO_FIELDS)
 
     async def send_client(self, data: bytes) -> None:
         # A client that stops reading may stall a send for as long as a body may stall.

@@ -104,6 +104,9 @@ class SplitDatapath:
         if self.kernel_ok and self._nursery is not None:
             self._nursery.start_soon(self.kernel.set_health, set(down))
 
+    def reopen_logs(self) -> None:
+        self.user.reopen_logs()
+
     def traffic(self) -> Traffic:
         """Both paths' counters, to be read only (the kernel's are shared)."""
         if not self.kernel_ok:

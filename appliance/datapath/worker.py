@@ -17,6 +17,7 @@ from ..model import Listener, Proto, Snapshot, TlsCert
 from ..process import Ebb, give_back_memory
 from ..views import FlowRow, ListenerStats, Traffic
 from . import wire
+from .access import AccessLog
 from .backends import Backends, BackendSet
 from .flows import Flow
 from .l4 import TcpForwarder
@@ -47,7 +48,8 @@ class Worker:
         self.sets: dict[SocketKey, BackendSet] = {}
         self.tcp = TcpForwarder(self, self.backends, use_splice)
         self.udp = UdpForwarder(self)
-        self.http = HttpProxy(self)
+        self.access = AccessLog()
+        self.http = HttpProxy(self, self.access)
         self.listeners = Listeners(nursery, self._accept, self.udp.serve, self._exhausted)
         self._timer = False
         # TLS contexts by certificate fingerprints: a reload that keeps the certificates
@@ -55,6 +57,7 @@ class Worker:
         self.tls_contexts: dict[tuple[str, ...], ssl.SSLContext] = {}
         self.ebb = Ebb()
         nursery.start_soon(self._give_back_after_bursts)
+        nursery.start_soon(self.access.run)
 
     # -- the flow table (FlowBook) -------------------------------------------------------
 
@@ -105,6 +108,7 @@ class Worker:
         self.sets = self.udp.sets = sets
         self.http.sites = sites
         self.tcp.drain_timeout = self.http.drain_timeout = snap.drain_timeout
+        self.access.configure(snap.access_log)
         self.snapshot = snap
         return errors
 
@@ -165,3 +169,4 @@ class Worker:
         for br in self.backends.runtimes.values():
             for flow in br.flows.values():
                 flow.cut_at(trio.current_time())
+        await self.access.flush()

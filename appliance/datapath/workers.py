@@ -43,6 +43,9 @@ class Datapath(Protocol):
 
     def set_health(self, down: Down) -> None: ...
 
+    def reopen_logs(self) -> None:
+        """Open the access log file again (logrotate moved it)."""
+
     def traffic(self) -> Traffic:
         """The counters, added up: new objects, the caller's own."""
 
@@ -75,6 +78,10 @@ class LocalDatapath:
     def set_health(self, down: Down) -> None:
         if self.worker is not None:
             self.worker.set_health(down)
+
+    def reopen_logs(self) -> None:
+        if self.worker is not None:
+            self.worker.access.reopen()
 
     def traffic(self) -> Traffic:
         return merge([self.worker.stats]) if self.worker is not None else {}
@@ -191,6 +198,11 @@ class WorkerPool:
             for wp in self.procs:
                 self._nursery.start_soon(wp.channel.send, "health", self.down)
 
+    def reopen_logs(self) -> None:
+        if self._nursery is not None:
+            for wp in self.procs:
+                self._nursery.start_soon(wp.channel.send, "reopen", None)
+
     def traffic(self) -> Traffic:
         return merge([self.retired, *(wp.stats for wp in self.procs)])
 
@@ -276,6 +288,7 @@ async def worker_main(fd: int, wid: int) -> None:
     # group, and the workers must drain when told, not die on the spot.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # the control process reopens the logs
     raise_fd_limit()
     channel = Channel(trio.socket.from_stdlib_socket(socket.socket(fileno=fd)))
     async with trio.open_nursery() as nursery:
@@ -305,6 +318,8 @@ async def worker_main(fd: int, wid: int) -> None:
                     reporting = True
             elif kind == "health":
                 worker.set_health(payload)
+            elif kind == "reopen":
+                worker.access.reopen()
             elif kind == "flows":
                 await channel.send("flows", (payload[0], worker.flow_rows()))
             elif kind == "drain":

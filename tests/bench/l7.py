@@ -5,7 +5,8 @@ loopback, in front of the same nginx ``return 200`` backend, keep-alive, wrk -c5
 
 For each of plain HTTP and HTTPS (TLS terminated by the proxy): requests/s, p50/p99
 latency, and the proxy's CPU microseconds per request (utime+stime of all its processes
-over the run, divided by the requests served). Then, with two processes each, edgelb
+over the run, divided by the requests served); edgelb again with its access log on.
+Then, with two processes each, edgelb
 ``workers: 2`` against nginx ``worker_processes 2``. Prints a markdown table with ratios
 and writes JSON to tests/bench/results/. Only ratios within one run mean anything.
 """
@@ -87,15 +88,15 @@ backend be
 
 
 def proxy_edgelb(tmp: Path, workers: int, http: int, https: int, backend: int,
-                 crt: Path, key: Path) -> subprocess.Popen[bytes]:
-    cfg = tmp / f"edgelb{workers}.yaml"
+                 crt: Path, key: Path, access_log: bool = False) -> subprocess.Popen[bytes]:
+    cfg = tmp / f"edgelb{workers}{'-log' if access_log else ''}.yaml"
     cfg.write_text(f"""
 workers: {workers}
 listeners:
   - name: web
     bind: 127.0.0.1:{http}
     protocol: http
-    access_log: false
+    access_log: {'true' if access_log else 'false'}
     health: {{type: none}}
     backends: [127.0.0.1:{backend}]
   - name: secure
@@ -106,8 +107,9 @@ listeners:
     backends: [127.0.0.1:{backend}]
     tls: [{{hosts: [bench.test], cert: {crt}, key: {key}}}]
 """)
-    # The log goes to a file: a daemon that does not come up says why there.
-    with open(tmp / f"edgelb{workers}.log", "wb") as log:
+    # The log goes to a file (so does the access log, on stderr, where it is on): a
+    # daemon that does not come up says why there.
+    with open(tmp / f"edgelb{workers}{'-log' if access_log else ''}.log", "wb") as log:
         return subprocess.Popen([*EDGELB, "run", "-c", str(cfg)], stdout=log, stderr=log)
 
 
@@ -159,6 +161,8 @@ def main() -> int:
             wait_for(lambda: can_connect(bport), 10, "backend")
             runs: list[tuple[str, Any]] = [
                 ("edgelb", lambda h, s: proxy_edgelb(tmp, 1, h, s, bport, crt, key)),
+                ("edgelb-log", lambda h, s: proxy_edgelb(tmp, 1, h, s, bport, crt, key,
+                                                         access_log=True)),
                 ("haproxy", lambda h, s: proxy_haproxy(tmp, h, s, bport, pem)),
                 ("nginx", lambda h, s: proxy_nginx(tmp, 1, h, s, bport, crt, key)),
                 ("edgelb-2", lambda h, s: proxy_edgelb(tmp, 2, h, s, bport, crt, key)),
@@ -168,7 +172,7 @@ def main() -> int:
                 http, https = free_port(), free_port()
                 proc = start(http, https)
                 try:
-                    schemes = ("http", "https") if not name.endswith("-2") else ("http",)
+                    schemes = ("http",) if name[-2:] in ("-2", "og") else ("http", "https")
                     results[name] = run_one(name, proc, http, https, args.seconds, schemes)
                     print(f"{name}: {json.dumps(results[name])}", file=sys.stderr)
                 finally:
@@ -199,6 +203,11 @@ def report(r: dict[str, Any], seconds: int) -> None:
             print(f"| {scheme}, 1 process | {label} | {fmt.format(e[key])} | "
                   f"{fmt.format(h[key])} | {fmt.format(n[key])} | {ratio(e[key], h[key])} | "
                   f"{ratio(e[key], n[key])} |")
+    lg, e1 = r["edgelb-log"]["http"], r["edgelb"]["http"]
+    print(f"| http, 1 process, access log on (a file) | CPU µs/req | "
+          f"{lg['cpu_us_per_req']:.1f} | - | - | - | - |")
+    on_off = ratio(lg["cpu_us_per_req"], e1["cpu_us_per_req"])
+    print(f"| ... against the access log off | CPU | {on_off} | | | | |")
     e2, n2 = r["edgelb-2"]["http"], r["nginx-2"]["http"]
     print(f"| http, 2 processes | req/s | {e2['rps']:.0f} | - | {n2['rps']:.0f} | - | "
           f"{ratio(e2['rps'], n2['rps'])} |")

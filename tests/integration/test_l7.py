@@ -5,6 +5,7 @@ test says) and with curl."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -590,3 +591,53 @@ def test_backend_that_stalls_after_an_interim_response_gets_504(tmp_path: Path) 
             assert time.monotonic() - t0 < 2.5
         finally:
             e.stop()
+
+
+def test_access_log_file_is_reopened_on_sigusr1_across_workers(tmp_path: Path) -> None:
+    """logrotate: the file is renamed, SIGUSR1 (or SIGHUP) makes every worker open the
+    path again; no line is lost on the way."""
+    port = free_port()
+    path = tmp_path / "access.log"
+    with HttpBackend("one") as be:
+        e = Edgelb(tmp_path, http_listener(
+            port, be.port, top=f"workers: 2\naccess_log: {{target: {path}, flush: 100ms}}"))
+        e.start(port)
+        try:
+            for i in range(20):
+                assert status(get(port, f"/before/{i}", "example.com")) == 200
+            wait_for(lambda: path.exists() and path.read_text().count("/before/") == 20, 5,
+                     "20 lines in the file")
+            path.rename(tmp_path / "access.log.1")
+            e.signal(signal.SIGUSR1)
+            time.sleep(0.5)  # the workers heard it
+            for i in range(20):
+                assert status(get(port, f"/after/{i}", "example.com")) == 200
+            wait_for(lambda: path.exists() and path.read_text().count("/after/") == 20, 5,
+                     "20 lines in the new file")
+            assert "/after/" not in (tmp_path / "access.log.1").read_text()
+            assert e.proc is not None and e.proc.poll() is None
+        finally:
+            e.stop()
+
+
+def test_a_stuck_access_log_never_holds_a_request(tmp_path: Path) -> None:
+    """A target that takes nothing (a FIFO nobody reads: even opening it waits): every
+    request is served, and the lines that found the buffer full are counted."""
+    port, mport = free_port(), free_port()
+    fifo = tmp_path / "stuck.fifo"
+    os.mkfifo(fifo)
+    with HttpBackend("one") as be:
+        e = Edgelb(tmp_path, http_listener(port, be.port, top=(
+            f"metrics: {{bind: 127.0.0.1:{mport}}}\n"
+            f"access_log: {{target: {fifo}, buffer: 4KiB, flush: 50ms}}")))
+        e.start(port)
+        try:
+            for i in range(300):
+                assert status(get(port, f"/r/{i}", "example.com")) == 200
+            key = 'edgelb_access_log_dropped_total{listener="web"}'
+            wait_for(lambda: metrics(mport).get(key, 0) > 200, 5, "drops counted")
+        finally:
+            # Let the stuck open finish, so the daemon can exit.
+            reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+            e.stop()
+            os.close(reader)
