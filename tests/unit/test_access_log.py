@@ -95,3 +95,25 @@ def test_a_wrong_section_names_the_key_and_line(text: str, key: str) -> None:
     with pytest.raises(ConfigError) as e:
         load_text(text + "listeners: []\n")
     assert any(i.path == key and i.line == 1 for i in e.value.issues), e.value.issues
+
+
+def test_syslog_gets_a_datagram_per_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    from appliance.datapath import access
+
+    path = str(tmp_path / "log")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    server.bind(path)
+    monkeypatch.setattr(access, "SYSLOG_SOCKET", path)
+    log = AccessLog(AccessLogSpec(target="syslog"), fmt="text")
+    st = ListenerStats()
+    log.add(st, "one", {})
+    log.add(st, "two", {})
+    trio.run(log.flush)
+    server.settimeout(2)
+    got = [server.recv(4096), server.recv(4096)]
+    assert got[0].startswith(b"<134>edgelb[%d]: " % os.getpid()) and got[0].endswith(b"]: one")
+    assert got[1].endswith(b"]: two") and st.access_log_dropped == 0
+    log.close()
+    server.close()
