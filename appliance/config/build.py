@@ -79,10 +79,12 @@ def build_snapshot(root: Node, version: int = 1, source: str = "") -> Snapshot:
             w.fail("ha.track.listeners", top.get("ha"), f"no listener named {name!r}")
     if w.issues:
         raise ConfigError(w.issues, source)
+    # One worker per core unless the file says otherwise (nginx's and HAProxy's way).
+    workers = given["workers"] if "workers" in given else values.workers("auto")
     return Snapshot(version=version, listeners=tuple(listeners), metrics_bind=metrics_bind,
                     cluster=cluster, ha=ha, control=control, kernel=kernel,
-                    access_log=access_log,
-                    **{k: given[k] for k in ("workers", "drain_timeout", "allow_no_listeners")
+                    access_log=access_log, workers=workers,
+                    **{k: given[k] for k in ("drain_timeout", "allow_no_listeners")
                        if k in given})
 
 

@@ -43,6 +43,7 @@ def test_out_of_descriptors_pauses_and_recovers(tmp_path: Path, protocol: str) -
     port, mport = free_port(), free_port()
     with HttpBackend("one") as be:
         e = Edgelb(tmp_path, f"""\
+workers: 1
 metrics: {{bind: 127.0.0.1:{mport}}}
 listeners:
   - name: web

@@ -41,6 +41,10 @@ def run_edgelb(*args: str) -> subprocess.CompletedProcess[str]:
 def tcp_config(port: int, backends: list[int], extra: str = "", top: str = "",
                listener_extra: str = "") -> str:
     lines = "\n".join(f"      - 127.0.0.1:{b}" for b in backends)
+    # One worker unless a test says otherwise: counters, limits and ejection are per
+    # worker, and the default is a worker per core.
+    if "workers:" not in top:
+        top = "workers: 1\n" + top
     return f"""\
 {top}listeners:
   - name: web
@@ -391,6 +395,7 @@ def test_udp_max_flows_evicts_oldest(tmp_path: Path) -> None:
     port, mport = free_port(socket.SOCK_DGRAM), free_port()
     with UdpEcho() as backend:
         cfg = f"""\
+workers: 1
 metrics: {{bind: 127.0.0.1:{mport}}}
 listeners:
   - name: dns
@@ -450,8 +455,8 @@ def test_check_config_cli(tmp_path: Path) -> None:
     bad.write_text(tcp_config(8080, [9001]) + "    balance: fastest\n    timeouts: 3\n")
     r = run_edgelb("check-config", "-c", str(bad))
     assert r.returncode == 1
-    assert "line 7: listeners[0].balance: 'fastest' is not one of" in r.stderr
-    assert "line 8: listeners[0].timeouts: expected a mapping" in r.stderr
+    assert "line 8: listeners[0].balance: 'fastest' is not one of" in r.stderr
+    assert "line 9: listeners[0].timeouts: expected a mapping" in r.stderr
     r = run_edgelb("run", "-c", str(bad))
     assert r.returncode == 1 and "listeners[0].balance" in r.stderr
 
