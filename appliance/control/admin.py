@@ -49,6 +49,23 @@ def backend_keys(lst: Listener) -> list[tuple[str, Backend]]:
     return [(f"{p.name}/{b.key}", b) for p in lst.http.pools for b in p.backends]
 
 
+def admin_alerts(changed: dict[tuple[str, str], BackendAdmin], limit: int = 5) -> list[str]:
+    """An alert per backend an operator changed, naming it and the change (an on-call
+    operator must see which backend is out, not only how many); past ``limit``, one line
+    for the rest."""
+    out = []
+    for (listener, key), a in sorted(changed.items())[:limit]:
+        what = {BackendState.DRAIN: "drained", BackendState.MAINT: "disabled (maint)"}.get(
+            a.state, "")
+        if a.weight is not None:
+            what = f"{what}, weight {a.weight}" if what else f"weight set to {a.weight}"
+        out.append(f"listener {listener}: backend {key} {what} by an operator")
+    if len(changed) > limit:
+        out.append(f"... and {len(changed) - limit} more backends changed by an operator "
+                   "(ctl backends)")
+    return out
+
+
 class AdminState:
     """The operators' backend changes, by (listener, backend key)."""
 

@@ -15,7 +15,7 @@ from typing import Any
 from .. import __version__
 from ..files import replace_file
 from ..views import FlowRow, HaView, HealthView, PathsView, SnapshotView, SyncView, Traffic
-from .admin import AdminError, AdminState
+from .admin import AdminError, AdminState, admin_alerts
 from .api import Streams
 from .audit import AuditLog
 from .events import Events
@@ -91,10 +91,7 @@ class ControlPlane:
         if sync is not None:
             alerts += [f"cluster watch {w.name}: {w.state} {w.detail}".rstrip()
                        for w in sync.watches if w.state != "synced"]
-        n_admin = len(self.admin.backends)
-        if n_admin:
-            alerts.append(f"{n_admin} backends drained, disabled or re-weighted by an "
-                          "operator")
+        alerts += admin_alerts(self.admin.backends)
         return {
             "version": __version__, "pid": os.getpid(), "config": snap.config_path,
             "uptime": round(time.time() - self.started, 1),

@@ -201,6 +201,10 @@ def test_disable_cuts_open_flows_drain_keeps_them(tmp_path: Path) -> None:
         assert on_one and on_two
         c.act("drain", listener="web", backend=f"127.0.0.1:{one.port}")
         c.act("disable", listener="web", backend=f"127.0.0.1:{two.port}")
+        alerts = c.get("/v1/status")["alerts"]
+        assert f"listener web: backend 127.0.0.1:{one.port} drained by an operator" in alerts
+        assert f"listener web: backend 127.0.0.1:{two.port} disabled (maint) by an " \
+               "operator" in alerts
         time.sleep(2.0)  # past drain_timeout (1 s)
         for s in on_one:  # drained: still served
             s.sendall(b"who\n")

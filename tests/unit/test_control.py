@@ -160,3 +160,22 @@ def test_ctl_options_go_before_or_after_the_command(argv: list[str]) -> None:
 def test_ctl_options_default_when_not_given() -> None:
     args = _parser().parse_args(["ctl", "status"])
     assert args.json is False and args.socket is None
+
+
+def test_operator_alerts_name_each_backend_and_its_change() -> None:
+    """The console's alert said "1 backends drained, disabled or re-weighted by an
+    operator" and not which: each one is named now, and past five the rest are counted."""
+    from appliance.control.admin import BackendAdmin, BackendState, admin_alerts
+
+    changed = {("web", "10.0.0.1:80"): BackendAdmin(BackendState.DRAIN),
+               ("web", "10.0.0.2:80"): BackendAdmin(BackendState.MAINT),
+               ("api", "pool/10.0.1.1:8080"): BackendAdmin(weight=3),
+               ("dns", "10.0.2.1:53"): BackendAdmin(BackendState.DRAIN, weight=0)}
+    assert admin_alerts(changed) == [
+        "listener api: backend pool/10.0.1.1:8080 weight set to 3 by an operator",
+        "listener dns: backend 10.0.2.1:53 drained, weight 0 by an operator",
+        "listener web: backend 10.0.0.1:80 drained by an operator",
+        "listener web: backend 10.0.0.2:80 disabled (maint) by an operator"]
+    many = {("web", f"10.0.0.{i}:80"): BackendAdmin(BackendState.DRAIN) for i in range(8)}
+    got = admin_alerts(many)
+    assert len(got) == 6 and got[-1].startswith("... and 3 more backends")
