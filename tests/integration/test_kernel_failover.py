@@ -75,7 +75,10 @@ def _box(lan: Lan, tmp: Path, name: str, priority: int, advert: str = "100ms") -
        "net.ipv4.conf.all.send_redirects=0", "net.ipv4.conf.eth0.send_redirects=0")
     d = tmp / name
     d.mkdir()
+    # A short drain: a stop within Edgelb.stop's patience, not a SIGKILL that would leave
+    # conntrackd running.
     e = Edgelb(d, f"""
+drain_timeout: 1s
 ha:
   mode: vrrp
   interface: eth0
@@ -133,3 +136,25 @@ def test_established_flows_survive_the_loss_of_the_master(lan: Lan, tmp_path: Pa
     finally:
         a.stop()
         b.stop()
+
+
+def test_a_conntrackd_left_by_a_killed_edgelb_is_told_to_exit(tmp_path: Path) -> None:
+    """SIGKILL leaves edgelb's conntrackd running (the benchmarks left ten); the next
+    start asks it to exit through its control socket before starting its own."""
+    from appliance.datapath.kernel.sync import SyncSpec, config, stop_stale
+
+    run = tmp_path / "run"
+    run.mkdir()
+    path = run / "conntrackd.conf"
+    path.write_text(config(SyncSpec("lo", "127.0.0.1", ("127.0.0.2",), str(run))))
+    assert not stop_stale(str(path))  # none there: nothing to do
+    stale = subprocess.Popen(["conntrackd", "-C", str(path)], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: (run / "conntrackd.ctl").exists(), 10, "the stale conntrackd")
+        assert stop_stale(str(path))
+        stale.wait(10)
+    finally:
+        if stale.poll() is None:
+            stale.kill()
+            stale.wait()

@@ -28,6 +28,21 @@ MULTICAST_GROUP = "225.0.0.50"
 PORT = 3780
 
 
+def stop_stale(path: str) -> bool:
+    """Ask a conntrackd left on this config by an edgelb that was killed (SIGKILL leaves
+    its child running) to exit, through its control socket, before starting ours: two
+    would sync the same flows. Whether one answered."""
+    try:
+        r = subprocess.run(["conntrackd", "-C", path, "-k"], capture_output=True,
+                           timeout=5, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    if r.returncode == 0:
+        log.warning("a conntrackd left running on %s was told to exit", path)
+        return True
+    return False
+
+
 @dataclass(frozen=True)
 class SyncSpec:
     """Where conntrackd syncs: ``interface``, from ``address`` (this box's own there),
@@ -111,6 +126,7 @@ class ConntrackSync:
                   ) -> None:
         path = os.path.join(self.spec.run_dir, "conntrackd.conf")
         await trio.to_thread.run_sync(replace_file, path, config(self.spec).encode(), 0o600)
+        await trio.to_thread.run_sync(stop_stale, path)
         for stale in ("conntrackd.lock", "conntrackd.ctl"):
             try:
                 os.unlink(os.path.join(self.spec.run_dir, stale))
