@@ -6,7 +6,9 @@ tests/integration/test_kernel.py."""
 from __future__ import annotations
 
 import ipaddress
+import os
 import random
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -230,3 +232,26 @@ def test_a_map_with_ports_is_typed_by_its_protocol() -> None:
     script = render_full(_ruleset((tcp, udp)), "edgelb")
     assert "ip daddr . tcp dport" in script and "ip daddr . udp dport" in script
     assert "typeof numgen inc mod 1 : ip daddr . th dport" not in script
+
+
+def test_a_hung_tool_raises_an_oserror_the_poll_loop_catches(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """subprocess's TimeoutExpired is not an OSError: a conntrack or nft that hung would
+    have escaped the poll loop's ``except OSError`` and ended the daemon."""
+    from appliance.datapath.kernel import conntrack, nft
+
+    for tool in ("conntrack", "nft"):
+        fake = tmp_path / tool
+        fake.write_text("#!/bin/sh\nexec sleep 5\n")
+        fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    monkeypatch.setattr(conntrack, "TIMEOUT", 0.2)
+    monkeypatch.setattr(nft, "TIMEOUT", 0.2)
+    with pytest.raises(OSError, match="did not finish"):
+        conntrack.list_flows(1, 1)
+    with pytest.raises(OSError, match="did not finish"):
+        conntrack.delete_flows(1, 1, "tcp", ("10.0.0.1", 80))
+    with pytest.raises(OSError, match="did not finish"):
+        nft.read_counters("edgelb", 0xFFFF)
+    with pytest.raises(nft.NftError):
+        nft.run("list tables\n")

@@ -5,8 +5,9 @@ datapath runs them in a thread. The parsing is pure (``parse``)."""
 from __future__ import annotations
 
 import re
-import subprocess
 from dataclasses import dataclass
+
+from .tools import run_tool
 
 TIMEOUT = 30.0
 
@@ -61,9 +62,8 @@ def parse(text: str) -> list[KernelFlow]:
 
 def list_flows(mark: int, mask: int) -> list[KernelFlow]:
     """The flows whose ct mark matches ``mark`` under ``mask``."""
-    r = subprocess.run(["conntrack", "-L", "-m", f"{mark:#x}/{mask:#x}", "-o",
-                        "extended,timestamp,id"], capture_output=True, text=True,
-                       timeout=TIMEOUT)
+    r = run_tool(["conntrack", "-L", "-m", f"{mark:#x}/{mask:#x}", "-o",
+                  "extended,timestamp,id"], TIMEOUT)
     return parse(r.stdout)
 
 
@@ -71,9 +71,8 @@ def delete_flows(mark: int, mask: int, proto: str, backend: tuple[str, int]) -> 
     """Delete the flows of ``mark``/``mask`` whose backend (the reply's source) is
     ``backend``; how many went."""
     host, port = backend
-    r = subprocess.run(["conntrack", "-D", "-m", f"{mark:#x}/{mask:#x}", "-p", proto,
-                        "--reply-src", host, "--reply-port-src", str(port)],
-                       capture_output=True, text=True, timeout=TIMEOUT)
+    r = run_tool(["conntrack", "-D", "-m", f"{mark:#x}/{mask:#x}", "-p", proto,
+                  "--reply-src", host, "--reply-port-src", str(port)], TIMEOUT)
     for line in r.stderr.splitlines():
         if "flow entries have been deleted" in line:
             return int(line.split(":")[-1].split()[0])

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 from dataclasses import dataclass, field
 from typing import Any
+
+from .tools import run_tool
 
 # An nft run that takes longer than this is stuck (a held netlink lock): it fails.
 TIMEOUT = 60.0
@@ -25,9 +26,8 @@ def unavailable() -> str | None:
     if nft is None:
         return "the nft command is not installed"
     try:
-        r = subprocess.run([nft, "list", "tables"], capture_output=True, text=True,
-                           timeout=TIMEOUT)
-    except (OSError, subprocess.TimeoutExpired) as e:
+        r = run_tool([nft, "list", "tables"], TIMEOUT)
+    except OSError as e:
         return f"nft could not run: {e}"
     if r.returncode != 0:
         why = r.stderr.strip().splitlines()
@@ -39,9 +39,8 @@ def run(script: str) -> None:
     """Run ``script`` as one transaction: all of it is applied, or none and NftError
     says why."""
     try:
-        r = subprocess.run(["nft", "-f", "-"], input=script, capture_output=True,
-                           text=True, timeout=TIMEOUT)
-    except (OSError, subprocess.TimeoutExpired) as e:
+        r = run_tool(["nft", "-f", "-"], TIMEOUT, stdin=script)
+    except OSError as e:
         raise NftError(f"nft could not run: {e}") from None
     if r.returncode != 0:
         raise NftError(_first_error(r.stderr) or f"nft exited {r.returncode}")
@@ -58,8 +57,7 @@ def delete_table(table: str) -> None:
 
 
 def _list(*args: str) -> list[dict[str, Any]]:
-    r = subprocess.run(["nft", "-j", "list", *args], capture_output=True, text=True,
-                       timeout=TIMEOUT)
+    r = run_tool(["nft", "-j", "list", *args], TIMEOUT)
     if r.returncode != 0:
         raise NftError(_first_error(r.stderr) or f"nft exited {r.returncode}")
     items: list[dict[str, Any]] = json.loads(r.stdout or "{}").get("nftables", [])

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import trio
 
 from ...files import replace_file
+from .tools import run_tool
 
 log = logging.getLogger("edgelb.kernel")
 
@@ -33,9 +34,8 @@ def stop_stale(path: str) -> bool:
     its child running) to exit, through its control socket, before starting ours: two
     would sync the same flows. Whether one answered."""
     try:
-        r = subprocess.run(["conntrackd", "-C", path, "-k"], capture_output=True,
-                           timeout=5, check=False)
-    except (OSError, subprocess.TimeoutExpired):
+        r = run_tool(["conntrackd", "-C", path, "-k"], 5)
+    except OSError:
         return False
     if r.returncode == 0:
         log.warning("a conntrackd left running on %s was told to exit", path)
@@ -104,8 +104,10 @@ General {{
 
 def interface_address(interface: str) -> str | None:
     """The first IPv4 address of ``interface`` (conntrackd syncs over IPv4)."""
-    r = subprocess.run(["ip", "-j", "-4", "addr", "show", "dev", interface],
-                       capture_output=True, text=True, timeout=10)
+    try:
+        r = run_tool(["ip", "-j", "-4", "addr", "show", "dev", interface], 10)
+    except OSError:
+        return None
     if r.returncode != 0:
         return None
     for link in json.loads(r.stdout or "[]"):
