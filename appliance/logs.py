@@ -6,16 +6,25 @@ import json
 import logging
 import sys
 import time
+from typing import Any
+
+
+def json_record(created: float, level: str, logger: str, msg: str, pid: int | None,
+                fields: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One log line as ``--log-format json`` writes it (the access log's too)."""
+    out = {"time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created)) +
+           f".{int((created - int(created)) * 1000):03d}Z", "level": level,
+           "logger": logger, "msg": msg, "pid": pid}
+    if fields:
+        out.update(fields)
+    return out
 
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        out = {"time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-               + f".{int(record.msecs):03d}Z", "level": record.levelname.lower(),
-               "logger": record.name, "msg": record.getMessage(), "pid": record.process}
-        fields = getattr(record, "access", None)
-        if fields is not None:
-            out.update(fields)
+        out = json_record(record.created, record.levelname.lower(), record.name,
+                          record.getMessage(), record.process,
+                          getattr(record, "access", None))
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
         return json.dumps(out)

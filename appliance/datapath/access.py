@@ -20,7 +20,7 @@ from typing import Any
 
 import trio
 
-from ..logs import Throttled, log_format
+from ..logs import Throttled, json_record, log_format
 from ..model import AccessLogSpec
 from ..views import ListenerStats
 
@@ -142,11 +142,8 @@ class AccessLog:
         return f"{self._stamp},{int((now - second) * 1000):03d}"
 
     def _json(self, msg: str, fields: dict[str, Any]) -> str:
-        now = time.time()
-        out = {"time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) +
-               f".{int((now % 1) * 1000):03d}Z", "level": "info", "logger": "edgelb.access",
-               "msg": msg, "pid": self.pid, **fields}
-        return json.dumps(out) + "\n"
+        return json.dumps(json_record(time.time(), "info", "edgelb.access", msg, self.pid,
+                                      fields)) + "\n"
 
     async def run(self) -> None:
         """Write the buffer every ``flush`` seconds, for good."""
