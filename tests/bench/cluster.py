@@ -18,7 +18,6 @@ Prints a markdown table and writes JSON to tests/bench/results/.
 from __future__ import annotations
 
 import argparse
-import json
 import resource
 import socket
 import statistics
@@ -35,7 +34,7 @@ from appliance.sim.cluster import SimCluster
 from appliance.sim.scenario import generate
 from appliance.sync.ipam import Ipam
 from appliance.sync.translate import Cluster, key, translate
-from tests.bench.l4 import RESULTS, cpu_seconds, rss_kib
+from tests.bench.l4 import cpu_seconds, rss_kib, save_results
 from tests.helpers import Edgelb, free_port, wait_for
 
 
@@ -179,9 +178,7 @@ def main() -> int:
     results["translate_full"] = translate_only(args.full_nodes, args.full_services,
                                                args.full_endpoints)
     print("translate:", results["translate_full"], file=sys.stderr)
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"cluster-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out.write_text(json.dumps(results, indent=2))
+    out = save_results("cluster", results)
     c, i, f = results["convergence"], results["initial_sync"], results["translate_full"]
     print(f"""
 | measure | figure | target |

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance.control.client import Client
-from tests.bench.l4 import RESULTS
+from tests.bench.l4 import save_results
 from tests.helpers import EDGELB, ROOT, free_port, wait_for
 
 CONSOLE = """
@@ -214,9 +214,7 @@ listeners:
             daemon.wait(30)
             backend.close()
             log.close()
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"console-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out.write_text(json.dumps(results, indent=2))
+    out = save_results("console", results)
     print("| live flows | flows endpoint, 50 rows p50/p99 | sorted by bytes p50/p99 | "
           "5,000 rows p50/p99 | console refresh mean/max | console CPU |")
     print("|---|---|---|---|---|---|")

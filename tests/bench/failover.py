@@ -9,7 +9,6 @@ pair (each box also running edgelb, standalone, to serve the VIP), in one run.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -18,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.bench.l4 import RESULTS
+from tests.bench.l4 import save_results
 from tests.helpers import wait_for
 from tests.integration.test_ha_vrrp import Lab, sh
 
@@ -79,9 +78,7 @@ def main() -> int:
     for kind in ("edgelb", "keepalived"):
         results[kind] = summary(run_pair(kind, args.trials))
         print(kind, results[kind], file=sys.stderr)
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"failover-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out.write_text(json.dumps(results, indent=2))
+    out = save_results("failover", results)
     e, k = results["edgelb"], results["keepalived"]
     print(f"""
 | pair (advert 100 ms, master cut off the bridge) | p50 | p99 | max |

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance.control.client import Client
-from tests.bench.l4 import RESULTS, cpu_seconds, rss_kib
+from tests.bench.l4 import cpu_seconds, rss_kib, save_results
 from tests.helpers import Edgelb, wait_for
 from tests.netlab import Routed, sh
 
@@ -425,12 +425,8 @@ def report(res: dict[str, dict[str, Any]], rules: dict[str, float],
                      f"{', '.join(f'{g * 1000:.0f} ms' for _, g in runs)} |")
     table = "\n".join(lines)
     print(table)
-    RESULTS.mkdir(exist_ok=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    out = RESULTS / f"kernel-{stamp}.json"
-    out.write_text(json.dumps({"when": stamp, "args": vars(args), "results": res,
-                               "rules": rules, "failover_stalls": stalls, "table": table},
-                              indent=2))
+    out = save_results("kernel", {"args": vars(args), "results": res, "rules": rules,
+                                  "failover_stalls": stalls, "table": table})
     print(f"\nwritten to {out}", file=sys.stderr)
 
 

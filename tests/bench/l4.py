@@ -34,6 +34,15 @@ from tests.helpers import EDGELB, can_connect, free_port, wait_for
 RESULTS = Path(__file__).parent / "results"
 
 
+def save_results(kind: str, data: dict[str, Any]) -> Path:
+    """Write a run's figures to results/KIND-STAMP.json (with ``when`` = STAMP)."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / f"{kind}-{stamp}.json"
+    out.write_text(json.dumps({"when": stamp, **data}, indent=2))
+    return out
+
+
 def cpu_seconds(pid: int) -> float:
     """utime+stime of a process and its reaped children, from /proc."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -353,12 +362,8 @@ def report(proxies: list[Proxy], args: argparse.Namespace) -> None:
                      f"{hp.get(key)} | {hs.get(key)} | {_ratio(e.get(key), b)} |")
     table = "\n".join(lines)
     print(table)
-    RESULTS.mkdir(exist_ok=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    out = RESULTS / f"l4-{stamp}.json"
-    out.write_text(json.dumps({"when": stamp, "seconds": args.seconds, "idle": args.idle,
-                               "cores": os.cpu_count(), "results": by, "table": table},
-                              indent=2))
+    out = save_results("l4", {"seconds": args.seconds, "idle": args.idle,
+                              "cores": os.cpu_count(), "results": by, "table": table})
     print(f"\nwritten to {out}", file=sys.stderr)
 
 

@@ -27,7 +27,7 @@ from typing import Any
 
 import trustme
 
-from tests.bench.l4 import RESULTS, cpu_seconds, run_nginx, wrk
+from tests.bench.l4 import cpu_seconds, run_nginx, save_results, wrk
 from tests.helpers import EDGELB, can_connect, free_port, wait_for
 
 
@@ -180,9 +180,7 @@ def main() -> int:
                 time.sleep(0.5)
         finally:
             stop(backend)
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"l7-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out.write_text(json.dumps(results, indent=2))
+    out = save_results("l7", results)
     report(results, args.seconds)
     print(f"\nraw figures: {out}")
     return 0
