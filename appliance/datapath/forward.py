@@ -118,6 +118,7 @@ class Forward:
                 cut.cut_at(trio.current_time() + client.drain_timeout)
             br.stats.active += 1
             br.stats.requests += 1
+            sent, received = self.ex.bytes_in, self.ex.bytes_out
             try:
                 return await self._exchange(br, up.conn, up.reused, first)
             except _Stale:
@@ -133,6 +134,8 @@ class Forward:
                 raise
             finally:
                 br.stats.active -= 1
+                br.stats.bytes_in += self.ex.bytes_in - sent
+                br.stats.bytes_out += self.ex.bytes_out - received
                 br.flows.pop(id(cut), None)
                 # The request is over: a drain deadline applies to it, not to the
                 # connection's next requests (which go to backends still in the pool).

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from appliance.control.client import Client
+
 from ..helpers import (
     Edgelb,
     Server,
@@ -462,6 +464,24 @@ def test_access_log_and_counters(rig: Rig) -> None:
     assert m['edgelb_http_responses_total{class="4xx",listener="web"}'] >= len(BAD)
     route = 'route="foo.example.com/api Prefix"'
     assert m[f'edgelb_http_route_requests_total{{listener="web",{route}}}'] >= 1
+
+
+def test_backends_and_listeners_count_http_bytes(rig: Rig) -> None:
+    """Issue 17, item 4: HTTP traffic showed 0 bytes per backend and listener while the
+    access log had them. Bytes are bodies, as in the access log."""
+    c = Client(rig.edgelb.socket)
+
+    def counted() -> tuple[int, int]:
+        (b,) = c.get("/v1/listeners/trusting")["pools"][0]["backends"]
+        return b["bytes_in"], b["bytes_out"]
+
+    in0, out0 = counted()
+    resp = raw(rig.trusting, b"POST /big/1000 HTTP/1.1\r\nHost: x\r\nContent-Length: 7\r\n"
+                             b"Connection: close\r\n\r\nabcdefg")
+    assert status(resp) == 200 and len(body(resp)) == 1000
+    wait_for(lambda: counted() == (in0 + 7, out0 + 1000), 5, "backend bytes counted")
+    summary = next(x for x in c.get("/v1/listeners")["listeners"] if x["name"] == "trusting")
+    assert summary["bytes_out"] >= 1000 and summary["bytes_in"] >= 7
 
 
 def test_curl_sees_a_well_formed_proxy(rig: Rig) -> None:
