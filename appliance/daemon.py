@@ -91,7 +91,8 @@ class Daemon:
                       sync=cluster.view if cluster is not None else _no_sync,
                       flows=datapath.flow_rows, paths=datapath.view)
         plane = ControlPlane(self.events, self.admin, views,
-                             Operations(self.reload, self.config.recompose, ha.act),
+                             Operations(self.reload, self.config.recompose, ha.act,
+                                        datapath.cut_flow),
                              AuditLog(snap.control.audit_log), snap.control.state_file)
         metrics_sock = open_metrics_socket(snap.metrics_bind) if snap.metrics_bind else None
         self.datapath, self.ha = datapath, ha
@@ -100,6 +101,7 @@ class Daemon:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 await nursery.start(serve_control, control_sock, snap.control, plane)
+                await nursery.start(plane.keep_rates)
                 await datapath.start(nursery, snap)
                 await nursery.start(self.health.run, snap)
                 if cluster is not None:

@@ -32,7 +32,7 @@ from .roles import Caller
 _SORTABLE = {f: i for i, f in enumerate(FLOW_FIELDS)} | {"bytes": -1}
 _FILTERS = FLOW_FILTERS
 ACTIONS = ("drain", "undrain", "disable", "enable", "weight", "failover", "demote",
-           "promote", "auto", "reload")
+           "promote", "auto", "reload", "cut")
 MAX_PAGE = 5000
 
 
@@ -312,7 +312,7 @@ def _arguments(body: bytes) -> tuple[dict[str, Any], str | None, dict[str, Any]]
 
 # What an audit entry keeps of an action's body: its arguments, each bounded, and not
 # whatever else a caller sent along.
-AUDITED = ("listener", "backend", "weight")
+AUDITED = ("listener", "backend", "weight", "flow")
 AUDITED_CHARS = 256
 
 

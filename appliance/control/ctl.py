@@ -86,6 +86,8 @@ def add_parser(sub: Any) -> None:
                          ("auto", "back to the configured priority")):
         command(action, help=f"HA: {text}")
     command("reload", help="re-read the config (refused, with the errors, if bad)")
+    p = command("cut", help="cut one open flow now (its id, as ctl flows lists it)")
+    p.add_argument("flow")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -94,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         return _run(client, args)
     except ControlError as e:
-        print(f"edgelb ctl: {e.message}", file=sys.stderr)
+        _error(args, e.message, e.status)
         if e.status == 0:
             return EXIT_UNREACHABLE
         if e.status == 403:
@@ -106,6 +108,15 @@ def run(args: argparse.Namespace) -> int:
         return 0
     except KeyboardInterrupt:
         return 130
+
+
+def _error(args: argparse.Namespace, message: str, status: int) -> None:
+    """An error as the output asked for: with --json, a JSON object on stdout (a script
+    reading JSON gets JSON either way, and the exit status says it failed)."""
+    if getattr(args, "json", False):
+        print(json.dumps({"error": message, "status": status}), flush=True)
+    else:
+        print(f"edgelb ctl: {message}", file=sys.stderr)
 
 
 def _out(args: argparse.Namespace, data: Any, table: str) -> int:
@@ -155,7 +166,7 @@ def _follow(client: Client, args: argparse.Namespace) -> int:
 
 
 ACTIONS = ("drain", "undrain", "disable", "enable", "weight", "failover", "demote",
-           "promote", "auto", "reload")
+           "promote", "auto", "reload", "cut")
 
 
 def _act(client: Client, args: argparse.Namespace) -> int:
@@ -167,12 +178,15 @@ def _act(client: Client, args: argparse.Namespace) -> int:
         elif args.weight.isdigit():
             w = int(args.weight)
         else:
-            print(f"edgelb ctl: weight {args.weight!r} is not 0-256 or 'config'",
-                  file=sys.stderr)
+            _error(args, f"weight {args.weight!r} is not 0-256 or 'config'", 400)
             return 2
         r = client.act("weight", listener=args.listener, backend=args.backend, weight=w)
         return _out(args, r, f"{args.listener} {args.backend}: weight "
                     f"{r['admin_weight'] if r['admin_weight'] is not None else 'as configured'}")
+    if cmd == "cut":
+        r = client.act("cut", flow=args.flow)
+        return _out(args, r, f"cut flow {r['flow']} of {r['listener']} ({r['client']} -> "
+                    f"{r['backend'] or '-'})")
     if cmd == "reload":
         r = client.act("reload")
         return _out(args, r, f"reloaded: serving snapshot v{r['snapshot']}")

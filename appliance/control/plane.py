@@ -12,14 +12,26 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import trio
+
 from .. import __version__
 from ..files import replace_file
-from ..views import FlowRow, HaView, HealthView, PathsView, SnapshotView, SyncView, Traffic
+from ..views import (
+    FLOW_FIELDS,
+    FlowRow,
+    HaView,
+    HealthView,
+    PathsView,
+    SnapshotView,
+    SyncView,
+    Traffic,
+)
 from .admin import AdminError, AdminState, admin_alerts
 from .api import Streams
 from .audit import AuditLog
 from .events import Events
 from .present import listener_detail, listener_summary, route_views
+from .rates import RateMeter, counts
 from .roles import Caller
 
 log = logging.getLogger("edgelb.control")
@@ -50,6 +62,7 @@ class Operations:
     reload: Callable[[], Awaitable[list[str]]]  # the config file's errors, if refused
     recompose: Callable[[], Awaitable[None]]  # put the operators' changes in force
     ha_action: Callable[[str, str], Awaitable[str]]  # (action, who) -> what happened
+    cut_flow: Callable[[str], Awaitable[bool]]  # a flows row's id -> whether one was cut
 
 
 class ControlPlane:
@@ -65,6 +78,15 @@ class ControlPlane:
         self.state_file = state_file  # where the operators' changes are kept
         self.started = time.time()
         self.streams = Streams()
+        self.rates = RateMeter()
+
+    async def keep_rates(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                         ) -> None:
+        """Sample the counters once a second, for the rates the API shows."""
+        task_status.started()
+        while True:
+            self.rates.sample(time.monotonic(), counts(self.views.traffic()))
+            await trio.sleep(1)
 
     # -- reads ---------------------------------------------------------------------------
 
@@ -106,6 +128,7 @@ class ControlPlane:
                        "active": sum(b.active for b in backends),
                        "bytes_in": sum(b.bytes_in for b in backends),
                        "bytes_out": sum(b.bytes_out for b in backends)},
+            "rates": self.rates.as_json(),
             "alerts": alerts, "last_event": self.events_ring.seq,
         }
 
@@ -113,8 +136,9 @@ class ControlPlane:
         totals = self.views.traffic()
         down = self.views.health().down
         paths = self.views.paths().listeners
+        rates = self.rates.listeners
         return [listener_summary(lst, totals.get(lst.name), down, self.admin,
-                                 paths.get(lst.name, "user"))
+                                 paths.get(lst.name, "user"), rates.get(lst.name))
                 for lst in self.views.snapshot().listeners]
 
     def listener(self, name: str) -> dict[str, Any] | None:
@@ -123,7 +147,8 @@ class ControlPlane:
             return None
         return listener_detail(lst, self.views.traffic().get(name),
                                self.views.health().down, self.admin,
-                               self.views.paths().listeners.get(name, "user"))
+                               self.views.paths().listeners.get(name, "user"),
+                               self.rates.listeners.get(name))
 
     def routes(self) -> list[dict[str, Any]]:
         return route_views(self.views.snapshot().listeners)
@@ -141,6 +166,8 @@ class ControlPlane:
         who = f"{caller.user} ({caller.role})"
         if action in _BACKEND_ACTIONS:
             return await self._backend_action(caller, who, action, args)
+        if action == "cut":
+            return await self._cut(caller, who, args)
         if action == "reload":
             issues = await self.ops.reload()
             self.events_ring.event("action", f"{who}: reload -> "
@@ -156,6 +183,20 @@ class ControlPlane:
         self.events_ring.event("action", f"{who}: {action} -> {result}", action=action,
                                user=caller.user)
         return {"result": result}
+
+    async def _cut(self, caller: Caller, who: str, args: dict[str, Any]) -> dict[str, Any]:
+        flow = args.get("flow")
+        if not isinstance(flow, str):
+            raise AdminError(400, "cut needs \"flow\" (a flow's id, as the flows list shows)")
+        row = next((r for r in await self.views.flows() if r[0] == flow), None)
+        if row is None or not await self.ops.cut_flow(flow):
+            raise AdminError(404, f"no open flow {flow!r}")
+        f = dict(zip(FLOW_FIELDS, row, strict=True))
+        self.events_ring.event("action", f"{who}: cut flow {flow} of {f['listener']} "
+                               f"({f['client']} -> {f['backend'] or '-'})", action="cut",
+                               listener=f["listener"], flow=flow, user=caller.user)
+        return {"result": "cut", "flow": flow, "listener": f["listener"],
+                "client": f["client"], "backend": f["backend"]}
 
     async def _backend_action(self, caller: Caller, who: str, action: str,
                               args: dict[str, Any]) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from typing import Any
 from ..model import Backend, Listener
 from ..views import BackendStats, ListenerStats
 from .admin import AdminState, backend_keys
+from .rates import Rate
 
 Down = Collection[tuple[str, str]]
 
@@ -37,9 +38,11 @@ def backend_view(lst: Listener, key: str, b: Backend, stats: BackendStats | None
 
 
 def listener_summary(lst: Listener, stats: ListenerStats | None,
-                     down: Down, admin: AdminState, path: str = "user") -> dict[str, Any]:
-    """One line's worth: counts of backends by health and admin state, counters, and
-    the datapath that serves it (``path``)."""
+                     down: Down, admin: AdminState, path: str = "user",
+                     rate: Rate | None = None) -> dict[str, Any]:
+    """One line's worth: counts of backends by health and admin state, counters, their
+    ``rate`` (per second, on the daemon's clock), and the datapath that serves it
+    (``path``)."""
     st = stats or ListenerStats()
     keys = [k for k, _ in backend_keys(lst)]
     checked = {k for k, _, _ in lst.checked()}
@@ -50,15 +53,17 @@ def listener_summary(lst: Listener, stats: ListenerStats | None,
             "not_ready": n_admin, "active": sum(b.active for b in st.backends.values()),
             "accepted": st.accepted, "requests": st.requests, "no_backend": st.no_backend,
             "bytes_in": sum(b.bytes_in for b in st.backends.values()),
-            "bytes_out": sum(b.bytes_out for b in st.backends.values())}
+            "bytes_out": sum(b.bytes_out for b in st.backends.values()),
+            "rate": (rate or Rate()).as_json()}
 
 
 def listener_detail(lst: Listener, stats: ListenerStats | None,
-                    down: Down, admin: AdminState, path: str = "user") -> dict[str, Any]:
+                    down: Down, admin: AdminState, path: str = "user",
+                    rate: Rate | None = None) -> dict[str, Any]:
     """The summary plus every pool with its backends."""
     st = stats or ListenerStats()
     checked = {k for k, _, _ in lst.checked()}
-    out = listener_summary(lst, stats, down, admin, path)
+    out = listener_summary(lst, stats, down, admin, path, rate)
     if lst.http is None:
         pools = [("", lst.balance, [(lst.backend_key(b), b) for b in lst.backends])]
     else:

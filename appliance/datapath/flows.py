@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
 
@@ -29,6 +30,9 @@ class Flow:
     bytes_in: int = 0
     bytes_out: int = 0
     state: str = "connecting"
+    # How an operator's cut ends it (at a deadline on the loop's clock), once it has
+    # something to cut.
+    cut_at: Callable[[float], None] | None = field(default=None, repr=False)
 
 
 class FlowBook(Protocol):

@@ -85,6 +85,7 @@ class TcpForwarder:
         relay = Relay(sock, up, idle, on_bytes, self.use_splice)
         flow.backend = br.key
         flow.state = "established"
+        flow.cut_at = relay.cut_at
         st.active += 1
         st.connections += 1
         br.flows[flow.id] = relay

@@ -89,6 +89,7 @@ class HttpProxy:
                         state="established")
             self.book.begin(flow)
             hc = HttpConnection(self, site, sock, client, flow)
+            flow.cut_at = hc.cut.cut_at
             self.conns.add(hc)
             try:
                 await hc.serve()

@@ -125,6 +125,11 @@ class SplitDatapath:
             rows = rows + await self.kernel.flow_rows()
         return rows
 
+    async def cut_flow(self, flow_id: str) -> bool:
+        if flow_id.startswith("k."):
+            return self.kernel_ok and await self.kernel.cut_flow(flow_id)
+        return await self.user.cut_flow(flow_id)
+
     async def drain(self, grace: float) -> None:
         """User space drains as it does; the kernel takes no new flows at once, lets its
         flows run for ``grace`` (or until none is left), then removes its table."""

@@ -118,6 +118,7 @@ class UdpForwarder:
         br.stats.connections += 1
         pool.stats.accepted += 1
         uf = UdpFlow(flow, br, up, trio.CancelScope())
+        flow.cut_at = uf.cut_at
         self.book.begin(flow)
         br.flows[flow.id] = uf
         return uf

@@ -158,6 +158,14 @@ class Worker:
                  round(now - f.started, 1), f.state, "user")
                 for f in list(self.flows.values())]
 
+    def cut_flow(self, flow_id: int) -> bool:
+        """Cut one open flow now (an operator's action); False when it is not open."""
+        flow = self.flows.get(flow_id)
+        if flow is None or flow.cut_at is None:
+            return False
+        flow.cut_at(trio.current_time())
+        return True
+
     async def drain(self, deadline: float) -> None:
         """Stop accepting and wait for flows to end, cutting them at ``deadline``. HTTP
         connections close between requests: idle ones at once, busy ones after their

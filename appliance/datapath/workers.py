@@ -51,6 +51,9 @@ class Datapath(Protocol):
 
     async def flow_rows(self) -> list[FlowRow]: ...
 
+    async def cut_flow(self, flow_id: str) -> bool:
+        """Cut the open flow ``flow_id`` (a flows row's id) now; False when none is."""
+
     async def drain(self, grace: float) -> None: ...
 
 
@@ -88,6 +91,11 @@ class LocalDatapath:
 
     async def flow_rows(self) -> list[FlowRow]:
         return self.worker.flow_rows() if self.worker is not None else []
+
+    async def cut_flow(self, flow_id: str) -> bool:
+        number = _flow_number(flow_id, 0)
+        return self.worker is not None and number is not None and \
+            self.worker.cut_flow(number)
 
     async def drain(self, grace: float) -> None:
         if self.worker is not None:
@@ -128,7 +136,7 @@ class _WorkerProcess:
     def receive(self, kind: str, payload: Any) -> None:
         if kind == "stats":
             self.stats = payload
-        elif kind in ("flows", "applied"):
+        elif kind in ("flows", "applied", "cut"):
             n, items = payload
             waiting = self.answers.get(n)
             if waiting is not None:
@@ -217,6 +225,14 @@ class WorkerPool:
                 nursery.start_soon(one, i, wp)
         return [r for part in parts for r in part]
 
+    async def cut_flow(self, flow_id: str) -> bool:
+        wid = flow_id.partition(".")[0]
+        for wp in self.procs:
+            number = _flow_number(flow_id, wp.wid)
+            if str(wp.wid) == wid and number is not None:
+                return await wp.ask("cut", number, FLOWS_PATIENCE) == [True]
+        return False
+
     async def drain(self, grace: float) -> None:
         self.draining = True
         for wp in self.procs:
@@ -281,6 +297,12 @@ class WorkerPool:
 REPORT_EVERY = 0.5
 
 
+def _flow_number(flow_id: str, wid: int) -> int | None:
+    """The number of worker ``wid``'s flow ``flow_id`` ("WID.N"), or None."""
+    head, _, number = flow_id.partition(".")
+    return int(number) if head == str(wid) and number.isdigit() else None
+
+
 async def worker_main(fd: int, wid: int) -> None:
     """A worker process: serve the Snapshots the control process sends until told to
     drain, or until the control process goes away."""
@@ -322,6 +344,8 @@ async def worker_main(fd: int, wid: int) -> None:
                 worker.access.reopen()
             elif kind == "flows":
                 await channel.send("flows", (payload[0], worker.flow_rows()))
+            elif kind == "cut":
+                await channel.send("cut", (payload[0], [worker.cut_flow(payload[1])]))
             elif kind == "drain":
                 await worker.drain(trio.current_time() + float(payload))
                 await channel.send("stats", worker.stats)

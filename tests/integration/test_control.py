@@ -14,7 +14,7 @@ import pytest
 
 from appliance.control.client import Client, ControlError
 from tests.accounts import CONTROL_ROLES, Accounts, users  # noqa: F401
-from tests.helpers import EDGELB, Server, ask, edgelb, free_port, metrics, named, wait_for
+from tests.helpers import EDGELB, Server, ask, echo, edgelb, free_port, metrics, named, wait_for
 
 
 def _config(port: int, b1: int, b2: int, extra: str = "", workers: int = 1) -> str:
@@ -427,3 +427,52 @@ def test_the_control_socket_appears_only_once_it_accepts(
                 if p.startswith("control.sock.")] == []
     finally:
         sock.close()
+
+
+def _closed(s: socket.socket) -> bool:
+    """The peer ended ``s`` (EOF or reset) within the socket's timeout."""
+    try:
+        return s.recv(1) == b""
+    except ConnectionResetError:
+        return True
+
+
+def test_an_operator_cuts_one_flow_and_ctl_json_errors_are_json(tmp_path: Path) -> None:
+    """Issue 17: Enter on a flow offers to cut it; ``ctl cut`` and the API do it, audited.
+    The other flows go on; ``ctl --json`` answers errors in JSON with a non-zero exit."""
+    port = free_port()
+    with Server(echo) as one, Server(echo) as two, \
+            edgelb(tmp_path, _config(port, one.port, two.port), wait_port=port) as e:
+        c = Client(e.socket)
+        kept, doomed = (socket.create_connection(("127.0.0.1", port), timeout=5)
+                        for _ in range(2))
+        try:
+            for s in (kept, doomed):
+                s.sendall(b"hi\n")
+                assert s.recv(3) == b"hi\n"
+            mine = doomed.getsockname()[1]
+            (row,) = c.get("/v1/flows", client=f":{mine}")["flows"]
+            env = {**os.environ, "EDGELB_SOCKET": e.socket}
+            r = subprocess.run([*EDGELB, "ctl", "cut", row["id"]], capture_output=True,
+                               text=True, env=env)
+            assert r.returncode == 0, r.stderr
+            assert f"cut flow {row['id']} of web (127.0.0.1:{mine} ->" in r.stdout
+            assert _closed(doomed)
+            kept.sendall(b"still\n")
+            assert kept.recv(6) == b"still\n"
+            events = [x["message"] for x in c.get("/v1/events")["events"]]
+            assert any(f"cut flow {row['id']} of web" in m for m in events)
+            r = subprocess.run([*EDGELB, "ctl", "--json", "cut", row["id"]],
+                               capture_output=True, text=True, env=env)
+            assert r.returncode == 5 and json.loads(r.stdout) == {
+                "error": f"no open flow {row['id']!r}", "status": 404}
+            r = subprocess.run([*EDGELB, "ctl", "--json", "backends", "nosuch"],
+                               capture_output=True, text=True, env=env)
+            assert r.returncode == 5 and json.loads(r.stdout)["status"] == 404
+        finally:
+            kept.close()
+            doomed.close()
+        audit = [json.loads(x) for x in
+                 (Path(e.control_dir) / "audit.jsonl").read_text().splitlines()]
+        assert [(a["action"], a["target"].get("flow"), a["result"].split(":")[0])
+                for a in audit] == [("cut", row["id"], "cut"), ("cut", row["id"], "failed")]

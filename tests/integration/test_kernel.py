@@ -219,6 +219,39 @@ listeners:
         e.stop()
 
 
+def test_an_operator_cuts_one_kernel_flow(lab: Routed, tmp_path: Path) -> None:
+    """A cut flow's conntrack entry is marked and its packets get a reset: deleting the
+    entry would not do, maglev would translate the next packet to the same backend."""
+    vip = lab.vip()
+    a, _ = lab.server("a", 8080)
+    e = _edgelb(lab, tmp_path, f"""
+listeners:
+  - {{name: web, bind: '{vip}:80', balance: maglev, backends: ['{a}:8080'],
+      health: {{type: none}}}}
+""")
+    holders = []
+    try:
+        wait_for(lambda: lab.ask(vip, 80) != [""], 10, "traffic")
+        holders = [_hold(lab, vip, 80) for _ in range(2)]
+        for h in holders:
+            assert h.stdout is not None and h.stdout.readline().strip() == "a"
+        c = Client(e.socket)
+        wait_for(lambda: len(c.get("/v1/flows", path="kernel")["flows"]) == 2, 10, "flows")
+        doomed = c.get("/v1/flows", path="kernel", sort="client")["flows"][0]
+        r = c.act("cut", flow=doomed["id"])
+        assert r["listener"] == "web" and r["client"] == doomed["client"]
+        cut = [h for h in holders if _poke(h) == "CUT"]
+        assert len(cut) == 1
+        assert [_poke(h) for h in holders if h not in cut] == ["echo"]
+        listed = [f["id"] for f in c.get("/v1/flows", path="kernel")["flows"]]
+        assert len(listed) == 1 and doomed["id"] not in listed
+        assert _names(lab.ask(vip, 80)) == {"a": 1}  # new flows are served as before
+    finally:
+        for h in holders:
+            _end(h)
+        e.stop()
+
+
 def test_a_change_to_a_map_already_in_the_table_is_a_change(lab: Routed,
                                                              tmp_path: Path) -> None:
     """Two listeners share a's dispatch map; one moves to b and back, so its chain points

@@ -67,13 +67,25 @@ def list_flows(mark: int, mask: int) -> list[KernelFlow]:
     return parse(r.stdout)
 
 
+def mark_flow(flow: KernelFlow, mark: int) -> bool:
+    """Set the ct mark of one flow, found by its client's tuple; whether it was found."""
+    (src, sport), (dst, dport) = flow.client, flow.vip
+    r = run_tool(["conntrack", "-U", "-p", flow.proto, "-s", src, "-d", dst, "--sport",
+                  str(sport), "--dport", str(dport), "-m", f"{mark:#x}"], TIMEOUT)
+    return _changed(r.stderr, "updated") > 0
+
+
+def _changed(stderr: str, how: str) -> int:
+    for line in stderr.splitlines():
+        if f"flow entries have been {how}" in line:
+            return int(line.split(":")[-1].split()[0])
+    return 0
+
+
 def delete_flows(mark: int, mask: int, proto: str, backend: tuple[str, int]) -> int:
     """Delete the flows of ``mark``/``mask`` whose backend (the reply's source) is
     ``backend``; how many went."""
     host, port = backend
     r = run_tool(["conntrack", "-D", "-m", f"{mark:#x}/{mask:#x}", "-p", proto,
                   "--reply-src", host, "--reply-port-src", str(port)], TIMEOUT)
-    for line in r.stderr.splitlines():
-        if "flow entries have been deleted" in line:
-            return int(line.split(":")[-1].split()[0])
-    return 0
+    return _changed(r.stderr, "deleted")

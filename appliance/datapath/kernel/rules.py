@@ -32,11 +32,12 @@ from ...model import Listener, Proto
 from ..balance import MAGLEV_SEED, Maglev, SmoothRoundRobin
 
 # ct mark of edgelb's kernel flows: the top byte says edgelb, the next bit source NAT,
-# the rest is the listener's id.
+# the next an operator's cut, the rest is the listener's id.
 MARK = 0xE1000000
 MARK_MASK = 0xFF000000
 SNAT_BIT = 0x00800000
-ID_MASK = 0x007FFFFF
+CUT_BIT = 0x00400000
+ID_MASK = 0x003FFFFF
 COUNTER_SET_SIZE = 1 << 20
 
 
@@ -263,10 +264,16 @@ def _base(rs: Ruleset) -> list[str]:
     # Bytes: routed packets in forward; this box's own (a client or a backend on the
     # box) in output, and what arrives for them from elsewhere in input (what comes in
     # over loopback was counted in output already).
+    # A flow an operator cut keeps its conntrack entry, marked: deleted, its next packet
+    # would be translated anew, to the same backend by maglev. Each packet of it, either
+    # way, gets a reset (TCP) or is dropped, until the entry times out.
+    cut = (f"ct mark & {CUT_BIT:#010x} == {CUT_BIT:#010x} meta l4proto tcp "
+           "reject with tcp reset\n"
+           f"    ct mark & {CUT_BIT:#010x} == {CUT_BIT:#010x} drop\n")
     rules = "\n".join(f"    {r}" for r in _count_rules())
     for hook, extra in (("forward", ""), ("output", ""), ("input", "    iif \"lo\" accept\n")):
         lines.append(f"  chain count_{hook} {{\n    type filter hook {hook} priority 10; "
-                     f"policy accept;\n    {ours}\n{extra}{rules}\n  }}")
+                     f"policy accept;\n    {ours}\n{extra}    {cut}{rules}\n  }}")
     return lines
 
 

@@ -22,6 +22,7 @@ from ...model import Listener
 from ...views import BackendStats, FlowRow, ListenerStats, Traffic
 from . import conntrack, nft
 from .rules import (
+    CUT_BIT,
     ID_MASK,
     MARK,
     MARK_MASK,
@@ -80,6 +81,7 @@ class KernelDatapath:
         self.active: dict[tuple[int, str, int], int] = {}
         self._traffic: tuple[tuple[object, ...], Traffic] | None = None
         self._rows: list[FlowRow] = []
+        self._flows: dict[int, conntrack.KernelFlow] = {}  # the open ones, by conntrack id
         self._rows_at = -1e9
         self._reading: trio.Event | None = None
         self._nursery: trio.Nursery | None = None
@@ -136,9 +138,8 @@ class KernelDatapath:
         active: dict[tuple[int, str, int], int] = {}
         names = {i: n for n, i in self.ids.by_name.items()}
         rows: list[FlowRow] = []
+        flows = [f for f in flows if f.open and not f.mark & CUT_BIT]
         for f in flows:
-            if not f.open:
-                continue
             lid = f.mark & ID_MASK
             k = (lid, f.backend[0], f.backend[1])
             active[k] = active.get(k, 0) + 1
@@ -146,6 +147,25 @@ class KernelDatapath:
                          _text(f.vip), _text(f.backend), f.bytes_in, f.bytes_out, f.age,
                          f.state, "kernel"))
         self.active, self._rows, self._rows_at = active, rows, self.clock()
+        self._flows = {f.id: f for f in flows}
+
+    async def cut_flow(self, flow_id: str) -> bool:
+        """Cut the flow listed as ``flow_id`` ("k.N"): its conntrack entry is marked, and
+        the table answers each of its packets with a reset (TCP) or drops it."""
+        number = flow_id.removeprefix("k.")
+        flow = self._flows.get(int(number)) if number.isdigit() else None
+        if flow is None:
+            return False
+        try:
+            cut = await trio.to_thread.run_sync(conntrack.mark_flow, flow,
+                                                flow.mark | CUT_BIT)
+        except OSError as e:
+            log.warning("flow %s not cut: %s", flow_id, e)
+            return False
+        if cut:
+            self._flows.pop(flow.id, None)
+            self._rows = [r for r in self._rows if r[0] != flow_id]
+        return cut
 
     async def stop(self) -> None:
         """Remove the table: the kernel forwards nothing more for edgelb."""
