@@ -103,12 +103,14 @@ class ConfigService:
 
     async def set_dynamic(self, listeners: tuple[Listener, ...]) -> None:
         """The listeners learned from the cluster changed."""
-        self.dynamic = listeners
+        was, self.dynamic = self.dynamic, listeners
         before = self.snapshot
         snap, _ = await self._publish()
         if snap is not before:
             log.info("cluster change: serving snapshot v%d (%s): %d listeners from the "
                      "cluster", snap.version, snap.digest, len(listeners))
+            self.events.event("cluster", f"snapshot v{snap.version} from the cluster: "
+                              f"{cluster_change(was, listeners)}")
 
     async def recompose(self) -> None:
         """Put the operators' latest backend changes in force."""
@@ -139,3 +141,22 @@ class ConfigService:
             self.bind_errors = tuple(errors)
             self.snapshot = snap
             return snap, errors
+
+
+def cluster_change(was: tuple[Listener, ...], now: tuple[Listener, ...], limit: int = 3
+                   ) -> str:
+    """What a cluster change did to the listeners, in a few words: which came, went or
+    changed (names, up to ``limit`` of each)."""
+    before = {lst.name: lst for lst in was}
+    after = {lst.name: lst for lst in now}
+    parts = []
+    for what, names in (("added", [n for n in after if n not in before]),
+                        ("removed", [n for n in before if n not in after]),
+                        ("changed", [n for n in after if n in before
+                                     and after[n] != before[n]])):
+        if names:
+            shown = ", ".join(names[:limit]) + (f" and {len(names) - limit} more"
+                                               if len(names) > limit else "")
+            parts.append(f"{what} {shown}")
+    return "; ".join(parts) or "backends or addresses changed"
+

@@ -101,25 +101,31 @@ def format_event(e: dict[str, Any]) -> str:
 
 def format_listeners(ls: list[dict[str, Any]]) -> str:
     """``ctl listeners``: one line per listener."""
-    return table(["NAME", "PROTO", "BIND", "PATH", "BACKENDS", "DOWN", "NOT READY", "ACTIVE",
-                  "ACCEPTED", "REQUESTS"],
-                 [[x["name"], x["protocol"], x["bind"], x.get("datapath", "user"),
-                   x["backends"], x["down"], x["not_ready"], x["active"], x["accepted"],
-                   x["requests"]] for x in ls])
+    return table(["NAME", "STATE", "PROTO", "BIND", "PATH", "UP", "DOWN", "NOT READY",
+                  "ACTIVE", "ACCEPTED", "REQUESTS"],
+                 [[x["name"], x["state"], x["protocol"], x["bind"], x.get("datapath", "user"),
+                   f"{x['up']}/{x['backends']}", x["down"], x["not_ready"], x["active"],
+                   x["accepted"], x["requests"]] for x in ls])
 
 
 def format_backends(d: dict[str, Any]) -> str:
-    """``ctl backends NAME``: the listener, then its backends by pool."""
-    rows = [[b["key"], b["address"], b["health"], b["state"],
+    """``ctl backends NAME``: the listener, then its backends by pool (each HTTP pool
+    with its own balance). ADDRESS only where a key is not the address already."""
+    members = [b for p in d["pools"] for b in p["backends"]]
+    addressed = any(b["key"] != b["address"] for b in members)
+    rows = [[b["key"], *([b["address"]] if addressed else []), b["health"], b["state"],
              f"{b['effective_weight']}" + ("" if b["admin_weight"] is None
                                            else f" (set; config {b['weight']})"),
              b["active"], b["connections"], b["requests"], b["connect_failures"],
-             human_bytes(b["bytes_in"] + b["bytes_out"])]
-            for p in d["pools"] for b in p["backends"]]
-    return f"{d['name']} {d['protocol']} {d['bind']} ({d['balance']}, " \
-        f"{d.get('datapath', 'user')})\n" + table(
-        ["BACKEND", "ADDRESS", "HEALTH", "STATE", "WEIGHT", "ACTIVE", "FLOWS", "REQUESTS",
-         "FAILS", "BYTES"], rows)
+             human_bytes(b["bytes_in"] + b["bytes_out"])] for b in members]
+    pools = [p for p in d["pools"] if p["name"]]
+    balance = ", ".join(f"pool {p['name']}: {p['balance']}" for p in pools) if pools \
+        else d["balance"]
+    return f"{d['name']} {d['protocol']} {d['bind']} ({balance}; " \
+        f"{d.get('datapath', 'user')} datapath; {d['up']}/{d['backends']} up, " \
+        f"{d['state']})\n" + table(
+        ["BACKEND", *(["ADDRESS"] if addressed else []), "HEALTH", "STATE", "WEIGHT",
+         "ACTIVE", "FLOWS", "REQUESTS", "FAILS", "BYTES"], rows)
 
 
 def format_routes(rs: list[dict[str, Any]]) -> str:

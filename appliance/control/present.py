@@ -37,6 +37,23 @@ def backend_view(lst: Listener, key: str, b: Backend, stats: BackendStats | None
             "bytes_out": st.bytes_out}
 
 
+def listener_state(up: int, total: int) -> str:
+    """A listener's worst state in a word: ``down`` when no backend can take a flow,
+    ``degraded`` when some cannot (down, drained, disabled or weighted 0), else ``ok``."""
+    if up == 0:
+        return "down"
+    return "degraded" if up < total else "ok"
+
+
+def _usable(lst: Listener, key: str, b: Backend, checked: set[str], down: Down,
+            admin: AdminState) -> bool:
+    """Whether a backend takes new flows: healthy (or unchecked), ready, weight above 0."""
+    a = admin.get(lst.name, key)
+    weight = a.weight if a.weight is not None else b.weight
+    return a.state == "ready" and weight > 0 and not (key in checked and
+                                                       (lst.name, key) in down)
+
+
 def listener_summary(lst: Listener, stats: ListenerStats | None,
                      down: Down, admin: AdminState, path: str = "user",
                      rate: Rate | None = None) -> dict[str, Any]:
@@ -44,13 +61,15 @@ def listener_summary(lst: Listener, stats: ListenerStats | None,
     ``rate`` (per second, on the daemon's clock), and the datapath that serves it
     (``path``)."""
     st = stats or ListenerStats()
-    keys = [k for k, _ in backend_keys(lst)]
+    members = backend_keys(lst)
     checked = {k for k, _, _ in lst.checked()}
     n_down = sum(1 for k in checked if (lst.name, k) in down)
-    n_admin = sum(1 for k in keys if admin.get(lst.name, k).state != "ready")
+    n_admin = sum(1 for k, _ in members if admin.get(lst.name, k).state != "ready")
+    up = sum(1 for k, b in members if _usable(lst, k, b, checked, down, admin))
     return {"name": lst.name, "protocol": lst.protocol, "bind": lst.bind_text,
-            "datapath": path, "balance": lst.balance, "backends": len(keys), "down": n_down,
-            "not_ready": n_admin, "active": sum(b.active for b in st.backends.values()),
+            "datapath": path, "balance": lst.balance, "backends": len(members), "down": n_down,
+            "not_ready": n_admin, "up": up, "state": listener_state(up, len(members)),
+            "active": sum(b.active for b in st.backends.values()),
             "accepted": st.accepted, "requests": st.requests, "no_backend": st.no_backend,
             "bytes_in": sum(b.bytes_in for b in st.backends.values()),
             "bytes_out": sum(b.bytes_out for b in st.backends.values()),

@@ -124,6 +124,16 @@ def test_service_lifecycle_follows_the_cluster(rig: Rig) -> None:
     # Delete: the VIP stops answering and its address is free again.
     sim.api.remove("Service", "web")
     wait_for(lambda: "ERR" in answers(vip, port, 2), 10, "listener removed")
+    # Each change the cluster made is in the events, naming the listener (issue 17).
+    web = f"default/web:{port}/tcp"
+
+    def said() -> list[str]:
+        return [e["message"] for e in Client(rig.edgelb.socket).get("/v1/events")["events"]
+                if e["kind"] == "cluster"]
+
+    wait_for(lambda: any(f"removed {web}" in m for m in said()), 10, "the removal's event")
+    assert any(f"added {web}" in m for m in said()), said()
+    assert any(f"changed {web}" in m for m in said()), said()
     sim.add_service("next", [(port, node_port + 1)], {"n-a": "n2"})
     wait_for(lambda: vip_of(sim, "next") == vip, 10, "address reused")
 

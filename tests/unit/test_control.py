@@ -179,3 +179,28 @@ def test_operator_alerts_name_each_backend_and_its_change() -> None:
     many = {("web", f"10.0.0.{i}:80"): BackendAdmin(BackendState.DRAIN) for i in range(8)}
     got = admin_alerts(many)
     assert len(got) == 6 and got[-1].startswith("... and 3 more backends")
+
+
+def test_listener_state_and_ctl_backends_read_right() -> None:
+    """Issue 17: `ctl listeners shop` said (round_robin) for a pool balanced by least_conn,
+    and for TCP listeners BACKEND and ADDRESS repeated each other. A listener's state
+    says whether a backend can take a flow."""
+    from appliance.control.format import format_backends
+    from appliance.control.present import listener_detail
+
+    admin = AdminState()
+    site = Listener("site", ("127.0.0.1", 81), protocol="http", http=HttpSpec(
+        pools=(Pool("api", backends=(Backend("10.0.0.5", 8080),), balance="least_conn"),
+               Pool("web", backends=(Backend("10.0.0.6", 8080),))), default_pool="web"))
+    text = format_backends(listener_detail(site, None, set(), admin))
+    first, header = text.splitlines()[:2]
+    assert "pool api: least_conn, pool web: round_robin" in first and "2/2 up, ok" in first
+    assert header.split()[:2] == ["BACKEND", "ADDRESS"]
+    admin.set(ALL, "web", "10.0.0.1:80", "drain", None)
+    d = listener_detail(L4, None, set(), admin)
+    assert (d["up"], d["state"]) == (1, "degraded")
+    assert listener_detail(L4, None, {("web", "10.0.0.2:80")}, admin)["state"] == "down"
+    text = format_backends(d)
+    assert "ADDRESS" not in text and text.count("10.0.0.1:80") == 1
+    admin.set(ALL, "web", "10.0.0.2:80", "maint", None)
+    assert listener_detail(L4, None, set(), admin)["state"] == "down"
