@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections import deque
 from collections.abc import Iterable, Sequence
 from typing import Any, ClassVar
 
@@ -26,17 +25,11 @@ from textual.widgets import (
     Static,
     TabbedContent,
     TabPane,
+    Tabs,
 )
 
 from appliance.control.client import Client, ControlError
-from appliance.control.format import (
-    FLOW_COLUMNS,
-    flow_cells,
-    format_event,
-    human_age,
-    human_bytes,
-    status_lines,
-)
+from appliance.control.format import FLOW_SORTS, flow_cells, format_event, human_age
 
 from .actions import OperatorActions
 from .commands import (
@@ -44,24 +37,37 @@ from .commands import (
     CHANGES,
     HA_ACTIONS,
     PANES,
-    SORTS,
     CommandError,
     parse_command,
 )
-from .screens import HelpScreen
+from .rows import (
+    BACKEND_COLUMNS,
+    FLOW_TABLE,
+    LISTENER_COLUMNS,
+    ROUTE_COLUMNS,
+    alert_text,
+    backend_cells,
+    count,
+    listener_cells,
+    overview_lines,
+    rates_line,
+    route_cells,
+)
+from .screens import FlowScreen, HelpScreen
 from .source import Api, Source
-from .tables import ha_text, rate, sync_rows
+from .tables import FittedTable, ha_text
 
 
 class _Closed(Exception):
     """The console stopped while a request was out: its widgets may be gone."""
 
 
-class FlowTable(DataTable[Any]):
+class FlowTable(FittedTable):
     """The flows table: it says when its height changes, since only the rows that fit
     are fetched (a page fetched before the first layout was sized for the screen)."""
 
     def on_resize(self, event: events.Resize) -> None:
+        super().on_resize(event)
         self.post_message(FlowsResized())
 
 
@@ -81,22 +87,25 @@ class Console(OperatorActions):
           for i, pane in enumerate(PANES, 1)),
         Binding("question_mark", "help", "Help"),
         Binding("colon", "command", "Cmd"),
+        Binding("escape", "go_back", "Back"),
+        Binding("q", "quit", "Quit"),
+        # Each view's own keys are on its title line: a footer holding all of them was
+        # cut off at 80 columns, "q Quit" first.
         Binding("slash", "filter", "Filter", show=False),
         Binding("s", "sort", "Sort", show=False),
         Binding("r", "reverse", "Reverse", show=False),
         Binding("n", "page(1)", "Next page", show=False),
         Binding("p", "page(-1)", "Prev page", show=False),
-        Binding("d", "backend('drain')", "Drain"),
-        Binding("u", "backend('undrain')", "Undrain"),
-        Binding("x", "backend('disable')", "Disable"),
-        Binding("e", "backend('enable')", "Enable"),
-        Binding("w", "weight", "Weight"),
-        Binding("f", "ha('failover')", "Failover"),
-        Binding("D", "ha('demote')", "Demote"),
-        Binding("P", "ha('promote')", "Promote"),
-        Binding("A", "ha('auto')", "Auto"),
+        Binding("d", "backend('drain')", "Drain", show=False),
+        Binding("u", "backend('undrain')", "Undrain", show=False),
+        Binding("x", "backend('disable')", "Disable", show=False),
+        Binding("e", "backend('enable')", "Enable", show=False),
+        Binding("w", "weight", "Weight", show=False),
+        Binding("f", "ha('failover')", "Failover", show=False),
+        Binding("D", "ha('demote')", "Demote", show=False),
+        Binding("P", "ha('promote')", "Promote", show=False),
+        Binding("A", "ha('auto')", "Auto", show=False),
         Binding("R", "reload_config", "Reload", show=False),
-        Binding("q", "quit", "Quit"),
     ]
 
     def __init__(self, api: Api | None = None, socket: str | None = None,
@@ -109,12 +118,14 @@ class Console(OperatorActions):
         self.status: dict[str, Any] = {}
         self.seq = 0
         self.listener_name = ""
+        self.backend_detail = False  # the backends view shows one listener's backends
+        self.listeners: dict[str, dict[str, Any]] = {}  # the last answer, by name
+        self.backends: dict[str, dict[str, Any]] = {}  # the shown listener's, by key
+        self.flows: dict[str, dict[str, Any]] = {}  # the page shown, by id
         self.flow_query: dict[str, Any] = {"sort": "", "desc": False, "offset": 0, "q": ""}
         self.flow_total = 0
-        self.rps: deque[tuple[float, float]] = deque(maxlen=2)
-        self.bps: deque[tuple[float, float]] = deque(maxlen=2)
-        self.rps_line: deque[float] = deque([0.0] * 60, maxlen=60)
-        self.bps_line: deque[float] = deque([0.0] * 60, maxlen=60)
+        self.answered_at = 0.0  # time.time() of the daemon's last answer
+        self.lost_since = 0.0  # when it stopped answering (0: it answers)
         self.refreshes = 0
         self.refresh_seconds = 0.0
         self.flow_limit = 0  # the rows the flows page was last fetched for
@@ -127,21 +138,27 @@ class Console(OperatorActions):
         with TabbedContent(initial="overview", id="panes"):
             with TabPane("1 Overview", id="overview"):
                 yield Static("connecting ...", id="overview-text", markup=False)
-                yield Static("requests/s", classes="caption", id="rps-caption", markup=False)
-                yield Sparkline(list(self.rps_line), id="rps")
-                yield Static("bytes/s", classes="caption", id="bps-caption", markup=False)
-                yield Sparkline(list(self.bps_line), id="bps")
+                yield Static("", id="rates", classes="caption", markup=False)
+                with Horizontal(id="graphs"):
+                    yield Static("flows/s", classes="graph-label", markup=False)
+                    yield Sparkline([0.0], id="rps")
+                    yield Static("bytes/s", classes="graph-label", markup=False)
+                    yield Sparkline([0.0], id="bps")
                 yield Static("", id="alerts", markup=False)
+                yield FittedTable(LISTENER_COLUMNS, id="overview-table", cursor_type="row")
             with TabPane("2 Flows", id="flows"):
                 yield Static("", id="flow-info", markup=False)
                 yield Input(placeholder="filter flows (Enter; empty clears)", id="flow-filter",
                             disabled=True)
-                yield FlowTable(id="flows-table", cursor_type="row", zebra_stripes=True)
-            with TabPane("3 Backends", id="backends"), Horizontal():
-                yield DataTable(id="listeners-table", cursor_type="row")
-                yield DataTable(id="backends-table", cursor_type="row")
+                yield FlowTable(FLOW_TABLE, id="flows-table", cursor_type="row",
+                                zebra_stripes=True)
+            with TabPane("3 Backends", id="backends"), Vertical():
+                yield Static("", id="backends-title", markup=False)
+                yield FittedTable(LISTENER_COLUMNS, id="listeners-table", cursor_type="row")
+                yield FittedTable(BACKEND_COLUMNS, id="backends-table", cursor_type="row",
+                                  classes="hidden")
             with TabPane("4 Routes", id="routes"):
-                yield DataTable(id="routes-table", cursor_type="row")
+                yield FittedTable(ROUTE_COLUMNS, id="routes-table", cursor_type="row")
             with TabPane("5 Events", id="events"):
                 yield Log(id="events-log", max_lines=2000, auto_scroll=True)
             with TabPane("6 HA", id="ha"), Vertical():
@@ -150,12 +167,10 @@ class Console(OperatorActions):
         yield Footer()
 
     def on_mount(self) -> None:
-        self._main("#flows-table", DataTable).add_columns(*FLOW_COLUMNS)
-        self._main("#listeners-table", DataTable).add_columns("LISTENER", "PROTO", "B")
-        self._main("#backends-table", DataTable).add_columns(
-            "BACKEND", "HEALTH", "STATE", "WEIGHT", "ACTIVE", "FLOWS", "REQ", "FAIL", "BYTES")
-        self._main("#routes-table", DataTable).add_columns(
-            "HOST", "PATH", "TYPE", "POOL", "BACKENDS", "LISTENER")
+        # Tab moves between the tables of a view; the view tabs have their keys (1-6).
+        self._main("#panes", TabbedContent).query_one(Tabs).can_focus = False
+        self._title_backends()
+        self._main("#overview-table", DataTable).focus()
         self.tick()
         self.set_interval(self.interval, self.tick)
 
@@ -195,7 +210,9 @@ class Console(OperatorActions):
             self._show_status(status)
             await self._read_events(status)
             pane = self._main("#panes", TabbedContent).active
-            if pane == "flows":
+            if pane == "overview" or (pane == "backends" and not self.backend_detail):
+                await self._read_listeners()
+            elif pane == "flows":
                 await self._read_flows()
             elif pane == "backends":
                 await self._read_backends()
@@ -209,14 +226,27 @@ class Console(OperatorActions):
         self.refresh_seconds += time.perf_counter() - started
 
     def _show_disconnected(self) -> None:
+        """The data stays for reference, dimmed, with its age: a view that looks live
+        while the daemon is gone misleads."""
+        now = time.time()
+        if not self.lost_since:
+            self.lost_since = now
+        lost = time.strftime("%H:%M:%S", time.localtime(self.lost_since))
+        age = f"data {human_age(now - self.answered_at)} old" if self.answered_at \
+            else "no data yet"
         banner = self._main("#banner", Static)
-        banner.update(f"disconnected: {self.source.error}; retrying every "
-                      f"{self.interval:g}s")
+        banner.update(f"disconnected since {lost} ({age}); retrying every "
+                      f"{self.interval:g}s: {self.source.error}")
         banner.add_class("shown")
+        self._main("#panes", TabbedContent).add_class("stale")
+        self._main("#topline", Static).add_class("stale")
         self.role = None
 
     def _show_status(self, st: dict[str, Any]) -> None:
+        self.answered_at, self.lost_since = time.time(), 0.0
         self._main("#banner", Static).remove_class("shown")
+        self._main("#panes", TabbedContent).remove_class("stale")
+        self._main("#topline", Static).remove_class("stale")
         if st.get("last_event", 0) < self.seq:
             self.seq = 0  # the daemon restarted: its events start again from 1
         self.status = st
@@ -230,23 +260,13 @@ class Console(OperatorActions):
         self._main("#topline", Static).update(
             f"edgelb {st['version']}  {self.user} ({self.role})  HA {states}  "
             f"snapshot v{st['snapshot']['version']}  up {human_age(st['uptime'])}"
-            + (f"  {len(st['alerts'])} ALERTS" if st["alerts"] else ""))
-        now = time.monotonic()
-        t = st["totals"]
-        self.rps.append((now, t["requests"] + t["accepted"]))
-        self.bps.append((now, t["bytes_in"] + t["bytes_out"]))
-        r, b = rate(self.rps), rate(self.bps)
-        self.rps_line.append(r)
-        self.bps_line.append(b)
-        self._main("#rps", Sparkline).data = list(self.rps_line)
-        self._main("#bps", Sparkline).data = list(self.bps_line)
-        self._main("#rps-caption", Static).update(
-            f"requests+connections/s  now {r:.0f}  max {max(self.rps_line):.0f}")
-        self._main("#bps-caption", Static).update(
-            f"bytes/s  now {human_bytes(b)}  max {human_bytes(max(self.bps_line))}")
-        self._main("#overview-text", Static).update("\n".join(status_lines(st)))
-        self._main("#alerts", Static).update(
-            "\n".join(f"! {a}" for a in st["alerts"]) or "no alerts")
+            + (f"  {count(len(st['alerts']), 'alert')}" if st["alerts"] else ""))
+        rates = st.get("rates") or {}
+        self._main("#rps", Sparkline).data = rates.get("flows_history") or [0.0]
+        self._main("#bps", Sparkline).data = rates.get("bytes_history") or [0.0]
+        self._main("#overview-text", Static).update("\n".join(overview_lines(st)))
+        self._main("#rates", Static).update(rates_line(st))
+        self._main("#alerts", Static).update(alert_text(st["alerts"]))
         self._main("#ha-text", Static).update(ha_text(st, self.may_change()))
 
     async def _read_events(self, st: dict[str, Any]) -> None:
@@ -259,6 +279,17 @@ class Console(OperatorActions):
         for e in got["events"]:
             log.write_line(format_event(e))
             self.seq = max(self.seq, e["seq"])
+
+    async def _read_listeners(self) -> None:
+        got = await self._get("/v1/listeners")
+        if got is None:
+            return
+        self.listeners = {x["name"]: x for x in got["listeners"]}
+        rows = [(x["name"], listener_cells(x)) for x in got["listeners"]]
+        self._main("#overview-table", FittedTable).show(rows)
+        self._main("#listeners-table", FittedTable).show(rows)
+        if not self.listener_name and rows:
+            self.listener_name = rows[0][0]
 
     def _page_size(self) -> int:
         """The rows the flows table shows: only those are fetched (and rendered)."""
@@ -280,56 +311,63 @@ class Console(OperatorActions):
         if page is None:
             return
         self.flow_total = page["total"]
-        rows = [(f["id"], flow_cells(f)) for f in page["flows"]]
-        sync_rows(self._main("#flows-table", DataTable), rows)
-        first = q["offset"] + 1 if rows else 0
+        self.flows = {f["id"]: f for f in page["flows"]}
+        table = self._main("#flows-table", FlowTable)
+        table.show([(f["id"], flow_cells(f)) for f in page["flows"]])
+        shown = len(page["flows"])
+        first = q["offset"] + 1 if shown else 0
         self._main("#flow-info", Static).update(
-            f"flows {first}-{q['offset'] + len(rows)} of {page['total']} matching "
-            f"({page['all']} open)  sort: {q['sort'] or 'none'}"
-            f"{' desc' if q['desc'] else ''}  filter: {q['q'] or '-'}  [/ s r n p]")
+            f"flows {first}-{q['offset'] + shown} of {page['total']} ({page['all']} open)"
+            f"  filter: {q['q'] or '-'}   keys: / s r n p Enter (? explains)")
 
     async def _read_backends(self) -> None:
-        got = await self._get("/v1/listeners")
-        if got is None:
-            return
-        lt = self._main("#listeners-table", DataTable)
-        sync_rows(lt, [(x["name"], [x["name"], x["protocol"], x["backends"]])
-                       for x in got["listeners"]])
-        if not self.listener_name and got["listeners"]:
-            self.listener_name = got["listeners"][0]["name"]
-        if not self.listener_name:
-            return
+        name = self.listener_name
         try:
-            d = await self._get(f"/v1/listeners/{self.listener_name}")
+            d = await self._get(f"/v1/listeners/{name}")
         except ControlError:
-            self.listener_name = ""
+            self.notify(f"listener {name} is gone", severity="warning", markup=False)
+            self._show_listener_list()
             return
         if d is None:
             return
-        rows = []
-        for p in d["pools"]:
-            for b in p["backends"]:
-                weight = str(b["effective_weight"]) + (" set" if b["admin_weight"] is not None
-                                                       else "")
-                rows.append((b["key"], [b["key"], b["health"], b["state"], weight,
-                                        b["active"], b["connections"], b["requests"],
-                                        b["connect_failures"],
-                                        human_bytes(b["bytes_in"] + b["bytes_out"])]))
-        sync_rows(self._main("#backends-table", DataTable), rows)
+        self.listeners[name] = d
+        members = [b for p in d["pools"] for b in p["backends"]]
+        self.backends = {b["key"]: b for b in members}
+        self._main("#backends-table", FittedTable).show(
+            [(b["key"], backend_cells(b)) for b in members])
+        self._title_backends()
+
+    def _title_backends(self) -> None:
+        """Which listener's backends these are, and the keys of the view."""
+        title = self._main("#backends-title", Static)
+        if not self.backend_detail:
+            title.update("listeners: Enter shows a listener's backends\n"
+                         "↑ ↓ choose, Enter open")
+            return
+        d = self.listeners.get(self.listener_name, {})
+        pools = [p for p in d.get("pools", []) if p["name"]]
+        balance = ", ".join(f"{p['name']} {p['balance']}" for p in pools) if pools \
+            else d.get("balance", "")
+        keys = "d drain  u undrain  x disable  e enable  w weight  " \
+            if self.may_change() else "(read-only)  "
+        title.update(f"backends of {self.listener_name} ({d.get('protocol', '?')} "
+                     f"{d.get('bind', '?')}, {balance})\n{keys}Esc: all listeners")
 
     async def _read_routes(self) -> None:
         got = await self._get("/v1/routes")
         if got is None:
             return
-        rows = [(f"{i}", [r["host"], r["path"], r["type"], r["pool"],
-                          ",".join(r["backends"]) or "-", r["listener"]])
-                for i, r in enumerate(got["routes"])]
-        sync_rows(self._main("#routes-table", DataTable), rows)
+        self._main("#routes-table", FittedTable).show(
+            [(f"{i}", route_cells(r)) for i, r in enumerate(got["routes"])])
 
     # -- who may do what ----------------------------------------------------------------
 
     def may_change(self) -> bool:
         return self.role in ("operator", "admin")
+
+    def has_ha(self) -> bool:
+        """Whether there is a peer to fail over to (not standalone)."""
+        return bool(self.status) and self.status["ha"]["mode"] != "standalone"
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action in CHANGES and not self.may_change():
@@ -339,9 +377,9 @@ class Console(OperatorActions):
         except Exception:
             pane = ""  # not composed yet
         if action in ("backend", "weight"):
-            return pane == "backends"
+            return pane == "backends" and self.backend_detail
         if action == "ha":
-            return pane == "ha"
+            return pane == "ha" and self.has_ha()
         if action in ("filter", "sort", "reverse", "page"):
             return pane == "flows"
         return True
@@ -358,10 +396,70 @@ class Console(OperatorActions):
         # refocused and pull its pane back to the front.
         self.set_focus(None)
         self._main("#panes", TabbedContent).active = pane
-        first = {"flows": "#flows-table", "backends": "#backends-table",
+        first = {"overview": "#overview-table", "flows": "#flows-table",
+                 "backends": "#backends-table" if self.backend_detail else "#listeners-table",
                  "routes": "#routes-table"}.get(pane)
         if first:
             self._main(first, DataTable).focus()
+
+    def show_backends_of(self, name: str) -> None:
+        """The backends view, on ``name``'s backends (its row marked in the list)."""
+        if name != self.listener_name:
+            self._main("#backends-table", FittedTable).show([])
+            self.backends = {}
+        self.listener_name = name
+        self.backend_detail = True
+        self._main("#listeners-table", DataTable).add_class("hidden")
+        self._main("#backends-table", DataTable).remove_class("hidden")
+        listed = self._main("#listeners-table", FittedTable)
+        keys = [str(r.value) for r in listed.rows]
+        if name in keys:
+            listed.move_cursor(row=keys.index(name), animate=False)
+        self._title_backends()
+        self.action_pane("backends")
+        self.refresh_bindings()
+        self.refresh_data()
+
+    def _show_listener_list(self) -> None:
+        self.backend_detail = False
+        self._main("#backends-table", DataTable).add_class("hidden")
+        self._main("#listeners-table", DataTable).remove_class("hidden")
+        self._title_backends()
+        self.action_pane("backends")
+        self.refresh_bindings()
+        self.refresh_data()
+
+    @on(DataTable.RowSelected, "#overview-table, #listeners-table")
+    def _listener_chosen(self, event: DataTable.RowSelected) -> None:
+        if event.row_key.value is not None:
+            self.show_backends_of(str(event.row_key.value))
+
+    @on(DataTable.RowSelected, "#flows-table")
+    def _flow_chosen(self, event: DataTable.RowSelected) -> None:
+        flow = self.flows.get(str(event.row_key.value))
+        if flow is None:
+            return
+
+        def answered(cut: bool | None) -> None:
+            if cut:
+                self.confirm_cut(flow["id"], flow)
+
+        self.push_screen(FlowScreen(flow, self.may_change()), answered)
+
+    def action_go_back(self) -> None:
+        """Esc: close an open input; else clear the flows filter; else from a listener's
+        backends back to the listeners."""
+        for box in self.screen_stack[0].query(Input):
+            if box.has_class("shown"):
+                self._close_input(box)
+                self.set_focus(None)
+                return
+        pane = self._main("#panes", TabbedContent).active
+        if pane == "flows" and self.flow_query["q"]:
+            self.flow_query.update(q="", offset=0)
+            self.refresh_data()
+        elif pane == "backends" and self.backend_detail:
+            self._show_listener_list()
 
     def action_help(self) -> None:
         self.push_screen(HelpScreen())
@@ -383,14 +481,21 @@ class Console(OperatorActions):
     def action_filter(self) -> None:
         self._open_input("#flow-filter", self.flow_query["q"])
 
-    def action_sort(self) -> None:
-        i = SORTS.index(self.flow_query["sort"])
-        self.flow_query.update(sort=SORTS[(i + 1) % len(SORTS)], offset=0)
+    def _sort_flows(self, field: str, desc: bool) -> None:
+        self.flow_query.update(sort=field, desc=desc, offset=0)
+        column = FLOW_TABLE[FLOW_SORTS.index(field)].name if field in FLOW_SORTS else None
+        self._main("#flows-table", FlowTable).mark_sorted(column, desc)
         self.refresh_data()
 
+    def action_sort(self) -> None:
+        """The next column, in the order the columns are shown (after the last: none)."""
+        fields = ("", *FLOW_SORTS)
+        now = self.flow_query["sort"]
+        i = fields.index(now) if now in fields else 0
+        self._sort_flows(fields[(i + 1) % len(fields)], self.flow_query["desc"])
+
     def action_reverse(self) -> None:
-        self.flow_query["desc"] = not self.flow_query["desc"]
-        self.refresh_data()
+        self._sort_flows(self.flow_query["sort"], not self.flow_query["desc"])
 
     def action_page(self, step: int) -> None:
         size = self._page_size()
@@ -400,20 +505,10 @@ class Console(OperatorActions):
 
     @on(DataTable.HeaderSelected, "#flows-table")
     def _sort_by_header(self, event: DataTable.HeaderSelected) -> None:
-        name = str(event.label).lower()
-        field = {"in": "bytes_in", "out": "bytes_out", "proto": "protocol"}.get(name, name)
-        if self.flow_query["sort"] == field:
-            self.flow_query["desc"] = not self.flow_query["desc"]
-        self.flow_query.update(sort=field, offset=0)
-        self.refresh_data()
-
-    @on(DataTable.RowHighlighted, "#listeners-table")
-    def _listener_chosen(self, event: DataTable.RowHighlighted) -> None:
-        name = event.row_key.value if event.row_key is not None else ""
-        if name and name != self.listener_name:
-            self.listener_name = name
-            self._main("#backends-table", DataTable).clear()
-            self.refresh_data()
+        name = str(event.column_key.value)
+        field = FLOW_SORTS[[c.name for c in FLOW_TABLE].index(name)]
+        same = self.flow_query["sort"] == field
+        self._sort_flows(field, not self.flow_query["desc"] if same else False)
 
     @on(Input.Submitted, "#flow-filter")
     def _filter_given(self, event: Input.Submitted) -> None:
@@ -434,25 +529,18 @@ class Console(OperatorActions):
             return
         self.run_command(cmd, args)
 
-    def key_escape(self) -> None:
-        for box in self.screen_stack[0].query(Input):
-            if box.has_class("shown"):
-                self._close_input(box)
-                self.set_focus(None)
-
     def run_command(self, cmd: str, args: Sequence[str]) -> None:
         """Do one parsed ``:`` command."""
-        if cmd in PANES:
-            if cmd == "backends" and args:
-                self.listener_name = args[0]
+        if cmd == "backends" and args:
+            self.show_backends_of(args[0])
+        elif cmd in PANES:
             self.action_pane(cmd)
         elif cmd in ("q", "quit"):
             self.exit(0)
         elif cmd == "help":
             self.action_help()
         elif cmd == "sort":
-            self.flow_query.update(sort=args[0], desc=len(args) > 1 and args[1] == "desc",
-                                   offset=0)
+            self._sort_flows(args[0], len(args) > 1 and args[1] == "desc")
             self.action_pane("flows")
         elif cmd == "filter":
             self.flow_query.update(q=" ".join(args), offset=0)
@@ -461,11 +549,17 @@ class Console(OperatorActions):
             self.notify(f"{cmd} needs the operator or admin role; you are a {self.role}",
                         severity="error", markup=False)
         elif cmd in BACKEND_ACTIONS:
-            self._confirm_backend(cmd, args[0], args[1])
+            self.check_then_confirm(cmd, args[0], args[1])
         elif cmd == "weight":
-            self._confirm_weight(args[0], args[1], args[2])
+            self.check_then_confirm(cmd, args[0], args[1], args[2])
         elif cmd in HA_ACTIONS:
-            self.action_ha(cmd)
+            if not self.has_ha():
+                self.notify("No HA configured: nothing to fail over to", severity="error",
+                            markup=False)
+            else:
+                self.action_ha(cmd)
+        elif cmd == "cut":
+            self.confirm_cut(args[0], self.flows.get(args[0]))
         elif cmd == "reload":
             self.action_reload_config()
 
@@ -475,9 +569,10 @@ class Console(OperatorActions):
             yield SystemCommand(f"Show {pane}", f"the {pane} view",
                                 lambda p=pane: self.action_pane(p))
         if self.may_change():
-            for action in HA_ACTIONS:
-                yield SystemCommand(f"HA {action}", "asks for confirmation first",
-                                    lambda a=action: self.action_ha(a))
+            if self.has_ha():
+                for action in HA_ACTIONS:
+                    yield SystemCommand(f"HA {action}", "asks for confirmation first",
+                                        lambda a=action: self.action_ha(a))
             yield SystemCommand("Reload the config", "asks for confirmation first",
                                 self.action_reload_config)
 

@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import shlex
 
+from appliance.control.format import FLOW_SORTS
+
 PANES = ("overview", "flows", "backends", "routes", "events", "ha")
-SORTS = ("", "bytes", "age", "client", "backend", "listener", "state")
+# What flows sort by: each column's field, and bytes (in and out together).
+SORTS = (*FLOW_SORTS, "bytes")
 BACKEND_ACTIONS = ("drain", "undrain", "disable", "enable")
 HA_ACTIONS = ("failover", "demote", "promote", "auto")
 # Actions that change something: hidden from viewers.
-CHANGES = {"backend", "weight", "ha", "reload_config"}
+CHANGES = {"backend", "weight", "ha", "reload_config", "cut"}
 COMMANDS = ("overview", "flows", "backends", "routes", "events", "ha", "drain", "undrain",
             "disable", "enable", "weight", "failover", "demote", "promote", "auto",
-            "reload", "sort", "filter", "q", "quit", "help")
+            "reload", "cut", "sort", "filter", "q", "quit", "help")
 
 
 class CommandError(ValueError):
@@ -32,13 +35,14 @@ def parse_command(text: str) -> tuple[str, list[str]]:
     cmd, args = words[0].lower(), words[1:]
     if cmd not in COMMANDS:
         raise CommandError(f"unknown command {cmd!r}; ? lists them")
-    need = {"drain": 2, "undrain": 2, "disable": 2, "enable": 2, "weight": 3}
+    need = {"drain": 2, "undrain": 2, "disable": 2, "enable": 2, "weight": 3, "cut": 1}
     if cmd in need and len(args) != need[cmd]:
-        shape = "LISTENER BACKEND" + (" N|config" if cmd == "weight" else "")
+        shape = "FLOW (its id in the flows view)" if cmd == "cut" else \
+            "LISTENER BACKEND" + (" N|config" if cmd == "weight" else "")
         raise CommandError(f"{cmd} takes {shape}")
     if cmd == "weight" and args[2] != "config" and not (args[2].isdigit()
                                                         and int(args[2]) <= 256):
         raise CommandError(f"weight {args[2]!r} is not 0-256 or 'config'")
-    if cmd == "sort" and (not args or args[0] not in SORTS[1:]):
-        raise CommandError(f"sort by one of {', '.join(SORTS[1:])}")
+    if cmd == "sort" and (not args or args[0] not in SORTS):
+        raise CommandError(f"sort by one of {', '.join(SORTS)}")
     return cmd, args

@@ -3,46 +3,64 @@ a value, and the help."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Input, Label, Static
 
-HELP = """\
-[b]edgelb console[/b]: every view reads the daemon's control API; actions need the
-operator or admin role (a viewer sees none, and the API refuses them anyway).
+from appliance.control.format import human_age, human_bytes
 
-[b]Views[/b]   1 overview  2 flows  3 backends  4 routes  5 events  6 HA
-[b]Keys[/b]    ? help   : command   ctrl+p palette   / filter (flows)   q quit
-  flows     s sort by the next column   r reverse   n/p next/previous page
-  backends  d drain   u undrain   x disable   e enable   w weight
-  HA        f failover   D demote   P promote   A auto (configured priority)
-  anywhere  R reload the config
-Each action asks for confirmation, and its answer is shown and kept in the events view.
+HELP = """\
+[b]edgelb console[/b]: every view reads the daemon's control API. Actions need
+the operator or admin role (a viewer sees none; the API refuses them).
+
+[b]Views[/b]  1 overview  2 flows  3 backends  4 routes  5 events  6 HA
+[b]Keys[/b]   ? help  : command  ^p palette  Tab next table  Esc back  q quit
+ overview  Enter on a listener: its backends
+ flows     / filter (Esc clears it)  s sort by the next column (or click
+           its header)  r reverse  n/p page  Enter: details, c cuts it
+ backends  Enter on a listener: its backends, Esc back to the listeners
+           d drain  u undrain  x disable  e enable  w weight
+ HA        f failover  D demote  P promote  A auto (configured priority)
+ anywhere  R reload the config
+Each action asks first; its answer is shown and kept in the events view.
+What cannot succeed (a drained backend drained again, no such listener,
+a failover without HA) is said at once and not asked.
 
 [b]Commands[/b] (after :)
-  overview | flows | backends [LISTENER] | routes | events | ha
-  drain|undrain|disable|enable LISTENER BACKEND     weight LISTENER BACKEND N|config
-  failover | demote | promote | auto | reload       sort FIELD [desc]   filter TEXT   q
+ overview | flows | backends \\[LISTENER] | routes | events | ha | help | q
+ drain|undrain|disable|enable LISTENER BACKEND
+ weight LISTENER BACKEND N|config     cut FLOW     reload
+ failover | demote | promote | auto   sort FIELD \\[desc]   filter TEXT
 
-[b]Flows columns[/b]
-  ID       worker.flow number       CLIENT   the client's address and port
-  VIP      the listener's address   BACKEND  where the flow goes (pool/address for HTTP)
-  PROTO    tcp, udp, http, https    IN/OUT   bytes client->backend / backend->client
-  AGE      time since it opened     STATE    connecting or established
+[b]Listeners[/b] (overview and backends)
+ STATE  ok; degraded (a backend down, drained, disabled or weighted 0);
+        down (no backend takes flows)
+ UP     backends taking flows / all      OPEN  open flows
+ RATE   requests/s (HTTP) or new connections/s, over the daemon's last 4 s
+ PATH   kernel, or user (space)
 
-[b]Backends columns[/b]
-  HEALTH   up/down by active checks; unchecked where none run (node ports: the node's
-           Ready condition and passive ejection decide)
-  STATE    ready; drain (no new flows, open ones run on); maint (disabled: out of the
-           pool, open flows cut after drain_timeout)
-  WEIGHT   in force (0 while drained or disabled); "set" when an operator changed it
-  ACTIVE   open flows   FLOWS all flows   REQ HTTP requests   FAIL failed connects
+[b]Flows[/b]
+ ID     worker.flow, or k.N in the kernel   CLIENT  address and port
+ VIP    the listener's address    BACKEND  where it goes (HTTP: pool/addr)
+ PROTO  tcp, udp, http, https     IN/OUT   bytes to / from the backend
+ AGE    since it opened           STATE    connecting or established
+ The sorted column is marked: ↑ ascending, ↓ descending.
 
-[b]Overview[/b]  HA state and peers, VIPs, requests/s and bytes/s over the last minute,
-  cluster sync, and alerts (no healthy backend, lowered VRRP priority, a watch out of
-  sync, operators' changes in force).
+[b]Backends[/b]
+ HEALTH  up/down by active checks; unchecked where none run (node ports:
+         the node's Ready condition and passive ejection decide)
+ STATE   ready; drain (no new flows, open ones run on); maint (disabled:
+         out of the pool, open flows cut after drain_timeout)
+ WEIGHT  in force (0 while drained or disabled); "set": by an operator
+ ACTIVE  open flows  FLOWS all flows  REQ requests  FAIL failed connects
+
+A narrow screen keeps the key columns; the others collapse first (80x24
+fits). When the daemon does not answer, the views dim and the banner says
+how old they are; the console reconnects by itself.
 """
 
 
@@ -66,19 +84,20 @@ class ConfirmScreen(ModalScreen[bool]):
 
 
 class PromptScreen(ModalScreen[str | None]):
-    """One value typed in (Enter) or nothing (Esc)."""
+    """One value typed in (Enter) or nothing (Esc); ``value`` is there to start with."""
 
     AUTO_FOCUS = "Input"
     BINDINGS = [Binding("escape", "cancel", "Cancel")]
 
-    def __init__(self, question: str) -> None:
+    def __init__(self, question: str, value: str = "") -> None:
         super().__init__()
         self.question = question
+        self.value = value
 
     def compose(self) -> ComposeResult:
         with Vertical(id="dialog"):
             yield Label(self.question)
-            yield Input(id="answer")
+            yield Input(self.value, id="answer", select_on_focus=True)
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         self.dismiss(event.value.strip())
@@ -98,3 +117,40 @@ class HelpScreen(ModalScreen[None]):
 
     def action_close(self) -> None:
         self.dismiss(None)
+
+
+class FlowScreen(ModalScreen[bool]):
+    """One flow in full: its listener, client, backend, bytes and age. Dismissed with
+    True when the operator asks to cut it (``c``, offered only to those who may)."""
+
+    BINDINGS = [Binding("escape,q,enter", "close", "Close"), Binding("c", "cut", "Cut")]
+
+    def __init__(self, flow: dict[str, Any], may_cut: bool) -> None:
+        super().__init__()
+        self.flow = flow
+        self.may_cut = may_cut
+
+    def compose(self) -> ComposeResult:
+        f = self.flow
+        lines = [f"flow {f['id']} of listener {f['listener']} ({f['protocol']}, "
+                 f"{f['path']} datapath)",
+                 f"  client   {f['client']}", f"  VIP      {f['vip']}",
+                 f"  backend  {f['backend'] or '-'}",
+                 f"  state    {f['state']}, open {human_age(f['age'])}",
+                 f"  bytes    {human_bytes(f['bytes_in'])} in (client->backend), "
+                 f"{human_bytes(f['bytes_out'])} out"]
+        hint = "c: cut this flow    Esc: close" if self.may_cut else \
+            "Esc: close (cutting a flow needs the operator or admin role)"
+        with Vertical(id="dialog"):
+            yield Label("\n".join(lines), id="flow-detail", markup=False)
+            yield Label(hint, id="hint")
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        return self.may_cut if action == "cut" else True
+
+    def action_cut(self) -> None:
+        self.dismiss(True)
+
+    def action_close(self) -> None:
+        self.dismiss(False)
+

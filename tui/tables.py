@@ -1,29 +1,59 @@
 """Drawing the console's data: tables updated by key (touching only the cells that
-changed), the HA view's text, rates from the daemon's counters."""
+changed) whose less important columns collapse first when the terminal is narrow, the
+colours of states, and the HA view's text."""
 
 from __future__ import annotations
 
-from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from rich.text import Text
+from textual import events
 from textual.widgets import DataTable
 
 from appliance.control.format import status_lines
 
 
-def rate(history: deque[tuple[float, float]]) -> float:
-    if len(history) < 2:
-        return 0.0
-    (t0, v0), (t1, v1) = history[-2], history[-1]
-    return max(0.0, (v1 - v0) / (t1 - t0)) if t1 > t0 else 0.0
+@dataclass(frozen=True)
+class Column:
+    """A table column: its header and how soon it collapses on a narrow screen (0 never,
+    higher numbers first)."""
+
+    name: str
+    drop: int = 0
+
+
+# The colour of each state word: the worst ones stand out, the good ones are quiet.
+STYLES = {"ok": "green", "up": "green", "ready": "green", "established": "",
+          "degraded": "bold yellow", "drain": "bold yellow", "unchecked": "dim",
+          "down": "bold red", "maint": "bold red"}
+
+
+def styled(word: str) -> Text:
+    """A state word in its colour (the word says it without colour too)."""
+    return Text(word, style=STYLES.get(word, ""))
+
+
+def fit(columns: Sequence[Column], widths: Sequence[int], room: int) -> list[int]:
+    """The columns that fit in ``room`` cells, by index in their order: every column that
+    never collapses, then the others by how late they collapse (left first among
+    equals), each while it still fits."""
+    order = sorted(range(len(columns)), key=lambda i: (columns[i].drop, i))
+    kept, used = [], 0
+    for i in order:
+        if columns[i].drop == 0 or used + widths[i] <= room:
+            kept.append(i)
+            used += widths[i]
+    return sorted(kept)
 
 
 def sync_rows(table: DataTable[Any], rows: list[tuple[str, list[Any]]]) -> None:
     """Make ``table`` show ``rows`` (key, cells), touching only the cells that changed
-    when the keys are the same, in the same order, as before. Cells are plain text: an
-    address like [fe80::1]:80 must not be read as markup."""
-    rows = [(k, [Text(str(c)) for c in cells]) for k, cells in rows]
+    when the keys are the same, in the same order, as before. Cells are plain text (an
+    address like [fe80::1]:80 must not be read as markup) or Text in a colour."""
+    rows = [(k, [c if isinstance(c, Text) else Text(str(c)) for c in cells])
+            for k, cells in rows]
     keys = [k for k, _ in rows]
     current = [str(r.value) for r in table.rows]
     if keys == current:
@@ -31,7 +61,7 @@ def sync_rows(table: DataTable[Any], rows: list[tuple[str, list[Any]]]) -> None:
         for key, cells in rows:
             old = table.get_row(key)
             for col, (a, b) in zip(columns, zip(old, cells, strict=False), strict=False):
-                if str(a) != str(b):
+                if str(a) != str(b) or getattr(a, "style", "") != b.style:
                     table.update_cell(key, col, b)
         return
     cursor = table.cursor_row
@@ -42,7 +72,64 @@ def sync_rows(table: DataTable[Any], rows: list[tuple[str, list[Any]]]) -> None:
         table.move_cursor(row=min(cursor, len(rows) - 1), animate=False)
 
 
+class FittedTable(DataTable[Any]):
+    """A table that shows the columns that fit its width, the less important ones
+    collapsing first, and marks the column it is sorted by."""
+
+    def __init__(self, columns: Sequence[Column], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.spec = tuple(columns)
+        self.rows_shown: list[tuple[str, list[Any]]] = []
+        self.sorted_by: tuple[str, bool] | None = None  # (column name, descending)
+        self._shape: tuple[tuple[int, ...], tuple[str, ...]] | None = None
+
+    def show(self, rows: list[tuple[str, list[Any]]]) -> None:
+        """Show ``rows`` (key, a cell per column of the spec)."""
+        self.rows_shown = rows
+        self._draw()
+
+    def mark_sorted(self, name: str | None, desc: bool) -> None:
+        """Mark the column ``name`` (None: none) as the one the rows are sorted by."""
+        self.sorted_by = (name, desc) if name else None
+        self._draw()
+
+    def shown_columns(self) -> list[str]:
+        """The names of the columns shown now."""
+        return [self.spec[i].name for i in (self._shape[0] if self._shape else ())]
+
+    def on_resize(self, event: events.Resize) -> None:
+        self._draw()
+
+    def _label(self, name: str) -> str:
+        if self.sorted_by is None or self.sorted_by[0] != name:
+            return name
+        return f"{name}{'↓' if self.sorted_by[1] else '↑'}"
+
+    def _draw(self) -> None:
+        labels = [self._label(c.name) for c in self.spec]
+        widths = [len(label) + 2 for label in labels]
+        for _, cells in self.rows_shown:
+            for i, cell in enumerate(cells):
+                widths[i] = max(widths[i], len(str(cell)) + 2)
+        # The width less a vertical scrollbar's; before the first layout, every column.
+        room = self.size.width - 2 if self.size.width else sum(widths)
+        kept = tuple(fit(self.spec, widths, room))
+        shape = (kept, tuple(labels[i] for i in kept))
+        if shape != self._shape:
+            cursor = self.cursor_row
+            self.clear(columns=True)
+            for i in kept:
+                self.add_column(labels[i], key=self.spec[i].name)
+            self._shape = shape
+            sync_rows(self, [(k, [cells[i] for i in kept]) for k, cells in self.rows_shown])
+            if self.row_count:
+                self.move_cursor(row=min(cursor, self.row_count - 1), animate=False)
+            return
+        sync_rows(self, [(k, [cells[i] for i in kept]) for k, cells in self.rows_shown])
+
+
 def ha_text(st: dict[str, Any], may_change: bool) -> str:
+    """The HA view: the state of each router and its peers, and what may be done."""
     ha = st["ha"]
     out = [line for line in status_lines(st) if line.startswith(("HA", "  peer"))]
     if ha.get("override"):

@@ -76,15 +76,18 @@ def status_lines(st: dict[str, Any]) -> list[str]:
     return lines
 
 
-FLOW_COLUMNS = ("ID", "CLIENT", "VIP", "BACKEND", "PROTO", "IN", "OUT", "AGE", "STATE",
-                "PATH")
+FLOW_COLUMNS = ("ID", "LISTENER", "CLIENT", "VIP", "BACKEND", "PROTO", "IN", "OUT", "AGE",
+                "STATE", "PATH")
+# The field each of FLOW_COLUMNS sorts by, in the same order.
+FLOW_SORTS = ("id", "listener", "client", "vip", "backend", "protocol", "bytes_in",
+              "bytes_out", "age", "state", "path")
 
 
 def flow_cells(f: dict[str, Any]) -> list[Any]:
     """One flow as the cells under FLOW_COLUMNS (the table here and the console's)."""
-    return [f["id"], f["client"], f["vip"], f["backend"] or "-", f["protocol"],
-            human_bytes(f["bytes_in"]), human_bytes(f["bytes_out"]), human_age(f["age"]),
-            f["state"], f["path"]]
+    return [f["id"], f["listener"], f["client"], f["vip"], f["backend"] or "-",
+            f["protocol"], human_bytes(f["bytes_in"]), human_bytes(f["bytes_out"]),
+            human_age(f["age"]), f["state"], f["path"]]
 
 
 def format_flows(page: dict[str, Any]) -> str:

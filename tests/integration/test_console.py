@@ -16,13 +16,14 @@ from typing import Any
 
 from textual.command import CommandPalette
 from textual.pilot import Pilot
-from textual.widgets import DataTable, Log, Static
+from textual.widgets import DataTable, Input, Label, Log, Static
 
 from appliance.control.client import Client
 from tests.accounts import CONTROL_ROLES, Accounts, users  # noqa: F401
 from tests.helpers import Edgelb, Server, ask, edgelb, free_port, named, wait_for
 from tui.app import Console
-from tui.screens import ConfirmScreen, HelpScreen, PromptScreen
+from tui.screens import ConfirmScreen, FlowScreen, HelpScreen, PromptScreen
+from tui.tables import FittedTable
 
 
 def _config(port: int, http_port: int, b1: int, b2: int, extra: str = "") -> str:
@@ -90,6 +91,10 @@ def _hold(port: int, n: int) -> list[socket.socket]:
     return out
 
 
+def _notes(app: Console) -> str:
+    return "\n".join(str(n.message) for n in app._notifications)
+
+
 def test_every_view_and_operator_action(tmp_path: Path) -> None:
     port, http_port = free_port(), free_port()
     with Server(named("one")) as one, Server(named("two")) as two, \
@@ -99,27 +104,58 @@ def test_every_view_and_operator_action(tmp_path: Path) -> None:
         wait_for(lambda: {ask(port) for _ in range(6)} == {b"one", b"two"}, 10, "backends")
         held = _hold(port, 12)
         k1, k2 = f"127.0.0.1:{one.port}", f"127.0.0.1:{two.port}"
+        # Rates come from the daemon, over its own window (issue 17, item 5).
+        wait_for(lambda: api.get("/v1/status")["rates"]["connections"] > 0, 10, "a rate")
 
         async def body(app: Console, pilot: Pilot[Any]) -> None:
             assert app.role == "admin"
             assert "HA standalone" in text(app, "#overview-text")
             assert "snapshot v1" in text(app, "#topline")
-            # Flows: paged by the daemon, filtered, sorted.
+            # The overview lists every listener with its health (item 2).
+            over = rows(app, "#overview-table")
+            assert [r[:2] for r in over] == [["ok", "web"], ["ok", "site"]]
+            assert over[0][2] == f"127.0.0.1:{port}" and over[0][5] == "2/2"
+            assert over[0][6] == "12"  # open flows
+            # Flows: paged by the daemon, filtered, sorted, the sorted column marked.
             await keys(pilot, "2")
             await settle(pilot, app)
             assert len(rows(app, "#flows-table")) == 12
-            assert "of 12 matching" in text(app, "#flow-info")
+            assert "of 12 (12 open)" in text(app, "#flow-info")
+            assert "web" in rows(app, "#flows-table")[0]  # the listener (item 6)
             client_port = held[0].getsockname()[1]
             await keys(pilot, "slash", *f":{client_port}", "enter")
             await settle(pilot, app)
-            assert [r[1] for r in rows(app, "#flows-table")] == [f"127.0.0.1:{client_port}"]
-            await keys(pilot, "slash", "ctrl+a", "ctrl+k", "enter", "s", "s")
+            assert [r[2] for r in rows(app, "#flows-table")] == [f"127.0.0.1:{client_port}"]
+            await keys(pilot, "escape")  # Esc clears the filter
             await settle(pilot, app)
-            assert "sort: age" in text(app, "#flow-info")
-            # Backends: drain one behind a confirmation; traffic moves.
-            await keys(pilot, "3")
+            assert app.flow_query["q"] == "" and len(rows(app, "#flows-table")) == 12
+            await keys(pilot, "s", "s", "s")  # in column order: id, listener, client
             await settle(pilot, app)
-            assert app.listener_name == "web"
+            table = app.query_one("#flows-table", FittedTable)
+            assert app.flow_query["sort"] == "client" and "CLIENT↑" in [
+                str(c.label) for c in table.columns.values()]
+            ports = [int(r[2].rsplit(":", 1)[1]) for r in rows(app, "#flows-table")]
+            assert ports == sorted(ports)
+            # Enter on a flow: its details, and c cuts it after a confirmation.
+            await keys(pilot, "enter")
+            assert isinstance(app.screen, FlowScreen)
+            cut_id = app.screen.flow["id"]
+            cut_port = int(app.screen.flow["client"].rsplit(":", 1)[1])
+            await keys(pilot, "c")
+            assert isinstance(app.screen, ConfirmScreen)
+            await keys(pilot, "y")
+            await pilot.pause(0.5)
+            (gone,) = [s for s in held if s.getsockname()[1] == cut_port]
+            gone.settimeout(5)
+            assert gone.recv(1) == b""
+            # Backends: Enter on a listener of the overview drills in (item 1).
+            await keys(pilot, "1")
+            await keys(pilot, "enter")
+            await settle(pilot, app)
+            assert app.query_one("#panes").active == "backends"  # type: ignore[attr-defined]
+            assert app.listener_name == "web" and app.backend_detail
+            assert f"backends of web (tcp 127.0.0.1:{port}, round_robin)" in text(
+                app, "#backends-title")
             assert [r[0] for r in rows(app, "#backends-table")] == [k1, k2]
             await keys(pilot, "d")
             assert isinstance(app.screen, ConfirmScreen)
@@ -131,10 +167,18 @@ def test_every_view_and_operator_action(tmp_path: Path) -> None:
             await settle(pilot, app)
             assert rows(app, "#backends-table")[0][2] == "drain"
             assert {ask(port) for _ in range(6)} == {b"two"}
-            # Weight through the prompt, then disable and enable the other one.
+            # What cannot succeed is said, not asked (item 8).
+            await keys(pilot, "d")
+            await pilot.pause(0.3)
+            assert not isinstance(app.screen, ConfirmScreen)
+            assert "is drained already" in _notes(app)
+            # Weight through the prompt, which shows the weight now (item 9).
             await keys(pilot, "down", "w")
+            await pilot.pause(0.3)
             assert isinstance(app.screen, PromptScreen)
-            await keys(pilot, "7", "enter", "y")
+            assert app.screen.query_one(Input).value == "1"
+            assert "now 1 (as configured" in str(app.screen.query_one(Label).render())
+            await keys(pilot, "ctrl+a", "ctrl+k", "7", "enter", "y")
             await pilot.pause(0.5)
             await settle(pilot, app)
             assert rows(app, "#backends-table")[1][3] == "7 set"
@@ -145,36 +189,49 @@ def test_every_view_and_operator_action(tmp_path: Path) -> None:
             await pilot.pause(0.5)
             states = [b["state"] for b in api.get("/v1/listeners/web")["pools"][0]["backends"]]
             assert states == ["ready", "ready"]
-            # The other listener, chosen in the left table: its pool's backends.
-            await keys(pilot, "shift+tab", "down")
+            # Esc back to the listeners; the other one's pool of backends.
+            await keys(pilot, "escape")
+            assert not app.backend_detail
+            await keys(pilot, "down", "enter")
             await settle(pilot, app)
             assert app.listener_name == "site"
             assert [r[0] for r in rows(app, "#backends-table")] == [f"api/{k1}"]
+            assert "backends of site (http" in text(app, "#backends-title")
+            # :backends NAME moves the list's cursor with it.
+            await keys(pilot, "colon", *"backends web", "enter")
+            await settle(pilot, app)
+            assert app.listener_name == "web"
+            assert app.query_one("#listeners-table", FittedTable).cursor_row == 0
             # Routes.
             await keys(pilot, "4")
             await settle(pilot, app)
-            assert ["shop.test", "/api", "Prefix", "api", k1, "site"] in rows(
+            assert ["site", "shop.test", "/api", "Prefix", "api", k1] in rows(
                 app, "#routes-table")
             # Events: every action, with who did it.
             await keys(pilot, "5")
             await settle(pilot, app)
             log = "\n".join(app.query_one("#events-log", Log).lines)
             assert f"root (admin): drain web {k1}" in log
-            assert f"weight web {k2} to 7" in log
-            # HA: standalone, so a failover is refused with the daemon's reason.
+            assert f"weight web {k2} to 7" in log and f"cut flow {cut_id} of web" in log
+            # HA: standalone offers no failover, and the command says why (item 8).
             await keys(pilot, "6")
             await settle(pilot, app)
             assert "No HA configured" in text(app, "#ha-text")
-            await keys(pilot, "f", "y")
+            await keys(pilot, "f")
+            assert not isinstance(app.screen, ConfirmScreen)
+            await keys(pilot, "colon", *"failover", "enter")
+            assert not isinstance(app.screen, ConfirmScreen)
+            assert "No HA configured" in _notes(app)
+            # : commands that cannot succeed are refused before asking.
+            await keys(pilot, "colon", *"drain web nowhere:1", "enter")
             await pilot.pause(0.5)
-            assert "standalone" in "\n".join(app.query_one("#events-log", Log).lines)
-            # : commands, help and the palette.
-            await keys(pilot, "colon", *"backends web", "enter")
-            await settle(pilot, app)
-            assert app.query_one("#panes").active == "backends"  # type: ignore[attr-defined]
-            await keys(pilot, "colon", *"drain web nowhere:1", "enter", "y")
+            assert not isinstance(app.screen, ConfirmScreen)
+            assert f"listener web has no backend 'nowhere:1' (its backends: {k1}, {k2})" \
+                in _notes(app)
+            await keys(pilot, "colon", *"drain nosuch 1.2.3.4:5", "enter")
             await pilot.pause(0.5)
-            assert "no backend" in "\n".join(app.query_one("#events-log", Log).lines)
+            assert not isinstance(app.screen, ConfirmScreen)
+            assert "no listener named 'nosuch'" in _notes(app)
             await keys(pilot, "question_mark")
             assert isinstance(app.screen, HelpScreen)
             await keys(pilot, "escape", "ctrl+p")
@@ -182,41 +239,63 @@ def test_every_view_and_operator_action(tmp_path: Path) -> None:
             await keys(pilot, "escape")
 
         try:
-            run_console(e.socket, body)
+            run_console(e.socket, body, size=(140, 42))
         finally:
             for s in held:
                 s.close()
         audit = [json.loads(x) for x in
                  (Path(e.control_dir) / "audit.jsonl").read_text().splitlines()]
-        assert [a["action"] for a in audit] == ["drain", "weight", "disable", "enable",
-                                                "undrain", "failover", "drain"]
+        assert [a["action"] for a in audit] == ["cut", "drain", "weight", "disable", "enable",
+                                                "undrain"]
 
 
-def test_console_fits_80x24_and_reconnects_after_a_restart(tmp_path: Path) -> None:
+def test_console_fits_80x24_dims_stale_data_and_reconnects(tmp_path: Path) -> None:
     port, http_port = free_port(), free_port()
     with Server(named("one")) as one:
         e = Edgelb(tmp_path, _config(port, http_port, one.port, one.port + 1))
         e.start(wait_port=port)
+        held = _hold(port, 2)
 
         async def body(app: Console, pilot: Pilot[Any]) -> None:
             assert app.query_one("#topline", Static).size.width == 80
             assert "snapshot v1" in text(app, "#topline")
+            assert "Quit" in app.export_screenshot()  # the footer is whole (item 3)
+            # The key columns of each table are kept at 80 columns (item 3).
+            await keys(pilot, "2")
+            await settle(pilot, app)
+            shown = app.query_one("#flows-table", FittedTable).shown_columns()
+            assert {"CLIENT", "BACKEND", "AGE", "STATE"} <= set(shown), shown
+            await keys(pilot, "3", "enter")
+            await settle(pilot, app)
+            shown = app.query_one("#backends-table", FittedTable).shown_columns()
+            assert shown[:3] == ["BACKEND", "HEALTH", "STATE"], shown
+            await keys(pilot, "4")
+            await settle(pilot, app)
+            assert "LISTENER" in app.query_one("#routes-table", FittedTable).shown_columns()
+            # The daemon goes: the data stays, dimmed, with its age (item 7).
             pid = app.status["pid"]
             e.stop()
             await settle(pilot, app)
+            await pilot.pause(1.2)
+            await settle(pilot, app)
             assert app.query_one("#banner").has_class("shown")
-            assert "disconnected" in text(app, "#banner")
+            banner = text(app, "#banner")
+            assert "disconnected since" in banner and " old)" in banner
+            assert app.query_one("#panes").has_class("stale")
             e.start(wait_port=port)
             for _ in range(100):
                 await pilot.pause(0.1)
                 if app.status.get("pid") not in (None, pid) and app.role:
                     break
             assert not app.query_one("#banner").has_class("shown")
+            assert not app.query_one("#panes").has_class("stale")
             assert app.status["pid"] != pid and app.role == "admin"
 
         try:
             run_console(e.socket, body, size=(80, 24))
         finally:
+            for s in held:
+                s.close()
             e.stop()
 
 

@@ -151,8 +151,11 @@ def test_operator_drains_over_ssh_and_traffic_moves(lb: tuple[object, int, int, 
     sshd.session("op", "elbt-op")
     sshd.wait_screen("op", "elbt-op (operator)")
     sshd.keys("op", "3")
+    sshd.wait_screen("op", "Enter shows a listener's backends")
+    sshd.keys("op", "Enter")
     screen = sshd.wait_screen("op", f"127.0.0.1:{p2}")
-    assert "Drain" in screen and f"127.0.0.1:{p1}" in screen
+    assert "d drain" in screen and f"127.0.0.1:{p1}" in screen
+    assert "backends of web (tcp" in screen
     sshd.keys("op", "d")
     sshd.wait_screen("op", f"drain 127.0.0.1:{p1} of web?")
     sshd.keys("op", "y")
@@ -173,8 +176,10 @@ def test_viewer_over_ssh_sees_but_cannot_act_and_gets_no_shell(
     sshd.session("view", "elbt-view")
     sshd.wait_screen("view", "elbt-view (viewer)")
     sshd.keys("view", "3")
+    sshd.wait_screen("view", "Enter shows a listener's backends")
+    sshd.keys("view", "Enter")
     screen = sshd.wait_screen("view", f"127.0.0.1:{p1}")
-    assert "Drain" not in screen and "Disable" not in screen
+    assert "(read-only)" in screen and "d drain" not in screen
     sshd.keys("view", "d")
     assert "of web?" not in sshd.screen("view")
     sshd.keys("view", ":", *"drain web 127.0.0.1:", *str(p1), "Enter")

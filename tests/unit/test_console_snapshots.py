@@ -10,6 +10,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import pytest
 from textual.pilot import Pilot
 from textual.widgets import Static
 
@@ -32,17 +33,28 @@ STATUS = {
              "problems": 0},
     "totals": {"accepted": 1200, "requests": 5400, "active": 3, "bytes_in": 1 << 20,
                "bytes_out": 9 << 20},
+    "rates": {"connections": 12.0, "requests": 54.5, "bytes": 1 << 20, "window": 4.0,
+              "samples": 3725,
+              "flows_history": [float(20 + (i * 7) % 50) for i in range(60)],
+              "bytes_history": [float((1 << 19) + (i * 40000) % (1 << 20)) for i in range(60)]},
     "alerts": ["listener api: no healthy backend"], "last_event": 3,
 }
 LISTENERS = [
     {"name": "web", "protocol": "tcp", "bind": "192.0.2.10:443", "datapath": "kernel",
-     "balance": "round_robin",
+     "balance": "round_robin", "up": 2, "state": "degraded",
      "backends": 3, "down": 0, "not_ready": 1, "active": 3, "accepted": 1200, "requests": 0,
-     "no_backend": 0, "bytes_in": 1 << 20, "bytes_out": 9 << 20},
+     "no_backend": 0, "bytes_in": 1 << 20, "bytes_out": 9 << 20,
+     "rate": {"connections": 12.0, "requests": 0.0, "bytes": 900000}},
     {"name": "api", "protocol": "http", "bind": "192.0.2.11:80", "datapath": "user",
-     "balance": "least_conn",
+     "balance": "least_conn", "up": 0, "state": "down",
      "backends": 1, "down": 1, "not_ready": 0, "active": 0, "accepted": 80, "requests": 5400,
-     "no_backend": 2, "bytes_in": 0, "bytes_out": 0},
+     "no_backend": 2, "bytes_in": 0, "bytes_out": 0,
+     "rate": {"connections": 0.5, "requests": 54.5, "bytes": 148576}},
+    {"name": "default/dns:53/udp", "protocol": "udp", "bind": "192.0.2.12:53",
+     "datapath": "kernel", "balance": "maglev", "up": 3, "state": "ok",
+     "backends": 3, "down": 0, "not_ready": 0, "active": 0, "accepted": 90, "requests": 0,
+     "no_backend": 0, "bytes_in": 9000, "bytes_out": 18000,
+     "rate": {"connections": 0.0, "requests": 0.0, "bytes": 0}},
 ]
 
 
@@ -79,12 +91,17 @@ EVENTS: list[dict[str, Any]] = [
 
 
 class FixedApi:
-    """The control API's answers, fixed; refuses actions as a viewer's daemon would."""
+    """The control API's answers, fixed; refuses actions as a viewer's daemon would.
+    With ``down`` set, the daemon is unreachable."""
 
     def __init__(self, role: str = "operator") -> None:
         self.role = role
+        self.down = False
 
     def get(self, path: str, /, **q: Any) -> Any:
+        if self.down:
+            raise ControlError(0, "cannot reach the daemon at /run/edgelb/control.sock: "
+                                  "connection refused")
         if path == "/v1/whoami":
             return {"user": "ops", "uid": 1001, "role": self.role}
         if path == "/v1/status":
@@ -154,38 +171,47 @@ def _events_at_midnight(monkeypatch: Any) -> None:
     time.tzset()
 
 
-def test_overview(snap_compare: Any) -> None:
-    assert snap_compare(_app(), run_before=_after(), terminal_size=(80, 24))
+SIZES = [(80, 24), (140, 42)]
+VIEWS = {"overview": (), "flows": ("2",), "flows-sorted": ("2", "s", "s", "s", "r"),
+         "flow-detail": ("2", "enter"), "backends": ("3",), "backends-of-web": ("3", "enter"),
+         "routes": ("4",), "ha": ("6",), "help": ("question_mark",)}
 
 
-def test_flows(snap_compare: Any) -> None:
-    assert snap_compare(_app(), run_before=_after("2"), terminal_size=(80, 24))
-
-
-def test_backends(snap_compare: Any) -> None:
-    assert snap_compare(_app(), run_before=_after("3"), terminal_size=(80, 24))
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+@pytest.mark.parametrize("view", VIEWS)
+def test_view(snap_compare: Any, view: str, size: tuple[int, int]) -> None:
+    assert snap_compare(_app(), run_before=_after(*VIEWS[view]), terminal_size=size)
 
 
 def test_backends_for_a_viewer(snap_compare: Any) -> None:
-    assert snap_compare(_app("viewer"), run_before=_after("3"), terminal_size=(80, 24))
+    assert snap_compare(_app("viewer"), run_before=_after("3", "enter"),
+                        terminal_size=(80, 24))
 
 
-def test_routes(snap_compare: Any) -> None:
-    assert snap_compare(_app(), run_before=_after("4"), terminal_size=(80, 24))
-
-
-def test_events(snap_compare: Any, monkeypatch: Any) -> None:
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_events(snap_compare: Any, monkeypatch: Any, size: tuple[int, int]) -> None:
     _events_at_midnight(monkeypatch)
-    assert snap_compare(_app(), run_before=_after("5"), terminal_size=(80, 24))
+    assert snap_compare(_app(), run_before=_after("5"), terminal_size=size)
 
 
-def test_ha(snap_compare: Any) -> None:
-    assert snap_compare(_app(), run_before=_after("6"), terminal_size=(80, 24))
+def test_disconnected_data_is_dimmed_and_aged(snap_compare: Any, monkeypatch: Any) -> None:
+    _events_at_midnight(monkeypatch)
+    app = _app()
 
+    async def gone(pilot: Pilot[Any]) -> None:
+        await _after()(pilot)
+        assert isinstance(app.source.api, FixedApi)
+        app.source.api.down = True
+        app.answered_at = app.lost_since = 0.0
+        app.refresh_data()
+        await _after()(pilot)
+        # The age in the banner, pinned for the picture.
+        app.answered_at, app.lost_since = 1000.0, 1012.0
+        monkeypatch.setattr("tui.app.time.time", lambda: 1042.0)
+        app.refresh_data()
+        await _after()(pilot)
 
-def test_help(snap_compare: Any) -> None:
-    assert snap_compare(_app(), run_before=_after("question_mark"), terminal_size=(80, 24))
-
+    assert snap_compare(app, run_before=gone, terminal_size=(80, 24))
 
 
 def test_closing_while_a_request_is_out_is_quiet() -> None:
