@@ -17,8 +17,8 @@ LISTENER_COLUMNS = (Column("STATE"), Column("LISTENER"), Column("VIP", 1), Colum
                     Column("PATH", 4), Column("UP", 1), Column("OPEN", 2), Column("RATE", 2),
                     Column("BYTES/S", 3))
 BACKEND_COLUMNS = (Column("BACKEND"), Column("HEALTH"), Column("STATE"), Column("WEIGHT", 1),
-                   Column("ACTIVE", 1), Column("FLOWS", 2), Column("REQ", 3), Column("FAIL", 2),
-                   Column("BYTES", 3))
+                   Column("ACTIVE", 1), Column("FLOWS", 3), Column("REQ", 3), Column("FAIL", 2),
+                   Column("BYTES", 2))
 ROUTE_COLUMNS = (Column("LISTENER", 1), Column("HOST"), Column("PATH"), Column("TYPE", 3),
                  Column("POOL", 1), Column("BACKENDS", 2))
 # AGE and STATE stay with the client and backend; the listener and the VIP, which many

@@ -216,7 +216,8 @@ class ControlPlane:
         await self.ops.recompose()
         msg = (f"{who}: {action} {listener} {backend}" +
                (f" to {weight}" if action == "weight" else "") +
-               f" -> state {a.state}, weight {a.weight if a.weight is not None else 'config'}")
+               f" -> state {a.state}, weight "
+               f"{a.weight if a.weight is not None else 'as configured'}")
         self.events_ring.event("action", msg, action=action, listener=listener,
                                backend=backend, user=caller.user)
         return {"result": "ok", "listener": listener, "backend": backend,

@@ -87,7 +87,7 @@ EVENTS: list[dict[str, Any]] = [
           {"seq": 2, "time": 0.0, "kind": "ha", "message": "IPv4 VRRP master: no "
            "advertisement from a master for 3.41s"},
           {"seq": 3, "time": 0.0, "kind": "action", "message": "ops (operator): drain web "
-           "10.0.1.2:30443 -> state drain, weight config"}]
+           "10.0.1.2:30443 -> state drain, weight as configured"}]
 
 
 class FixedApi:
