@@ -39,7 +39,8 @@ a failover without HA) is said at once and not asked.
 [b]Listeners[/b] (overview and backends)
  STATE  ok; degraded (a backend down, drained, disabled or weighted 0);
         down (no backend takes flows)
- UP     backends taking flows / all      OPEN  open flows
+ UP     backends taking flows / all
+ OPEN   flows open to backends (HTTP: requests in flight)
  RATE   requests/s (HTTP) or new connections/s, over the daemon's last 4 s
  PATH   kernel, or user (space)
 

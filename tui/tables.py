@@ -62,7 +62,8 @@ def sync_rows(table: DataTable[Any], rows: list[tuple[str, list[Any]]]) -> None:
             old = table.get_row(key)
             for col, (a, b) in zip(columns, zip(old, cells, strict=False), strict=False):
                 if str(a) != str(b) or getattr(a, "style", "") != b.style:
-                    table.update_cell(key, col, b)
+                    # A wider value widens its column (8.5/s after 0/s was cut off).
+                    table.update_cell(key, col, b, update_width=True)
         return
     cursor = table.cursor_row
     table.clear()

@@ -281,3 +281,39 @@ def test_the_flows_page_follows_the_table_height() -> None:
     asyncio.run(run())
     small, big = (int(s.split()[1].split("-")[1]) for s in shown)
     assert big > small + 10, shown
+
+
+def test_columns_collapse_by_importance_and_widen_for_new_values() -> None:
+    """A narrow table keeps its key columns and drops the others, least important first;
+    a cell that grows widens its column (the overview's RATE showed "8.5/" after "0/s")."""
+    from textual.app import App, ComposeResult
+
+    from tui.tables import Column, FittedTable, fit
+
+    cols = (Column("KEY"), Column("A", 2), Column("B", 1), Column("C", 3))
+    assert fit(cols, [10, 10, 10, 10], 40) == [0, 1, 2, 3]
+    assert fit(cols, [10, 10, 10, 10], 30) == [0, 1, 2]  # C goes first
+    assert fit(cols, [10, 10, 10, 10], 20) == [0, 2]
+    assert fit(cols, [10, 10, 10, 10], 5) == [0]  # a key column stays anyway
+
+    class One(App[None]):
+        def compose(self) -> ComposeResult:
+            yield FittedTable((Column("NAME"), Column("RATE", 1)), id="t")
+
+    lines: list[str] = []
+
+    async def run() -> None:
+        app = One()
+        async with app.run_test(size=(40, 10)) as pilot:
+            t = app.query_one(FittedTable)
+            t.show([("web", ["web", "0/s"])])
+            await pilot.pause(0.1)
+            t.show([("web", ["web", "8.5/s"])])
+            await pilot.pause(0.1)
+            lines.append(t.render_line(1).text)
+            t.mark_sorted("RATE", True)
+            await pilot.pause(0.1)
+            lines.append(t.render_line(0).text)
+
+    asyncio.run(run())
+    assert "8.5/s" in lines[0] and "RATE↓" in lines[1], lines
