@@ -93,6 +93,20 @@ def can_connect(port: int, host: str = "127.0.0.1") -> bool:
         return False
 
 
+def stop_process(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM,
+                 timeout: float = 10) -> int:
+    """Ask ``proc`` to stop with ``sig``; kill it when it has not within ``timeout``
+    seconds. Its exit status."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
+
+
 class Edgelb:
     """An ``edgelb run`` process with a config file that the test can rewrite."""
 
@@ -148,15 +162,9 @@ class Edgelb:
 
     def stop(self, timeout: float = 15) -> int:
         assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        status = stop_process(self.proc, timeout=timeout)
         self._logf.close()
-        return self.proc.returncode
+        return status
 
 
 @contextmanager

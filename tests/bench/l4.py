@@ -17,7 +17,6 @@ import re
 import resource
 import selectors
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -29,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.helpers import EDGELB, can_connect, free_port, wait_for
+from tests.helpers import EDGELB, can_connect, free_port, stop_process, wait_for
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -68,13 +67,8 @@ class Proxy:
     results: dict[str, Any] = field(default_factory=dict)
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc:
+            stop_process(self.proc)
 
 
 def run_nginx(d: Path, servers: str, workers: int = 1,

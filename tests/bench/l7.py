@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -28,7 +27,7 @@ from typing import Any
 import trustme
 
 from tests.bench.l4 import cpu_seconds, run_nginx, save_results, wrk
-from tests.helpers import EDGELB, can_connect, free_port, wait_for
+from tests.helpers import EDGELB, can_connect, free_port, stop_process, wait_for
 
 
 def tree_cpu(pid: int) -> float:
@@ -114,13 +113,7 @@ listeners:
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    stop_process(proc)
 
 
 def run_one(name: str, proc: subprocess.Popen[bytes], http: int, https: int,

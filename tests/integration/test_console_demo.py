@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import EDGELB, ROOT, free_ports, wait_for
+from tests.helpers import EDGELB, ROOT, free_ports, stop_process, wait_for
 
 pytestmark = pytest.mark.skipif(not shutil.which("tmux"), reason="needs tmux")
 
@@ -76,13 +76,7 @@ def demo(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], int, str]]:
         assert socket is not None
         yield proc, port, socket.group(1)
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_process(proc, signal.SIGINT, 20)
 
 
 def _get(port: int, host: str, path: str = "/") -> bytes:
