@@ -317,3 +317,23 @@ def test_columns_collapse_by_importance_and_widen_for_new_values() -> None:
 
     asyncio.run(run())
     assert "8.5/s" in lines[0] and "RATE↓" in lines[1], lines
+
+
+def test_a_long_question_wraps_inside_its_dialog() -> None:
+    """Issue 17, item 8: a failover's explanation was cut off at the dialog's edge."""
+    from tui.screens import ConfirmScreen
+
+    app = _app()
+    shots: list[str] = []
+
+    async def run() -> None:
+        async with app.run_test(size=(80, 24)) as pilot:
+            app.push_screen(ConfirmScreen(
+                "HA failover?\n(a master hands its VIPs to the other box; a backup takes "
+                "them, and the end of this sentence is far past the dialog's width)"))
+            await pilot.pause(0.3)
+            shots.append(app.export_screenshot())
+
+    asyncio.run(run())
+    # Text in the picture is split at spaces into runs; the last words are there.
+    assert "width)" in shots[0] and "dialog" in shots[0]
