@@ -39,10 +39,11 @@ from .datapath.kernel.service import KernelDatapath
 from .datapath.paths import SplitDatapath
 from .datapath.workers import Datapath, LocalDatapath, datapath_for
 from .files import trusted_dir
+from .ha.bgp_runner import BgpRunner
 from .ha.lease_runner import LeaseRunner
 from .ha.service import HaService, Standalone, tracked_failures
 from .ha.vrrp_runner import VrrpRunner
-from .model import Snapshot
+from .model import Listener, Snapshot
 from .process import ping_watchdog, raise_fd_limit, sd_notify, watchdog_interval
 from .sync.kube import api_client
 from .sync.service import ClusterService
@@ -142,6 +143,13 @@ class Daemon:
         if spec.mode == "lease" and snap.cluster is not None:
             ha = LeaseRunner(spec, functools.partial(api_client, snap.cluster), self.events,
                              lambda: cluster.write_now() if cluster is not None else None)
+        elif spec.mode == "bgp":
+            def served() -> tuple[list[str], tuple[Listener, ...], set[tuple[str, str]]]:
+                snap = self.config.snapshot
+                vips = [*spec.vips, *(lst.bind[0] for lst in self.config.dynamic)]
+                return vips, snap.listeners if snap else (), self.health.down
+
+            ha = BgpRunner(spec, self.events, served)
         elif spec.mode == "vrrp":
             def track() -> list[str]:
                 return tracked_failures(spec, self.config.snapshot, self.health.down,

@@ -332,9 +332,34 @@ class ClusterSpec:
 
 
 @dataclass(frozen=True)
+class BgpPeer:
+    """A BGP neighbour of this box (the upstream router), as BIRD peers with it."""
+
+    address: str = ""
+    asn: int = 0
+    bfd: bool = False
+    password: str = ""
+    hold_time: float = 9.0
+    multihop: int = 0  # 0: directly connected; else the TTL to reach it
+    port: int = 179
+    source: str = ""  # this box's address towards it ("": BIRD picks)
+
+
+@dataclass(frozen=True)
+class BgpAnnounce:
+    """Attributes of the VIPs within ``prefix`` (a pool's range, or one VIP)."""
+
+    prefix: str = ""
+    communities: tuple[str, ...] = ()
+    local_pref: int = 0  # 0: not set
+
+
+@dataclass(frozen=True)
 class HaSpec:
-    """Who leads: ``standalone`` (this box always), or ``lease`` (a coordination.k8s.io
-    Lease in the cluster). The leader writes status."""
+    """Who leads: ``standalone`` (this box always), ``lease`` (a coordination.k8s.io
+    Lease in the cluster), ``vrrp`` (the VIPs on the master), or ``bgp`` (every box
+    serves, each announcing the VIPs it serves well to its routers through BIRD). The
+    leader writes status."""
 
     mode: str = "standalone"
     identity: str = ""
@@ -359,6 +384,20 @@ class HaSpec:
     track_listeners: tuple[str, ...] = ()  # failing: no backend of it is healthy
     track_api_timeout: float = 0.0  # failing: the cluster API unreachable this long
     track_weight: int = 50
+    # bgp mode
+    asn: int = 0
+    router_id: str = ""
+    peers: tuple[BgpPeer, ...] = ()
+    communities: tuple[str, ...] = ()
+    local_pref: int = 0
+    announce: tuple[BgpAnnounce, ...] = ()
+    bfd_interval: float = 0.1
+    bfd_multiplier: int = 3
+    withdraw_wait: float = 2.0  # after withdrawing, before draining: the routers move
+    bird_binary: str = "bird"
+    birdc_binary: str = "birdc"
+    bird_directory: str = "/run/edgelb/bird"
+    bird_include: tuple[str, ...] = ()
 
 
 DATAPATHS = ("auto", "kernel", "user")

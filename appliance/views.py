@@ -174,6 +174,7 @@ class HaMode(StrEnum):
     STANDALONE = "standalone"
     LEASE = "lease"
     VRRP = "vrrp"
+    BGP = "bgp"
 
 
 class VrrpState(StrEnum):
@@ -208,6 +209,27 @@ class PeerView:
 
 
 @dataclass(frozen=True)
+class BgpSessionView:
+    """A BGP session of this box's BIRD, and its BFD session's state ("" without)."""
+
+    peer: str
+    asn: int
+    state: str  # Established, Active, Connect ... as BIRD says
+    since: str
+    bfd: str
+    exported: int
+
+
+@dataclass(frozen=True)
+class VipView:
+    """A VIP in bgp mode: announced, or withdrawn and why."""
+
+    vip: str
+    announced: bool
+    why: str
+
+
+@dataclass(frozen=True)
 class HaView:
     """Who leads, and how: the fields of the mode in force, and what an operator should
     know (``alerts``)."""
@@ -225,6 +247,12 @@ class HaView:
     vrid: int = 0
     routers: tuple[RouterView, ...] = ()
     peers: tuple[PeerView, ...] = ()
+    # bgp mode
+    asn: int = 0
+    router_id: str = ""
+    sessions: tuple[BgpSessionView, ...] = ()
+    vips: tuple[VipView, ...] = ()
+    drained: str = ""  # why the box withdrew every VIP ("" while it serves)
 
     def as_json(self, now: float) -> dict[str, Any]:
         """The status endpoint's ``ha`` object (alerts apart)."""
@@ -234,6 +262,11 @@ class HaView:
                                "override": self.override}
         if self.mode == HaMode.LEASE:
             out.update(identity=self.identity, lease=self.lease, holder=self.holder)
+            return out
+        if self.mode == HaMode.BGP:
+            out.update(asn=self.asn, router_id=self.router_id, drained=self.drained,
+                       sessions=[vars_of(s) for s in self.sessions],
+                       vips=[vars_of(v) for v in self.vips])
             return out
         out.update(interface=self.interface, vrid=self.vrid,
                    routers=[vars_of(r) for r in self.routers],

@@ -17,6 +17,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -231,4 +232,191 @@ class Routed:
     def close(self) -> None:
         _stop(self.procs)
         for ns in (self.client, self.box, self.servers):
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+FRR = "/usr/lib/frr"
+
+
+class Fabric:
+    """Two edge boxes behind a router, for BGP ECMP:
+
+        client 10.T.1.2 ── router 10.T.1.1
+                           router 10.T.4.1 ── a 10.T.4.2 | 10.T.2.11 ─┐
+                           router 10.T.5.1 ── b 10.T.5.2 | 10.T.2.12 ─┴─ servers 10.T.2.2..
+
+    The servers sit on a bridge both boxes reach. The router forwards with L4 multipath
+    hashing (``fib_multipath_hash_policy=1``); ``frr`` or ``bird`` runs on it, peering
+    with AS 64512 on both boxes, BFD 3 x 100 ms."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        n = next(_SEQ)
+        self.t = (os.getpid() + n) % 200 + 20
+        tag = f"{os.getpid() % 10000}-{n}"
+        self.client, self.router, self.a, self.b, self.servers = (
+            f"elbg-{x}-{tag}" for x in ("c", "r", "a", "b", "s"))
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.pidfiles: list[Path] = []
+        self.next_server = 2
+        for ns in (self.client, self.router, self.a, self.b, self.servers):
+            sh("ip", "netns", "add", ns)
+            sh("ip", "-n", ns, "link", "set", "lo", "up")
+        t = self.t
+        self._link(self.client, "c0", self.router, "r0")
+        self._link(self.router, "r1", self.a, "up0")
+        self._link(self.router, "r2", self.b, "up0")
+        self._link(self.a, "lan0", self.servers, "sa")
+        self._link(self.b, "lan0", self.servers, "sb")
+        sh("ip", "-n", self.servers, "link", "add", "br0", "type", "bridge")
+        for port in ("sa", "sb"):
+            sh("ip", "-n", self.servers, "link", "set", port, "master", "br0", "up")
+        self._addr(self.client, "c0", f"10.{t}.1.2/24")
+        self._addr(self.router, "r0", f"10.{t}.1.1/24")
+        self._addr(self.router, "r1", f"10.{t}.4.1/24")
+        self._addr(self.router, "r2", f"10.{t}.5.1/24")
+        self._addr(self.a, "up0", f"10.{t}.4.2/24")
+        self._addr(self.b, "up0", f"10.{t}.5.2/24")
+        self._addr(self.a, "lan0", f"10.{t}.2.11/24")
+        self._addr(self.b, "lan0", f"10.{t}.2.12/24")
+        self._addr(self.servers, "br0", f"10.{t}.2.2/24")
+        sh("ip", "-n", self.client, "route", "add", "default", "via", f"10.{t}.1.1")
+        sh("ip", "-n", self.a, "route", "add", "default", "via", f"10.{t}.4.1")
+        sh("ip", "-n", self.b, "route", "add", "default", "via", f"10.{t}.5.1")
+        sh("ip", "netns", "exec", self.router, "sysctl", "-qw", "net.ipv4.ip_forward=1",
+           "net.ipv4.fib_multipath_hash_policy=1")
+        for box in (self.a, self.b):
+            sh("ip", "netns", "exec", box, "sysctl", "-qw", "net.ipv4.ip_forward=1",
+               "net.netfilter.nf_conntrack_acct=1")
+
+    def _link(self, a: str, an: str, b: str, bn: str) -> None:
+        sh("ip", "link", "add", f"{an}x{self.t}", "netns", a, "type", "veth", "peer", "name",
+           f"{bn}x{self.t}", "netns", b)
+        sh("ip", "-n", a, "link", "set", f"{an}x{self.t}", "name", an)
+        sh("ip", "-n", b, "link", "set", f"{bn}x{self.t}", "name", bn)
+
+    def _addr(self, ns: str, dev: str, addr: str) -> None:
+        sh("ip", "-n", ns, "addr", "add", addr, "dev", dev)
+        sh("ip", "-n", ns, "link", "set", dev, "up")
+
+    def vip(self, n: int = 1) -> str:
+        return f"10.{self.t}.9.{n}"
+
+    def box_address(self, box: str) -> str:
+        """A box's address towards the router (its router id)."""
+        return f"10.{self.t}.{4 if box == self.a else 5}.2"
+
+    def lan_address(self, box: str) -> str:
+        """A box's address on the servers' LAN (the source the servers see)."""
+        return f"10.{self.t}.2.{11 if box == self.a else 12}"
+
+    def server(self, name: str, port: int) -> str:
+        k = self.next_server
+        self.next_server += 1
+        addr = f"10.{self.t}.2.{k}"
+        if k > 2:
+            sh("ip", "-n", self.servers, "addr", "add", f"{addr}/32", "dev", "br0")
+        self.procs.append(subprocess.Popen(["ip", "netns", "exec", self.servers,
+                                            sys.executable, "-c", SERVER, addr, str(port),
+                                            name, "tcp"]))
+        return addr
+
+    # -- the router ------------------------------------------------------------------------
+
+    def frr(self) -> Path:
+        """FRR on the router: zebra, bfdd and bgpd as the frr user, ECMP over both boxes.
+        Their directory (returned) holds vtysh's sockets."""
+        import tempfile
+
+        d = Path(tempfile.mkdtemp(prefix="elb-frr-"))
+        t = self.t
+        neighbors = "".join(
+            f" neighbor {ip} remote-as 64512\n neighbor {ip} bfd profile fast\n"
+            f" neighbor {ip} timers connect 1\n"
+            for ip in (f"10.{t}.4.2", f"10.{t}.5.2"))
+        (d / "bgpd.conf").write_text(f"""frr defaults traditional
+bfd
+ profile fast
+  receive-interval 100
+  transmit-interval 100
+  detect-multiplier 3
+router bgp 64500
+ bgp router-id 10.{t}.1.1
+ no bgp ebgp-requires-policy
+ bgp bestpath as-path multipath-relax
+{neighbors} address-family ipv4 unicast
+  maximum-paths 8
+ exit-address-family
+""")
+        (d / "zebra.conf").write_text("hostname router\n")
+        shutil.chown(d, "frr", "frr")
+        for f in d.iterdir():
+            shutil.chown(f, "frr", "frr")
+        os.chmod(d, 0o755)
+        zserv = str(d / "zserv.api")
+        for daemon, conf, extra in (("zebra", "zebra.conf", []),
+                                    ("bfdd", "zebra.conf", ["--bfdctl", str(d / "bfdd.sock")]),
+                                    ("bgpd", "bgpd.conf", [])):
+            pid = d / f"{daemon}.pid"
+            sh("ip", "netns", "exec", self.router, f"{FRR}/{daemon}", "-d", "-i", str(pid),
+               "--vty_socket", str(d), "-z", zserv, "-f", str(d / conf), "--log",
+               f"file:{d}/{daemon}.log", *extra)
+            self.pidfiles.append(pid)
+        self.frr_dir = d
+        return d
+
+    def bird_router(self) -> Path:
+        """BIRD on the router instead of FRR: the same sessions, ECMP into the kernel."""
+        import tempfile
+
+        d = Path(tempfile.mkdtemp(prefix="elb-birdr-"))
+        t = self.t
+        peers = "".join(f"""
+protocol bgp box{i} {{
+  local as 64500; neighbor 10.{t}.{net}.2 as 64512; bfd on; connect retry time 1;
+  error wait time 1, 5;
+  ipv4 {{ import all; export none; }};
+}}""" for i, net in ((1, 4), (2, 5)))
+        (d / "bird.conf").write_text(f"""router id 10.{t}.1.1;
+protocol device {{}}
+protocol bfd {{ interface "*" {{ min rx interval 100 ms; min tx interval 100 ms;
+  multiplier 3; }}; }}
+protocol kernel {{ merge paths on limit 8; ipv4 {{ import none; export all; }}; }}
+{peers}
+""")
+        pid = d / "bird.pid"
+        sh("ip", "netns", "exec", self.router, "bird", "-c", str(d / "bird.conf"), "-s",
+           str(d / "bird.ctl"), "-P", str(pid))
+        self.pidfiles.append(pid)
+        return d
+
+    def routes(self, vip: str) -> list[str]:
+        """The router's next hops to ``vip`` now."""
+        out = sh("ip", "-n", self.router, "-j", "route", "show", f"{vip}/32")
+        hops = []
+        for r in json.loads(out or "[]"):
+            if "gateway" in r:
+                hops.append(r["gateway"])
+            hops += [h["gateway"] for h in r.get("nexthops", []) if "gateway" in h]
+        return sorted(hops)
+
+    def in_ns(self, ns: str, *cmd: str) -> list[str]:
+        return ["ip", "netns", "exec", ns, *cmd]
+
+    def ask(self, addr: str, port: int, count: int = 1) -> list[str]:
+        """``count`` answers from the client namespace, one new connection each."""
+        r = subprocess.run(self.in_ns(self.client, sys.executable, "-c", CLIENT, addr,
+                                      str(port), "tcp", "[]", str(count)),
+                           capture_output=True, text=True, timeout=300)
+        answers: list[str] = json.loads(r.stdout)
+        return answers
+
+    def close(self) -> None:
+        _stop(self.procs)
+        for pid in self.pidfiles:
+            try:
+                os.kill(int(pid.read_text().strip()), 15)
+            except (OSError, ValueError):
+                pass
+        for ns in (self.client, self.router, self.a, self.b, self.servers):
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)

@@ -20,6 +20,8 @@ from ..model import (
     AccessLogSpec,
     Backend,
     BackendTls,
+    BgpAnnounce,
+    BgpPeer,
     ClusterSpec,
     ControlSpec,
     HaSpec,
@@ -88,6 +90,37 @@ def build_snapshot(root: Node, version: int = 1, source: str = "") -> Snapshot:
                        if k in given})
 
 
+def _bgp(w: Walker, m: dict[str, Node], node: Node | None, ha: HaSpec) -> HaSpec:
+    """The bgp mode's peers and announce rules (lists of mappings), and what it needs."""
+    for key in ("asn", "router_id"):
+        if not getattr(ha, key):
+            w.get(m, replace(s.HA.key(key), required=True), "ha")
+    peers = []
+    for i, item in enumerate(w.nodes(m, "peers", "ha") or []):
+        pm = w.mapping(item, f"ha.peers[{i}]", s.BGP_PEER.names)
+        if pm is None:
+            continue
+        peer = w.build(BgpPeer(), pm, f"ha.peers[{i}]", s.BGP_PEER)
+        for key in ("address", "asn"):
+            if not getattr(peer, key):
+                w.get(pm, s.BGP_PEER.key(key), f"ha.peers[{i}]")
+        if peer.hold_time < 3:
+            w.fail(f"ha.peers[{i}].hold_time", pm.get("hold_time"), "must be at least 3s")
+        peers.append(peer)
+    if not peers:
+        w.fail("ha.peers", m.get("peers") or node, "bgp mode needs at least one peer: "
+               "peers: [{address, asn}]")
+    rules = []
+    for i, item in enumerate(w.nodes(m, "announce", "ha") or []):
+        am = w.mapping(item, f"ha.announce[{i}]", s.BGP_ANNOUNCE.names)
+        if am is not None:
+            rule = w.build(BgpAnnounce(), am, f"ha.announce[{i}]", s.BGP_ANNOUNCE)
+            if not rule.prefix:
+                w.get(am, s.BGP_ANNOUNCE.key("prefix"), f"ha.announce[{i}]")
+            rules.append(rule)
+    return replace(ha, peers=tuple(peers), announce=tuple(rules))
+
+
 def _ha(w: Walker, top: dict[str, Node], cluster: ClusterSpec | None) -> HaSpec:
     node = top.get("ha")
     m = w.section(top, "ha", "", s.HA)
@@ -102,6 +135,8 @@ def _ha(w: Walker, top: dict[str, Node], cluster: ClusterSpec | None) -> HaSpec:
     lease = m.get("lease")
     if ha.lease_duration < 1 and lease is not None and isinstance(lease.value, dict):
         w.fail("ha.lease.duration", lease.value.get("duration"), "must be at least 1s")
+    if ha.mode == "bgp":
+        return _bgp(w, m, node, ha)
     if ha.mode != "vrrp":
         return ha
     if not ha.interface:

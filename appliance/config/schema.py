@@ -196,8 +196,25 @@ CLUSTER = Section("cluster", (
     Key("debounce", v.parse_duration, "a burst of changes becomes one rebuild"),
 ), "following a Kubernetes cluster")
 
+BGP_PEER = Section("peers", (
+    Key("address", v.ip_address, "the router's address", required=True),
+    Key("asn", v.int_range(1, 4294967295), "its AS number", required=True),
+    Key("bfd", v.boolean, "BFD on this session (fast failure detection)"),
+    Key("password", v.text, "TCP MD5 password"),
+    Key("hold_time", v.positive_duration, "BGP hold time (3s at least)"),
+    Key("multihop", v.int_range(0, 255), "not directly connected: the TTL (0: direct)"),
+    Key("port", v.int_range(1, 65535), "its BGP port"),
+    Key("source", v.ip_address, "this box's address towards it"),
+), "bgp: the routers to announce the VIPs to")
+
+BGP_ANNOUNCE = Section("announce", (
+    Key("prefix", v.ip_network, "the VIPs within it (a pool, or one VIP)", required=True),
+    ListOf("communities", v.community, "BGP communities ASN:VALUE", "communities"),
+    Key("local_pref", v.int_range(0, 4294967295), "BGP local preference (0: not set)"),
+), "bgp: attributes by VIP or pool, the first prefix that holds a VIP wins")
+
 HA = Section("ha", (
-    Key("mode", v.choice("standalone", "lease", "vrrp"), "who leads"),
+    Key("mode", v.choice("standalone", "lease", "vrrp", "bgp"), "who leads"),
     Key("identity", v.text, "lease: this box's name"),
     Section("lease", (
         Key("name", v.name, "the Lease", "lease_name"),
@@ -224,6 +241,27 @@ HA = Section("ha", (
             "track_api_timeout"),
         Key("weight", v.int_range(1, 254), "priority lost per failing condition",
             "track_weight"),
+    ), flat=True),
+    Key("asn", v.int_range(1, 4294967295), "bgp: this box's AS number (required)"),
+    Key("router_id", v.ipv4_address, "bgp: the BGP router id (required)"),
+    ListOf("peers", BGP_PEER, "bgp: the routers (at least one)"),
+    ListOf("communities", v.community, "bgp: communities on every VIP", "communities"),
+    Key("local_pref", v.int_range(0, 4294967295), "bgp: local preference on every VIP"),
+    ListOf("announce", BGP_ANNOUNCE, "bgp: attributes by VIP or pool"),
+    Section("bfd", (
+        Key("interval", v.positive_duration, "bgp: BFD transmit and receive interval",
+            "bfd_interval"),
+        Key("multiplier", v.int_range(1, 255), "bgp: missed BFD packets that end a session",
+            "bfd_multiplier"),
+    ), flat=True),
+    Key("withdraw_wait", v.parse_duration, "bgp: after withdrawing, before draining"),
+    Section("bird", (
+        Key("binary", v.text, "bgp: the BIRD daemon edgelb runs", "bird_binary"),
+        Key("birdc", v.text, "bgp: its control client", "birdc_binary"),
+        Key("directory", v.abs_path, "bgp: where its config and socket live",
+            "bird_directory"),
+        ListOf("include", v.abs_path, "bgp: BIRD config files of yours to include",
+               "paths", "bird_include"),
     ), flat=True),
 ), "high availability")
 

@@ -230,6 +230,22 @@ def ip_address(v: Any) -> str:
         raise ValueError(f"{v!r} is not an IP address") from None
 
 
+def ipv4_address(v: Any) -> str:
+    """an IPv4 address"""
+    try:
+        return str(ipaddress.IPv4Address(str(v)))
+    except ValueError:
+        raise ValueError(f"{v!r} is not an IPv4 address") from None
+
+
+def community(v: Any) -> str:
+    """a BGP community ASN:VALUE (each 0-65535)"""
+    parts = str(v).split(":")
+    if len(parts) != 2 or not all(p.isdigit() and int(p) <= 65535 for p in parts):
+        raise ValueError(f"{v!r} is not a BGP community ASN:VALUE (each 0-65535)")
+    return f"{int(parts[0])}:{int(parts[1])}"
+
+
 def ip_network(v: Any) -> str:
     """an address or CIDR"""
     try:

@@ -32,7 +32,7 @@ from .roles import Caller
 _SORTABLE = {f: i for i, f in enumerate(FLOW_FIELDS)} | {"bytes": -1}
 _FILTERS = FLOW_FILTERS
 ACTIONS = ("drain", "undrain", "disable", "enable", "weight", "failover", "demote",
-           "promote", "auto", "reload", "cut")
+           "promote", "auto", "reload", "cut", "drain-box", "undrain-box")
 MAX_PAGE = 5000
 
 

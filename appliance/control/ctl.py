@@ -18,6 +18,7 @@ from ..views import FLOW_FILTERS
 from .client import Client, ControlError
 from .format import (
     format_backends,
+    format_bgp,
     format_event,
     format_flows,
     format_listeners,
@@ -85,6 +86,10 @@ def add_parser(sub: Any) -> None:
                          ("promote", "become master and stay preferred until auto"),
                          ("auto", "back to the configured priority")):
         command(action, help=f"HA: {text}")
+    command("drain-box", help="bgp: withdraw every VIP of this box (new flows go to the "
+            "others); open flows run on")
+    command("undrain-box", help="bgp: announce again what this box serves")
+    command("bgp", help="bgp: sessions, BFD, and each VIP announced or withdrawn and why")
     command("reload", help="re-read the config (refused, with the errors, if bad)")
     p = command("cut", help="cut one open flow now (its id, as ctl flows lists it)")
     p.add_argument("flow")
@@ -142,6 +147,9 @@ def _run(client: Client, args: argparse.Namespace) -> int:
     if cmd in ("listeners", "backends"):
         d = client.get(f"/v1/listeners/{args.name}")
         return _out(args, d, format_backends(d))
+    if cmd == "bgp":
+        ha = client.get("/v1/status")["ha"]
+        return _out(args, ha, format_bgp(ha))
     if cmd == "routes":
         rs = client.get("/v1/routes")["routes"]
         return _out(args, rs, format_routes(rs))
@@ -166,7 +174,7 @@ def _follow(client: Client, args: argparse.Namespace) -> int:
 
 
 ACTIONS = ("drain", "undrain", "disable", "enable", "weight", "failover", "demote",
-           "promote", "auto", "reload", "cut")
+           "promote", "auto", "reload", "cut", "drain-box", "undrain-box")
 
 
 def _act(client: Client, args: argparse.Namespace) -> int:
@@ -190,7 +198,7 @@ def _act(client: Client, args: argparse.Namespace) -> int:
     if cmd == "reload":
         r = client.act("reload")
         return _out(args, r, f"reloaded: serving snapshot v{r['snapshot']}")
-    if cmd in ("failover", "demote", "promote", "auto"):
+    if cmd in ("failover", "demote", "promote", "auto", "drain-box", "undrain-box"):
         r = client.act(cmd)
         return _out(args, r, r["result"])
     r = client.act(cmd, listener=args.listener, backend=args.backend)

@@ -136,3 +136,20 @@ def format_routes(rs: list[dict[str, Any]]) -> str:
     return table(["LISTENER", "HOST", "PATH", "TYPE", "POOL", "BACKENDS"],
                  [[r["listener"], r["host"], r["path"], r["type"], r["pool"],
                    ",".join(r["backends"]) or "-"] for r in rs])
+
+
+def format_bgp(ha: dict[str, Any]) -> str:
+    """``ctl bgp``: the sessions with their BFD state, then each VIP announced or
+    withdrawn and why."""
+    if ha["mode"] != "bgp":
+        return f"ha.mode is {ha['mode']}, not bgp"
+    head = f"AS {ha['asn']}, router id {ha['router_id']}" + (
+        f"; DRAINED: {ha['drained']}" if ha["drained"] else "")
+    sessions = table(["PEER", "AS", "STATE", "SINCE", "BFD", "EXPORTED"],
+                     [[s["peer"], s["asn"], s["state"], s["since"], s["bfd"] or "-",
+                       s["exported"]] for s in ha["sessions"]])
+    vips = table(["VIP", "ANNOUNCED", "WHY NOT"],
+                 [[v["vip"], "yes" if v["announced"] else "no", v["why"] or "-"]
+                  for v in ha["vips"]])
+    return f"{head}\n\n{sessions}\n\n{vips}"
+

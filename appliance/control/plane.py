@@ -178,7 +178,10 @@ class ControlPlane:
                 raise AdminError(409, f"reload refused, still serving snapshot v{version}: "
                                  + "; ".join(issues))
             return {"result": "ok", "snapshot": version}
-        # failover, demote, promote, auto
+        if action in ("drain-box", "undrain-box") and self.views.ha().mode != "bgp":
+            raise AdminError(409, f"{action} is for ha.mode bgp (a VRRP box hands over "
+                                  "with failover)")
+        # failover, demote, promote, auto; drain-box, undrain-box
         result = await self.ops.ha_action(action, who)
         self.events_ring.event("action", f"{who}: {action} -> {result}", action=action,
                                user=caller.user)

@@ -1,0 +1,218 @@
+"""BGP mode for real: two edgelb boxes, each with the BIRD it runs, peering with a
+router in its own namespace (FRR, and once BIRD), which spreads new connections over
+both boxes by ECMP. Clients in another namespace; servers on a LAN both boxes reach."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from appliance.control.client import Client
+from tests.helpers import EDGELB, ROOT, Edgelb, wait_for
+from tests.netlab import FRR, Fabric
+
+pytestmark = pytest.mark.skipif(
+    os.geteuid() != 0 or not shutil.which("bird") or not os.path.exists(f"{FRR}/bgpd"),
+    reason="needs root, bird2 and frr")
+
+
+@pytest.fixture
+def fabric(tmp_path: Path) -> Iterator[Fabric]:
+    f = Fabric(tmp_path)
+    try:
+        yield f
+    finally:
+        f.close()
+
+
+def _config(f: Fabric, box: str, tmp: Path, backends: list[str], extra: str = "") -> str:
+    return f"""
+drain_timeout: 2s
+listeners:
+  - name: web
+    bind: {f.vip()}:80
+    balance: maglev
+    backends: [{', '.join(f"'{b}:8080'" for b in backends)}]
+    health: {{type: tcp, interval: 0.2, rise: 1, fall: 1}}
+ha:
+  mode: bgp
+  asn: 64512
+  router_id: {f.box_address(box)}
+  peers: [{{address: {f.box_address(box).rsplit('.', 1)[0]}.1, asn: 64500, bfd: true}}]
+  vips: [{f.vip()}/32]
+  withdraw_wait: 1s
+  bird: {{directory: {tmp}/bird}}
+{extra}"""
+
+
+def _box(f: Fabric, box: str, tmp: Path, backends: list[str], extra: str = "") -> Edgelb:
+    d = tmp / box
+    d.mkdir()
+    e = Edgelb(d, _config(f, box, d, backends, extra))
+    e.prefix = ["ip", "netns", "exec", box]
+    return e.start()
+
+
+def _served_by(f: Fabric, answers: list[str]) -> Counter[str]:
+    """Which box each answer came through (the source the server saw)."""
+    by = {f.lan_address(f.a): "a", f.lan_address(f.b): "b"}
+    return Counter(by.get(a.split()[1], "?") if a else "" for a in answers)
+
+
+def test_two_boxes_share_new_connections_and_one_killed_leaves_at_once(
+        fabric: Fabric, tmp_path: Path) -> None:
+    f = fabric
+    s1, s2 = f.server("s1", 8080), f.server("s2", 8080)
+    f.frr()
+    a = _box(f, f.a, tmp_path, [s1, s2])
+    b = _box(f, f.b, tmp_path, [s1, s2])
+    try:
+        wait_for(lambda: f.routes(f.vip()) == [f"10.{f.t}.4.2", f"10.{f.t}.5.2"], 30,
+                 "both boxes' routes on the router")
+        split = _served_by(f, f.ask(f.vip(), 80, 1000))
+        assert split[""] == 0 and split["a"] >= 300 and split["b"] >= 300, split
+        st = Client(a.socket).get("/v1/status")["ha"]
+        assert st["mode"] == "bgp" and st["sessions"][0]["state"] == "Established"
+        assert st["sessions"][0]["bfd"] == "Up"
+        assert st["vips"] == [{"vip": f.vip(), "announced": True, "why": ""}]
+    finally:
+        a.stop()
+        b.stop()
+
+
+def _hold(f: Fabric, n: int) -> subprocess.Popen[str]:
+    """``n`` connections from the client held open; each line on stdin pokes them all
+    and prints how many still answer."""
+    code = f"""
+import socket, sys
+socks = []
+for _ in range({n}):
+    s = socket.create_connection(({f.vip()!r}, 80), timeout=3)
+    s.sendall(b"who\\n"); s.makefile("rb").readline(); socks.append(s)
+print("open", flush=True)
+for line in sys.stdin:
+    ok = 0
+    for s in socks:
+        try:
+            s.sendall(b"echo\\n")
+            ok += s.recv(10) == b"echo\\n"
+        except OSError:
+            pass
+    print(ok, flush=True)
+"""
+    return subprocess.Popen(f.in_ns(f.client, "python3", "-c", code), text=True,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+
+
+def _poke(p: subprocess.Popen[str]) -> int:
+    assert p.stdin is not None and p.stdout is not None
+    p.stdin.write("x\n")
+    p.stdin.flush()
+    return int(p.stdout.readline())
+
+
+def _first_answer_through(f: Fabric, box: str, limit: float) -> float:
+    """Seconds until a new connection is answered through ``box`` only (five in a row)."""
+    start = time.monotonic()
+    want = "a" if box == f.a else "b"
+    while time.monotonic() - start < limit:
+        if _served_by(f, f.ask(f.vip(), 80, 5)) == Counter({want: 5}):
+            return time.monotonic() - start
+    raise AssertionError(f"new connections did not all reach {want} within {limit}s")
+
+
+def test_a_killed_box_and_its_bird_leave_the_router_at_once(
+        fabric: Fabric, tmp_path: Path) -> None:
+    f = fabric
+    s1 = f.server("s1", 8080)
+    f.frr()
+    a = _box(f, f.a, tmp_path, [s1])
+    b = _box(f, f.b, tmp_path, [s1])
+    holder = None
+    try:
+        wait_for(lambda: len(f.routes(f.vip())) == 2, 30, "both boxes' routes")
+        holder = _hold(f, 40)
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "open"
+        assert _poke(holder) == 40
+        bird_a = subprocess.run(["pgrep", "-P", str(a.proc.pid if a.proc else 0), "bird"],
+                                capture_output=True, text=True).stdout.split()
+        assert len(bird_a) == 1, "box a's edgelb runs its BIRD"
+        assert a.proc is not None
+        a.proc.send_signal(signal.SIGKILL)  # edgelb alone: its BIRD must go with it
+        took = _first_answer_through(f, f.b, 5)
+        assert took < 1.0, took
+        wait_for(lambda: not os.path.exists(f"/proc/{bird_a[0]}"), 5, "box a's BIRD gone")
+        assert f.routes(f.vip()) == [f"10.{f.t}.5.2"]
+        # The flows on b are untouched (those on a died with it).
+        assert _poke(holder) >= 10
+    finally:
+        if holder is not None:
+            holder.kill()
+            holder.communicate()
+        a.stop()
+        b.stop()
+
+
+def test_a_cut_link_is_found_by_bfd(fabric: Fabric, tmp_path: Path) -> None:
+    f = fabric
+    s1 = f.server("s1", 8080)
+    f.frr()
+    a = _box(f, f.a, tmp_path, [s1])
+    b = _box(f, f.b, tmp_path, [s1])
+    try:
+        wait_for(lambda: len(f.routes(f.vip())) == 2, 30, "both boxes' routes")
+        # Every packet between a and the router lost, the link up: only BFD can tell.
+        # (No netem in this kernel: nftables drops what each end receives.)
+        for ns, dev in ((f.a, "up0"), (f.router, "r1")):
+            subprocess.run(f.in_ns(ns, "nft", f"table netdev cut {{ chain in {{ type filter "
+                                   f"hook ingress device {dev} priority -500; policy drop; "
+                                   "}; }"), check=True)
+        took = _first_answer_through(f, f.b, 5)
+        assert took < 1.5, took
+        assert f.routes(f.vip()) == [f"10.{f.t}.5.2"]
+    finally:
+        a.stop()
+        b.stop()
+
+
+def test_a_listener_without_backends_withdraws_its_vip_and_drain_box(
+        fabric: Fabric, tmp_path: Path) -> None:
+    f = fabric
+    s1 = f.server("s1", 8080)
+    f.frr()
+    closed = f"10.{f.t}.2.250"  # nothing listens there
+    a = _box(f, f.a, tmp_path, [s1])
+    b = _box(f, f.b, tmp_path, [closed])
+    try:
+        withdrawn = [{"vip": f.vip(), "announced": False, "why": "no healthy backend (web)"}]
+        wait_for(lambda: Client(b.socket).get("/v1/status")["ha"]["vips"] == withdrawn, 30,
+                 "b withdraws: its only backend is down")
+        wait_for(lambda: f.routes(f.vip()) == [f"10.{f.t}.4.2"], 10, "only a announces")
+        assert any("VIP withdrawn" in al or "withdrawn" in al
+                   for al in Client(b.socket).get("/v1/status")["alerts"])
+        # b's backend comes back: b announces again.
+        b.rewrite(_config(f, f.b, tmp_path / f.b, [s1]))
+        b.reload()
+        wait_for(lambda: len(f.routes(f.vip())) == 2, 10, "b announces again")
+        # drain-box (ctl) withdraws a's routes; undrain-box brings them back.
+        r = subprocess.run(f.in_ns(f.a, *EDGELB, "ctl", "--socket", a.socket, "drain-box"),
+                           capture_output=True, text=True, cwd=ROOT)
+        assert r.returncode == 0, r.stderr
+        wait_for(lambda: f.routes(f.vip()) == [f"10.{f.t}.5.2"], 10, "a withdrawn")
+        assert _served_by(f, f.ask(f.vip(), 80, 20)) == Counter({"b": 20})
+        Client(a.socket).act("undrain-box")
+        wait_for(lambda: len(f.routes(f.vip())) == 2, 10, "a back")
+        events = [e["message"] for e in Client(b.socket).get("/v1/events")["events"]]
+        assert any("withdrawn: no healthy backend" in m for m in events), events
+        assert any(f"VIP {f.vip()} announced" in m for m in events), events
+    finally:
+        a.stop()
+        b.stop()
