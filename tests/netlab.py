@@ -334,12 +334,13 @@ class Fabric:
             f" neighbor {ip} remote-as 64512\n neighbor {ip} bfd profile fast\n"
             f" neighbor {ip} timers connect 1\n"
             for ip in (f"10.{t}.4.2", f"10.{t}.5.2"))
-        (d / "bgpd.conf").write_text(f"""frr defaults traditional
-bfd
+        (d / "bfdd.conf").write_text("""bfd
  profile fast
   receive-interval 100
   transmit-interval 100
   detect-multiplier 3
+""")
+        (d / "bgpd.conf").write_text(f"""frr defaults traditional
 router bgp 64500
  bgp router-id 10.{t}.1.1
  no bgp ebgp-requires-policy
@@ -355,7 +356,7 @@ router bgp 64500
         os.chmod(d, 0o755)
         zserv = str(d / "zserv.api")
         for daemon, conf, extra in (("zebra", "zebra.conf", []),
-                                    ("bfdd", "zebra.conf", ["--bfdctl", str(d / "bfdd.sock")]),
+                                    ("bfdd", "bfdd.conf", ["--bfdctl", str(d / "bfdd.sock")]),
                                     ("bgpd", "bgpd.conf", [])):
             pid = d / f"{daemon}.pid"
             sh("ip", "netns", "exec", self.router, f"{FRR}/{daemon}", "-d", "-i", str(pid),

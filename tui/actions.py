@@ -142,7 +142,10 @@ class OperatorActions(App[int]):
                             "them",
                 "demote": "this box stays backup until promote or auto",
                 "promote": "this box takes the VIPs and stays preferred until auto",
-                "auto": "back to the configured priority"}[action]
+                "auto": "back to the configured priority",
+                "drain-box": "every VIP of this box withdrawn: the routers send new flows "
+                             "to the other boxes; open flows run on",
+                "undrain-box": "this box announces again the VIPs it serves"}[action]
 
         def answered(yes: bool | None) -> None:
             if yes:

@@ -34,6 +34,7 @@ from appliance.control.format import FLOW_SORTS, flow_cells, format_event, human
 from .actions import OperatorActions
 from .commands import (
     BACKEND_ACTIONS,
+    BOX_ACTIONS,
     CHANGES,
     HA_ACTIONS,
     PANES,
@@ -366,8 +367,9 @@ class Console(OperatorActions):
         return self.role in ("operator", "admin")
 
     def has_ha(self) -> bool:
-        """Whether there is a peer to fail over to (not standalone)."""
-        return bool(self.status) and self.status["ha"]["mode"] != "standalone"
+        """Whether there is a peer to fail over to (vrrp or lease: in bgp mode every box
+        serves, and a box drains instead)."""
+        return bool(self.status) and self.status["ha"]["mode"] in ("vrrp", "lease")
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action in CHANGES and not self.may_change():
@@ -556,6 +558,11 @@ class Console(OperatorActions):
             if not self.has_ha():
                 self.notify("No HA configured: nothing to fail over to", severity="error",
                             markup=False)
+            else:
+                self.action_ha(cmd)
+        elif cmd in BOX_ACTIONS:
+            if not self.status or self.status["ha"]["mode"] != "bgp":
+                self.notify(f"{cmd} is for ha.mode bgp", severity="error", markup=False)
             else:
                 self.action_ha(cmd)
         elif cmd == "cut":

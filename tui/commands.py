@@ -12,11 +12,12 @@ PANES = ("overview", "flows", "backends", "routes", "events", "ha")
 SORTS = (*FLOW_SORTS, "bytes")
 BACKEND_ACTIONS = ("drain", "undrain", "disable", "enable")
 HA_ACTIONS = ("failover", "demote", "promote", "auto")
+BOX_ACTIONS = ("drain-box", "undrain-box")  # bgp mode
 # Actions that change something: hidden from viewers.
 CHANGES = {"backend", "weight", "ha", "reload_config", "cut"}
 COMMANDS = ("overview", "flows", "backends", "routes", "events", "ha", "drain", "undrain",
             "disable", "enable", "weight", "failover", "demote", "promote", "auto",
-            "reload", "cut", "sort", "filter", "q", "quit", "help")
+            "reload", "cut", "drain-box", "undrain-box", "sort", "filter", "q", "quit", "help")
 
 
 class CommandError(ValueError):

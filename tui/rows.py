@@ -8,7 +8,7 @@ from typing import Any
 
 from rich.text import Text
 
-from appliance.control.format import FLOW_COLUMNS, human_bytes
+from appliance.control.format import FLOW_COLUMNS, bgp_summary, human_bytes
 
 from .tables import Column, styled
 
@@ -74,6 +74,8 @@ def overview_lines(st: dict[str, Any]) -> list[str]:
         what = f"HA vrrp {routers}" + (f"; peer {peers}" if peers else "; no peer heard")
     elif ha["mode"] == "lease":
         what = f"HA lease: {'LEADER' if ha['leader'] else 'standby'}"
+    elif ha["mode"] == "bgp":
+        what = f"HA bgp: {bgp_summary(ha)}"
     else:
         what = "HA standalone"
     sync = st.get("sync")

@@ -35,6 +35,7 @@ a failover without HA) is said at once and not asked.
  drain|undrain|disable|enable LISTENER BACKEND
  weight LISTENER BACKEND N|config     cut FLOW     reload
  failover | demote | promote | auto   sort FIELD \\[desc]   filter TEXT
+ drain-box | undrain-box (bgp: withdraw this box's VIPs, or announce again)
 
 [b]Listeners[/b] (overview and backends)
  STATE  ok; degraded (a backend down, drained, disabled or weighted 0);

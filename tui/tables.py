@@ -132,11 +132,17 @@ class FittedTable(DataTable[Any]):
 def ha_text(st: dict[str, Any], may_change: bool) -> str:
     """The HA view: the state of each router and its peers, and what may be done."""
     ha = st["ha"]
-    out = [line for line in status_lines(st) if line.startswith(("HA", "  peer"))]
+    out = [line for line in status_lines(st) if line.startswith(("HA", "  peer", "  VIP"))]
     if ha.get("override"):
         out.append(f"held by an operator: {ha['override']}")
     if ha["mode"] == "standalone":
         out.append("\nNo HA configured: nothing to fail over to.")
+    elif ha["mode"] == "bgp":
+        out.append("\nEvery box serves: the routers spread flows over the boxes that "
+                   "announce a VIP.")
+        if may_change:
+            out.append(":drain-box withdraws this box's VIPs (open flows run on); "
+                       ":undrain-box announces them again")
     elif may_change:
         out.append("\nf failover (hand over, or take over if backup)   D demote   P promote"
                    "   A auto")

@@ -62,6 +62,8 @@ def status_lines(st: dict[str, Any]) -> list[str]:
     elif ha["mode"] == "lease":
         lines.append(f"HA lease {ha['lease']}: {'LEADER' if ha['leader'] else 'standby'} "
                      f"(holder {ha['holder'] or 'nobody'})")
+    elif ha["mode"] == "bgp":
+        lines += bgp_lines(ha)
     else:
         lines.append("HA standalone")
     sync = st.get("sync")
@@ -136,6 +138,25 @@ def format_routes(rs: list[dict[str, Any]]) -> str:
     return table(["LISTENER", "HOST", "PATH", "TYPE", "POOL", "BACKENDS"],
                  [[r["listener"], r["host"], r["path"], r["type"], r["pool"],
                    ",".join(r["backends"]) or "-"] for r in rs])
+
+
+def bgp_summary(ha: dict[str, Any]) -> str:
+    """Sessions up and VIPs announced, in a few words."""
+    up = sum(1 for s in ha["sessions"] if s["state"].startswith("Established"))
+    shown = sum(1 for v in ha["vips"] if v["announced"])
+    return (f"{up}/{len(ha['sessions'])} sessions established, {shown}/{len(ha['vips'])} "
+            "VIPs announced" + (f"; DRAINED: {ha['drained']}" if ha["drained"] else ""))
+
+
+def bgp_lines(ha: dict[str, Any]) -> list[str]:
+    """The status's HA lines in bgp mode: the summary, each session, each withdrawn VIP."""
+    out = [f"HA bgp AS {ha['asn']} router id {ha['router_id']}: {bgp_summary(ha)}"]
+    out += [f"  peer {s['peer']} as {s['asn']}: {s['state']}"
+            + (f", BFD {s['bfd']}" if s["bfd"] else "") + f", {s['exported']} exported"
+            for s in ha["sessions"]]
+    out += [f"  VIP {v['vip']} withdrawn: {v['why']}" for v in ha["vips"]
+            if not v["announced"] and not ha["drained"]]
+    return out
 
 
 def format_bgp(ha: dict[str, Any]) -> str:

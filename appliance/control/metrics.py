@@ -98,6 +98,21 @@ def _ha_metrics(ha: HaView) -> Iterator[Metric]:
                                  "(lowered by failing tracked conditions)")
         prio.add_metric([], router.priority)
         yield from (state, prio)
+    if ha.mode == "bgp":
+        up = GaugeMetricFamily("edgelb_bgp_session_up", "1 while the BGP session to a "
+                               "peer is established", labels=["peer"])
+        bfd = GaugeMetricFamily("edgelb_bgp_bfd_up", "1 while the BFD session to a peer "
+                                "is up (peers with bfd: true)", labels=["peer"])
+        for session in ha.sessions:
+            up.add_metric([session.peer], 1 if session.state.startswith("Established")
+                          else 0)
+            if session.bfd:
+                bfd.add_metric([session.peer], 1 if session.bfd == "Up" else 0)
+        vips = GaugeMetricFamily("edgelb_bgp_vip_announced", "1 while this box announces "
+                                 "the VIP, 0 while it withdraws it", labels=["vip"])
+        for v in ha.vips:
+            vips.add_metric([v.vip], 1 if v.announced else 0)
+        yield from (up, bfd, vips)
 
 
 def _cluster_metrics(sync: SyncView) -> Iterator[Metric]:

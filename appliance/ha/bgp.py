@@ -24,6 +24,12 @@ def vip_address(vip: str) -> str:
     return str(ipaddress.ip_interface(vip).ip)
 
 
+def _order(addr: str) -> tuple[int, int]:
+    """IPv4 first, then IPv6, each by address."""
+    a = ipaddress.ip_address(addr)
+    return a.version, int(a)
+
+
 def decide(vips: Iterable[str], listeners: Iterable[Listener], down: Down,
            drained: str) -> dict[str, str]:
     """Each VIP (address) -> "" when it is announced, else why it is withdrawn.
@@ -32,7 +38,7 @@ def decide(vips: Iterable[str], listeners: Iterable[Listener], down: Down,
     for lst in listeners:
         serving.setdefault(lst.bind[0], []).append(lst)
     out = {}
-    for vip in sorted({vip_address(v) for v in vips}, key=ipaddress.ip_address):
+    for vip in sorted({vip_address(v) for v in vips}, key=_order):
         on = serving.get(vip, [])
         if drained:
             out[vip] = drained
@@ -95,7 +101,7 @@ def bird_config(ha: HaSpec, announced: Iterable[str]) -> str:
     holding the announced VIPs (never exported to the kernel: the VIPs are on this
     box's loopback already), and one BGP session per peer that exports only those."""
     routes: dict[int, list[str]] = {4: [], 6: []}
-    for vip in sorted(announced, key=ipaddress.ip_address):
+    for vip in sorted(announced, key=_order):
         routes[ipaddress.ip_address(vip).version].append(_route(vip, attributes(vip, ha)))
     ms = round(ha.bfd_interval * 1000)
     out = ["# Written by edgelb: every change here is replaced at the next one.",

@@ -4,6 +4,7 @@ both boxes by ECMP. Clients in another namespace; servers on a LAN both boxes re
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import signal
@@ -34,8 +35,10 @@ def fabric(tmp_path: Path) -> Iterator[Fabric]:
 
 
 def _config(f: Fabric, box: str, tmp: Path, backends: list[str], extra: str = "") -> str:
+    metrics = _metrics_port(f, box)
     return f"""
 drain_timeout: 2s
+metrics: {{bind: 127.0.0.1:{metrics}}}
 listeners:
   - name: web
     bind: {f.vip()}:80
@@ -61,6 +64,47 @@ def _box(f: Fabric, box: str, tmp: Path, backends: list[str], extra: str = "") -
     return e.start()
 
 
+def metrics_of(f: Fabric, box: str) -> dict[str, float]:
+    """/metrics of a box, scraped inside its namespace."""
+    r = subprocess.run(f.in_ns(box, "curl", "-s", f"http://127.0.0.1:{_metrics_port(f, box)}"
+                                                  "/metrics"),
+                       capture_output=True, text=True, timeout=10)
+    out = {}
+    for line in r.stdout.splitlines():
+        if line and not line.startswith("#"):
+            k, _, v = line.rpartition(" ")
+            out[k] = float(v)
+    return out
+
+
+def _metrics_port(f: Fabric, box: str) -> int:
+    return 9100 + (1 if box == f.b else 0)
+
+
+def _console_text(sock: str) -> tuple[str, str]:
+    """The console's HA view and overview text, driven by its Pilot."""
+    from textual.widgets import Static
+
+    from tui.app import Console
+
+    got: list[str] = []
+
+    async def main() -> None:
+        app = Console(socket=sock, interval=0.2)
+        async with app.run_test(size=(120, 40)) as pilot:
+            for _ in range(50):
+                await pilot.pause(0.1)
+                if app.status:
+                    break
+            over = str(app.query_one("#overview-text", Static).render())
+            await pilot.press("6")
+            await pilot.pause(0.3)
+            got.extend([str(app.query_one("#ha-text", Static).render()), over])
+
+    asyncio.run(main())
+    return got[0], got[1]
+
+
 def _served_by(f: Fabric, answers: list[str]) -> Counter[str]:
     """Which box each answer came through (the source the server saw)."""
     by = {f.lan_address(f.a): "a", f.lan_address(f.b): "b"}
@@ -83,6 +127,18 @@ def test_two_boxes_share_new_connections_and_one_killed_leaves_at_once(
         assert st["mode"] == "bgp" and st["sessions"][0]["state"] == "Established"
         assert st["sessions"][0]["bfd"] == "Up"
         assert st["vips"] == [{"vip": f.vip(), "announced": True, "why": ""}]
+        r = subprocess.run([*EDGELB, "ctl", "--socket", a.socket, "bgp"], capture_output=True,
+                           text=True, cwd=ROOT)
+        assert f"10.{f.t}.4.1  64500  Established" in r.stdout and " Up " in r.stdout
+        m = metrics_of(f, f.a)
+        assert m[f'edgelb_bgp_session_up{{peer="10.{f.t}.4.1"}}'] == 1
+        assert m[f'edgelb_bgp_vip_announced{{vip="{f.vip()}"}}'] == 1
+        # The console's HA view and overview say it too.
+        ha, over = _console_text(a.socket)
+        assert f"HA bgp AS 64512 router id 10.{f.t}.4.2: 1/1 sessions established, 1/1 " \
+            "VIPs announced" in ha
+        assert f"peer 10.{f.t}.4.1 as 64500: Established, BFD Up, 1 exported" in ha
+        assert "HA bgp: 1/1 sessions established" in over
     finally:
         a.stop()
         b.stop()
@@ -213,6 +269,58 @@ def test_a_listener_without_backends_withdraws_its_vip_and_drain_box(
         events = [e["message"] for e in Client(b.socket).get("/v1/events")["events"]]
         assert any("withdrawn: no healthy backend" in m for m in events), events
         assert any(f"VIP {f.vip()} announced" in m for m in events), events
+    finally:
+        a.stop()
+        b.stop()
+
+
+def test_a_graceful_stop_under_load_fails_no_request(fabric: Fabric, tmp_path: Path) -> None:
+    f = fabric
+    web = f"10.{f.t}.2.2"
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(f"""daemon off; pid {tmp_path}/nginx.pid; error_log stderr;
+events {{ worker_connections 1024; }}
+http {{ access_log off; client_body_temp_path {tmp_path}; proxy_temp_path {tmp_path};
+  fastcgi_temp_path {tmp_path}; uwsgi_temp_path {tmp_path}; scgi_temp_path {tmp_path};
+  server {{ listen {web}:8081; location / {{ return 200 "ok\\n"; }} }} }}
+""")
+    f.procs.append(subprocess.Popen(f.in_ns(f.servers, "nginx", "-c", str(conf)),
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    f.frr()
+    site = f"""
+  - name: site
+    bind: {f.vip()}:8080
+    protocol: http
+    backends: ['{web}:8081']
+"""
+
+    def box(name: str) -> Edgelb:
+        d = tmp_path / name
+        d.mkdir()
+        text = _config(f, name, d, [web]).replace("ha:\n", site.lstrip("\n") + "ha:\n", 1)
+        e = Edgelb(d, text)
+        e.prefix = ["ip", "netns", "exec", name]
+        return e.start()
+
+    a, b = box(f.a), box(f.b)
+    try:
+        wait_for(lambda: len(f.routes(f.vip())) == 2, 30, "both boxes' routes")
+        # A new connection per request: a connection to the box that stops is never
+        # reused after it withdrew (keep-alive clients are closed between requests).
+        wrk = subprocess.Popen(f.in_ns(f.client, "wrk", "-t2", "-c16", "-d6s", "-H",
+                                       "Connection: close", f"http://{f.vip()}:8080/"),
+                               stdout=subprocess.PIPE, text=True)
+        time.sleep(2)
+        assert a.proc is not None
+        a.proc.send_signal(signal.SIGTERM)
+        out, _ = wrk.communicate(timeout=30)
+        assert a.proc.wait(20) == 0
+        requests = int(out.split(" requests in ")[0].split()[-1])
+        assert requests > 200, out
+        assert "Socket errors" not in out and "Non-2xx" not in out, out
+        events = Client(b.socket).get("/v1/events")["events"]
+        assert all("withdraw" not in e["message"] for e in events)
+        assert f.routes(f.vip()) == [f"10.{f.t}.5.2"]
     finally:
         a.stop()
         b.stop()
