@@ -330,22 +330,24 @@ class Fabric:
 
         d = Path(tempfile.mkdtemp(prefix="elb-frr-"))
         t = self.t
-        neighbors = "".join(
-            f" neighbor {ip} remote-as 64512\n neighbor {ip} bfd profile fast\n"
-            f" neighbor {ip} timers connect 1\n"
-            for ip in (f"10.{t}.4.2", f"10.{t}.5.2"))
         (d / "bfdd.conf").write_text("""bfd
  profile fast
   receive-interval 100
   transmit-interval 100
   detect-multiplier 3
 """)
+        # Any box in 10.T.0.0/16 may peer (AS 64512): the two boxes, or the test's own
+        # namespace linked in (``link_here``).
         (d / "bgpd.conf").write_text(f"""frr defaults traditional
 router bgp 64500
  bgp router-id 10.{t}.1.1
  no bgp ebgp-requires-policy
  bgp bestpath as-path multipath-relax
-{neighbors} address-family ipv4 unicast
+ neighbor boxes peer-group
+ neighbor boxes remote-as 64512
+ neighbor boxes bfd profile fast
+ bgp listen range 10.{t}.0.0/16 peer-group boxes
+ address-family ipv4 unicast
   maximum-paths 8
  exit-address-family
 """)
@@ -390,6 +392,19 @@ protocol kernel {{ merge paths on limit 8; ipv4 {{ import none; export all; }}; 
            str(d / "bird.ctl"), "-P", str(pid))
         self.pidfiles.append(pid)
         return d
+
+    def link_here(self) -> str:
+        """A link from the router (10.T.6.1) to the namespace this process runs in
+        (10.T.6.2, returned): a box there can use what lives on this loopback, like a
+        simulated cluster's API. The link goes with the router's namespace."""
+        t = self.t
+        sh("ip", "link", "add", f"r3x{t}", "netns", self.router, "type", "veth", "peer",
+           "name", f"up{t}")
+        sh("ip", "-n", self.router, "link", "set", f"r3x{t}", "name", "r3")
+        self._addr(self.router, "r3", f"10.{t}.6.1/24")
+        sh("ip", "addr", "add", f"10.{t}.6.2/24", "dev", f"up{t}")
+        sh("ip", "link", "set", f"up{t}", "up")
+        return f"10.{t}.6.2"
 
     def routes(self, vip: str) -> list[str]:
         """The router's next hops to ``vip`` now."""

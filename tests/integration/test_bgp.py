@@ -324,3 +324,54 @@ http {{ access_log off; client_body_temp_path {tmp_path}; proxy_temp_path {tmp_p
     finally:
         a.stop()
         b.stop()
+
+
+def test_a_vip_from_the_cluster_is_announced_and_withdrawn_with_its_service(
+        fabric: Fabric, tmp_path: Path) -> None:
+    from appliance.sim.cluster import SimCluster
+
+    f = fabric
+    f.frr()
+    here = f.link_here()
+    pool = f"10.{f.t}.9.100-10.{f.t}.9.109"
+    with SimCluster(str(tmp_path)) as sim:
+        sim.add_node("n1", "127.0.0.21")
+        e = Edgelb(tmp_path, f"""
+cluster:
+  kubeconfig: {sim.kubeconfig_path}
+  address_pools: ["{pool}"]
+  tls_dir: {tmp_path}/tls
+  debounce: 50ms
+listeners: []
+allow_no_listeners: true
+ha:
+  mode: bgp
+  asn: 64512
+  router_id: {here}
+  peers: [{{address: 10.{f.t}.6.1, asn: 64500, bfd: true}}]
+  bird: {{directory: {tmp_path}/bird}}
+""").start()
+        try:
+            sim.add_service("web", [(80, 30080)], {"web-a": "n1"})
+            vip = f"10.{f.t}.9.100"
+            wait_for(lambda: f.routes(vip) == [here], 30, "the Service's VIP on the router")
+            sim.api.remove("Service", "web")
+            wait_for(lambda: f.routes(vip) == [], 10, "withdrawn with its Service")
+        finally:
+            e.stop()
+
+
+def test_bird_as_the_router_spreads_flows_too(fabric: Fabric, tmp_path: Path) -> None:
+    f = fabric
+    s1 = f.server("s1", 8080)
+    f.bird_router()
+    a = _box(f, f.a, tmp_path, [s1])
+    b = _box(f, f.b, tmp_path, [s1])
+    try:
+        wait_for(lambda: f.routes(f.vip()) == [f"10.{f.t}.4.2", f"10.{f.t}.5.2"], 30,
+                 "both boxes' routes from the BIRD router")
+        split = _served_by(f, f.ask(f.vip(), 80, 1000))
+        assert split[""] == 0 and split["a"] >= 300 and split["b"] >= 300, split
+    finally:
+        a.stop()
+        b.stop()
