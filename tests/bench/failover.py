@@ -1,7 +1,15 @@
-"""Failover benchmark, as root in network namespaces: from cutting the master off the
-bridge to the first request answered through the VIP from the client namespace. The same
-failure, the same 100 ms advertisement interval, for an edgelb pair and a keepalived
-pair (each box also running edgelb, standalone, to serve the VIP), in one run.
+"""Failover benchmark, as root in network namespaces, in one run:
+
+- VRRP: from cutting the master off the bridge to the first request answered through
+  the VIP from the client namespace. The same failure, the same 100 ms advertisement
+  interval, for an edgelb pair and a keepalived pair (each box also running edgelb,
+  standalone, to serve the VIP).
+- BGP ECMP (two edgelb boxes behind an FRR router, BFD 3 x 100 ms): from a box's loss
+  to the first of ten new connections in a row all answered through the other box,
+  when the box's edgelb is killed (its BIRD goes with it) and when its link is cut
+  (every packet dropped at both ends, so only BFD can tell); the split of 1,000 new
+  connections over the two boxes; and the failed requests of a wrk load across a
+  graceful stop (SIGTERM) of one box.
 
     python -m tests.bench.failover [--trials 20]
 """
@@ -10,7 +18,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -18,8 +28,31 @@ from pathlib import Path
 from typing import Any
 
 from tests.bench.l4 import save_results
-from tests.helpers import wait_for
+from tests.helpers import Edgelb, wait_for
+from tests.integration.test_bgp import _box, _served_by, graceful_stop_under_wrk
 from tests.integration.test_ha_vrrp import Lab, sh
+from tests.netlab import Fabric
+
+# In the client namespace: on each line of stdin, new connections (50 ms to connect and
+# answer) until ten in a row are answered through the box whose LAN address is given;
+# prints the monotonic time of the first of those ten (the clock is the machine's, the
+# same in every namespace).
+THROUGH = r"""
+import socket, sys, time
+vip, port = sys.argv[1], int(sys.argv[2])
+for want in sys.stdin:
+    want = want.strip(); run = []; end = time.monotonic() + 20
+    while len(run) < 10 and time.monotonic() < end:
+        t = time.monotonic()
+        try:
+            s = socket.create_connection((vip, port), timeout=0.05); s.settimeout(0.05)
+            s.sendall(b"who\n"); got = s.makefile("rb").readline().decode().split()
+            s.close()
+            run = run + [t] if len(got) == 2 and got[1] == want else []
+        except OSError:
+            run = []
+    print(run[0] if len(run) == 10 else -1, flush=True)
+"""
 
 
 def trial(lab: Lab, master: str, other: str) -> float:
@@ -60,6 +93,83 @@ def run_pair(kind: str, trials: int) -> list[float]:
             lab.close()
 
 
+def run_bgp(trials: int) -> dict[str, Any]:
+    """The BGP figures: a box killed, a link cut, the split, a graceful stop."""
+    out: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="edgelb-bench-bgp-") as t:
+        f = Fabric(Path(t))
+        try:
+            s1 = f.server("s1", 8080)
+            f.frr()
+            a, b = _box(f, f.a, Path(t), [s1]), _box(f, f.b, Path(t), [s1])
+            both = [f"10.{f.t}.4.2", f"10.{f.t}.5.2"]
+            client = subprocess.Popen(f.in_ns(f.client, sys.executable, "-c", THROUGH,
+                                              f.vip(), "80"), text=True,
+                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+            try:
+                wait_for(lambda: f.routes(f.vip()) == both, 30, "both routes")
+                out["split_of_1000"] = dict(_served_by(f, f.ask(f.vip(), 80, 1000)))
+                out["killed"] = summary([_bgp_trial(f, a, both, client, "kill")
+                                         for _ in range(trials)])
+                out["link_cut"] = summary([_bgp_trial(f, a, both, client, "cut")
+                                           for _ in range(trials)])
+            finally:
+                client.kill()
+                client.communicate()
+                a.stop()
+                b.stop()
+        finally:
+            f.close()
+    out["graceful"] = _graceful()
+    return out
+
+
+def _bgp_trial(f: Fabric, a: Edgelb, both: list[str], client: subprocess.Popen[str],
+               how: str) -> float:
+    wait_for(lambda: f.routes(f.vip()) == both, 30, "box a back on the router")
+    time.sleep(0.5)
+    assert client.stdin is not None and client.stdout is not None
+    cut = [(f.a, "up0"), (f.router, "r1")]
+    t0 = time.monotonic()
+    if how == "kill":
+        assert a.proc is not None
+        a.proc.send_signal(signal.SIGKILL)
+    else:
+        for ns, dev in cut:
+            sh("ip", "netns", "exec", ns, "nft", f"table netdev cut {{ chain in {{ type "
+               f"filter hook ingress device {dev} priority -500; policy drop; }}; }}")
+    client.stdin.write(f.lan_address(f.b) + "\n")
+    client.stdin.flush()
+    first = float(client.stdout.readline())
+    if how == "kill":
+        a.proc.wait()
+        a.start()
+    else:
+        for ns, _ in cut:
+            sh("ip", "netns", "exec", ns, "nft", "delete", "table", "netdev", "cut")
+    if first < 0:
+        raise RuntimeError(f"{how}: new connections never all reached box b")
+    return first - t0
+
+
+def _graceful() -> dict[str, Any]:
+    """wrk (a new connection per request) across a SIGTERM of one box."""
+    with tempfile.TemporaryDirectory(prefix="edgelb-bench-bgp-") as t:
+        f = Fabric(Path(t))
+        try:
+            text, _ = graceful_stop_under_wrk(f, Path(t))
+        finally:
+            f.close()
+    requests = int(text.split(" requests in ")[0].split()[-1])
+    failed = 0
+    for line in text.splitlines():
+        if "Non-2xx" in line:
+            failed += int(line.split(":")[1])
+        if "Socket errors" in line:
+            failed += sum(int(x.split()[1]) for x in line.split(":", 1)[1].split(","))
+    return {"requests": requests, "failed": failed}
+
+
 def summary(times: list[float]) -> dict[str, float]:
     s = sorted(times)
     return {"p50_ms": statistics.median(s) * 1000,
@@ -78,14 +188,22 @@ def main() -> int:
     for kind in ("edgelb", "keepalived"):
         results[kind] = summary(run_pair(kind, args.trials))
         print(kind, results[kind], file=sys.stderr)
+    results["bgp"] = run_bgp(args.trials)
+    print("bgp", results["bgp"], file=sys.stderr)
     out = save_results("failover", results)
     e, k = results["edgelb"], results["keepalived"]
-    print(f"""
-| pair (advert 100 ms, master cut off the bridge) | p50 | p99 | max |
-|---|---|---|---|
-| edgelb <-> edgelb | {e['p50_ms']:.0f} ms | {e['p99_ms']:.0f} ms | {e['max_ms']:.0f} ms |
-| keepalived <-> keepalived | {k['p50_ms']:.0f} ms | {k['p99_ms']:.0f} ms | {k['max_ms']:.0f} ms |
-""")
+    kill, cut = results["bgp"]["killed"], results["bgp"]["link_cut"]
+    g, split = results["bgp"]["graceful"], results["bgp"]["split_of_1000"]
+    rows = [("BGP ECMP + BFD 3 x 100 ms: a box's edgelb killed (its BIRD with it)", kill),
+            ("BGP ECMP + BFD 3 x 100 ms: a box's link cut (only BFD can tell)", cut),
+            ("VRRP 100 ms adverts, edgelb <-> edgelb: master cut off the bridge", e),
+            ("VRRP 100 ms adverts, keepalived <-> keepalived: the same", k)]
+    print("\n| failure | p50 | p99 | max |\n|---|---|---|---|")
+    for name, r in rows:
+        print(f"| {name} | {r['p50_ms']:.0f} ms | {r['p99_ms']:.0f} ms | {r['max_ms']:.0f} ms |")
+    print(f"\nBGP: 1,000 new connections split {split.get('a', 0)}/{split.get('b', 0)} over the "
+          f"two boxes; a graceful stop of one box under wrk: {g['failed']} failed of "
+          f"{g['requests']} requests.\n")
     print(f"raw figures: {out}")
     return 0
 

@@ -278,14 +278,15 @@ def test_a_listener_without_backends_withdraws_its_vip_and_drain_box(
         b.stop()
 
 
-def test_a_graceful_stop_under_load_fails_no_request(fabric: Fabric, tmp_path: Path) -> None:
-    f = fabric
+def graceful_stop_under_wrk(f: Fabric, tmp: Path) -> tuple[str, int | None]:
+    """wrk from the client for 6 s over an HTTP listener of both boxes, box a stopped
+    with SIGTERM 2 s in: (wrk's report, a's exit status). Also the benchmark's."""
     web = f"10.{f.t}.2.2"
-    conf = tmp_path / "nginx.conf"
-    conf.write_text(f"""daemon off; pid {tmp_path}/nginx.pid; error_log stderr;
+    conf = tmp / "nginx.conf"
+    conf.write_text(f"""daemon off; pid {tmp}/nginx.pid; error_log stderr;
 events {{ worker_connections 1024; }}
-http {{ access_log off; client_body_temp_path {tmp_path}; proxy_temp_path {tmp_path};
-  fastcgi_temp_path {tmp_path}; uwsgi_temp_path {tmp_path}; scgi_temp_path {tmp_path};
+http {{ access_log off; client_body_temp_path {tmp}; proxy_temp_path {tmp};
+  fastcgi_temp_path {tmp}; uwsgi_temp_path {tmp}; scgi_temp_path {tmp};
   server {{ listen {web}:8081; location / {{ return 200 "ok\\n"; }} }} }}
 """)
     f.procs.append(subprocess.Popen(f.in_ns(f.servers, "nginx", "-c", str(conf)),
@@ -299,7 +300,7 @@ http {{ access_log off; client_body_temp_path {tmp_path}; proxy_temp_path {tmp_p
 """
 
     def box(name: str) -> Edgelb:
-        d = tmp_path / name
+        d = tmp / name
         d.mkdir()
         text = _config(f, name, d, [web]).replace("ha:\n", site.lstrip("\n") + "ha:\n", 1)
         e = Edgelb(d, text)
@@ -318,16 +319,20 @@ http {{ access_log off; client_body_temp_path {tmp_path}; proxy_temp_path {tmp_p
         assert a.proc is not None
         a.proc.send_signal(signal.SIGTERM)
         out, _ = wrk.communicate(timeout=30)
-        assert a.proc.wait(20) == 0
-        requests = int(out.split(" requests in ")[0].split()[-1])
-        assert requests > 200, out
-        assert "Socket errors" not in out and "Non-2xx" not in out, out
-        events = Client(b.socket).get("/v1/events")["events"]
-        assert all("withdraw" not in e["message"] for e in events)
+        status = a.proc.wait(20)
         assert f.routes(f.vip()) == [f"10.{f.t}.5.2"]
+        return out, status
     finally:
         a.stop()
         b.stop()
+
+
+def test_a_graceful_stop_under_load_fails_no_request(fabric: Fabric, tmp_path: Path) -> None:
+    out, status = graceful_stop_under_wrk(fabric, tmp_path)
+    assert status == 0
+    requests = int(out.split(" requests in ")[0].split()[-1])
+    assert requests > 200, out
+    assert "Socket errors" not in out and "Non-2xx" not in out, out
 
 
 def test_a_vip_from_the_cluster_is_announced_and_withdrawn_with_its_service(
