@@ -323,21 +323,23 @@ class Fabric:
 
     # -- the router ------------------------------------------------------------------------
 
-    def frr(self) -> Path:
-        """FRR on the router: zebra, bfdd and bgpd as the frr user, ECMP over both boxes.
-        Their directory (returned) holds vtysh's sockets."""
+    def frr(self, peers: list[str] | None = None) -> Path:
+        """FRR on the router: zebra, bfdd and bgpd as the frr user, ECMP over the boxes
+        (``peers``, AS 64512; by default both boxes). Their directory (returned) holds
+        vtysh's sockets. Neighbours are listed one by one: FRR 8.4 runs no BFD for the
+        dynamic neighbours of a listen range."""
         import tempfile
 
         d = Path(tempfile.mkdtemp(prefix="elb-frr-"))
         t = self.t
+        peers = peers or [self.box_address(self.a), self.box_address(self.b)]
+        neighbors = "".join(f" neighbor {ip} peer-group boxes\n" for ip in peers)
         (d / "bfdd.conf").write_text("""bfd
  profile fast
   receive-interval 100
   transmit-interval 100
   detect-multiplier 3
 """)
-        # Any box in 10.T.0.0/16 may peer (AS 64512): the two boxes, or the test's own
-        # namespace linked in (``link_here``).
         (d / "bgpd.conf").write_text(f"""frr defaults traditional
 router bgp 64500
  bgp router-id 10.{t}.1.1
@@ -346,8 +348,8 @@ router bgp 64500
  neighbor boxes peer-group
  neighbor boxes remote-as 64512
  neighbor boxes bfd profile fast
- bgp listen range 10.{t}.0.0/16 peer-group boxes
- address-family ipv4 unicast
+ neighbor boxes timers connect 1
+{neighbors} address-family ipv4 unicast
   maximum-paths 8
  exit-address-family
 """)

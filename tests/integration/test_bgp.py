@@ -149,18 +149,22 @@ def test_two_boxes_share_new_connections_and_one_killed_leaves_at_once(
 
 
 def _hold(f: Fabric, n: int) -> subprocess.Popen[str]:
-    """``n`` connections from the client held open; each line on stdin pokes them all
-    and prints how many still answer."""
+    """``n`` connections from the client held open. It prints how many went through
+    box b; then each line on stdin pokes them all and prints how many of b's still
+    answer."""
     code = f"""
 import socket, sys
 socks = []
 for _ in range({n}):
     s = socket.create_connection(({f.vip()!r}, 80), timeout=3)
-    s.sendall(b"who\\n"); s.makefile("rb").readline(); socks.append(s)
-print("open", flush=True)
+    s.sendall(b"who\\n"); seen = s.makefile("rb").readline().decode().split()[1]
+    socks.append((s, seen == {f.lan_address(f.b)!r}))
+print(sum(on_b for _, on_b in socks), flush=True)
 for line in sys.stdin:
     ok = 0
-    for s in socks:
+    for s, on_b in socks:
+        if not on_b:
+            continue
         try:
             s.sendall(b"echo\\n")
             ok += s.recv(10) == b"echo\\n"
@@ -200,19 +204,22 @@ def test_a_killed_box_and_its_bird_leave_the_router_at_once(
     try:
         wait_for(lambda: len(f.routes(f.vip())) == 2, 30, "both boxes' routes")
         holder = _hold(f, 40)
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "open"
-        assert _poke(holder) == 40
+        assert holder.stdout is not None
+        on_b = int(holder.stdout.readline())
+        assert 5 <= on_b <= 35 and _poke(holder) == on_b
         bird_a = subprocess.run(["pgrep", "-P", str(a.proc.pid if a.proc else 0), "bird"],
                                 capture_output=True, text=True).stdout.split()
         assert len(bird_a) == 1, "box a's edgelb runs its BIRD"
         assert a.proc is not None
         a.proc.send_signal(signal.SIGKILL)  # edgelb alone: its BIRD must go with it
-        took = _first_answer_through(f, f.b, 5)
-        assert took < 1.0, took
+        # Its BIRD died with it, so the session closed at once: well within the hold
+        # time (9 s) that would otherwise pass first. The benchmark measures the time.
+        wait_for(lambda: f.routes(f.vip()) == [f"10.{f.t}.5.2"], 3, "a's route gone")
+        _first_answer_through(f, f.b, 5)
         wait_for(lambda: not os.path.exists(f"/proc/{bird_a[0]}"), 5, "box a's BIRD gone")
         assert f.routes(f.vip()) == [f"10.{f.t}.5.2"]
-        # The flows on b are untouched (those on a died with it).
-        assert _poke(holder) >= 10
+        # Every flow on b is untouched (those on a died with it).
+        assert _poke(holder) == on_b
     finally:
         if holder is not None:
             holder.kill()
@@ -235,9 +242,11 @@ def test_a_cut_link_is_found_by_bfd(fabric: Fabric, tmp_path: Path) -> None:
             subprocess.run(f.in_ns(ns, "nft", f"table netdev cut {{ chain in {{ type filter "
                                    f"hook ingress device {dev} priority -500; policy drop; "
                                    "}; }"), check=True)
-        took = _first_answer_through(f, f.b, 5)
-        assert took < 1.5, took
-        assert f.routes(f.vip()) == [f"10.{f.t}.5.2"]
+        # BFD (3 x 100 ms) finds it, not the hold timer (9 s): the route leaves the
+        # router in a fraction of the hold time. (A functional bound, with room for a
+        # busy machine; the benchmark measures the time.)
+        wait_for(lambda: f.routes(f.vip()) == [f"10.{f.t}.5.2"], 3, "a's route gone by BFD")
+        _first_answer_through(f, f.b, 5)
     finally:
         a.stop()
         b.stop()
@@ -340,8 +349,8 @@ def test_a_vip_from_the_cluster_is_announced_and_withdrawn_with_its_service(
     from appliance.sim.cluster import SimCluster
 
     f = fabric
-    f.frr()
     here = f.link_here()
+    f.frr([here])
     pool = f"10.{f.t}.9.100-10.{f.t}.9.109"
     with SimCluster(str(tmp_path)) as sim:
         sim.add_node("n1", "127.0.0.21")
