@@ -39,7 +39,9 @@ def decide(vips: Iterable[str], listeners: Iterable[Listener], down: Down,
         serving.setdefault(lst.bind[0], []).append(lst)
     out = {}
     for vip in sorted({vip_address(v) for v in vips}, key=_order):
-        on = serving.get(vip, [])
+        # A listener on the wildcard address serves every VIP of its family.
+        wildcard = "0.0.0.0" if ipaddress.ip_address(vip).version == 4 else "::"
+        on = serving.get(vip, []) + serving.get(wildcard, [])
         if drained:
             out[vip] = drained
         elif not on:

@@ -28,6 +28,7 @@ log = logging.getLogger("edgelb")
 DECIDE_EVERY = 0.2  # how often what to announce is decided, seconds
 READ_EVERY = 1.0  # how often the sessions are read back
 BIRDC_TIMEOUT = 10.0
+RESPAWN_DELAY = 1.0  # a BIRD that exits is started again after this
 PR_SET_PDEATHSIG = 1
 
 # What the daemon tells: the candidate VIPs, the listeners and the backends down.
@@ -162,11 +163,26 @@ class BgpRunner:
         log.info("BGP: BIRD %d started (%s)", self.proc.pid, self.conf)
 
     async def _watch_bird(self) -> None:
-        assert self.proc is not None
-        await self.proc.wait()
-        self.events.event("ha", f"BIRD exited ({self.proc.returncode}): no VIP is "
-                          "announced from this box")
-        log.error("BGP: BIRD exited with %s; nothing is announced", self.proc.returncode)
+        """A BIRD that exits is started again (a second later, with what should be
+        announced then); meanwhile this box announces nothing, which is safe."""
+        while True:
+            assert self.proc is not None
+            await self.proc.wait()
+            self.events.event("ha", f"BIRD exited ({self.proc.returncode}): no VIP is "
+                              "announced from this box; starting it again")
+            log.error("BGP: BIRD exited with %s; nothing is announced; starting it again",
+                      self.proc.returncode)
+            self.sessions = ()
+            await trio.sleep(RESPAWN_DELAY)
+            self.in_force = None
+            await self._write([])
+            try:
+                await trio.to_thread.run_sync(self._prepare)
+                await self._start_bird()
+            except OSError as e:
+                log.error("BGP: BIRD not started again: %s", e)
+                continue
+            self.wake.set()
 
     async def _stop_bird(self) -> None:
         if self.proc is None or self.proc.returncode is not None:

@@ -228,6 +228,29 @@ def test_a_killed_box_and_its_bird_leave_the_router_at_once(
         b.stop()
 
 
+def test_a_bird_that_dies_alone_is_started_again(fabric: Fabric, tmp_path: Path) -> None:
+    f = fabric
+    s1 = f.server("s1", 8080)
+    f.frr([f.box_address(f.a)])
+    a = _box(f, f.a, tmp_path, [s1])
+    try:
+        wait_for(lambda: f.routes(f.vip()) == [f.box_address(f.a)], 30, "a's route")
+        assert a.proc is not None
+        (bird,) = subprocess.run(["pgrep", "-P", str(a.proc.pid), "bird"],
+                                 capture_output=True, text=True).stdout.split()
+        os.kill(int(bird), signal.SIGKILL)
+        wait_for(lambda: f.routes(f.vip()) == [], 5, "withdrawn with its BIRD")
+        wait_for(lambda: f.routes(f.vip()) == [f.box_address(f.a)], 30,
+                 "announced again by a new BIRD")
+        (again,) = subprocess.run(["pgrep", "-P", str(a.proc.pid), "bird"],
+                                  capture_output=True, text=True).stdout.split()
+        assert again != bird
+        events = [e["message"] for e in Client(a.socket).get("/v1/events")["events"]]
+        assert any("BIRD exited" in m for m in events), events
+    finally:
+        a.stop()
+
+
 def test_a_cut_link_is_found_by_bfd(fabric: Fabric, tmp_path: Path) -> None:
     f = fabric
     s1 = f.server("s1", 8080)

@@ -34,6 +34,10 @@ def test_what_is_announced_and_why_not() -> None:
     assert decide(vips[:1], [WEB], down, "")["203.0.113.10"] == "no healthy backend (web)"
     assert decide(vips[:1], [WEB], set(), "drained by ops") == {
         "203.0.113.10": "drained by ops"}
+    # A listener on the wildcard address serves every VIP of its family.
+    anywhere = replace(WEB, name="any", bind=("0.0.0.0", 80))
+    assert decide(["203.0.113.11", "2001:db8::1"], [anywhere], set(), "") == {
+        "203.0.113.11": "", "2001:db8::1": "no listener on it"}
 
 
 def test_attributes_by_vip_or_pool() -> None:
