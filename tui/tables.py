@@ -82,7 +82,7 @@ class FittedTable(DataTable[Any]):
         self.spec = tuple(columns)
         self.rows_shown: list[tuple[str, list[Any]]] = []
         self.sorted_by: tuple[str, bool] | None = None  # (column name, descending)
-        self._shape: tuple[tuple[int, ...], tuple[str, ...]] | None = None
+        self._shape: tuple[tuple[int, ...], tuple[str, ...], tuple[int, ...]] | None = None
 
     def show(self, rows: list[tuple[str, list[Any]]]) -> None:
         """Show ``rows`` (key, a cell per column of the spec)."""
@@ -115,12 +115,15 @@ class FittedTable(DataTable[Any]):
         # The width less a vertical scrollbar's; before the first layout, every column.
         room = self.size.width - 2 if self.size.width else sum(widths)
         kept = tuple(fit(self.spec, widths, room))
-        shape = (kept, tuple(labels[i] for i in kept))
+        shape = (kept, tuple(labels[i] for i in kept), tuple(widths[i] for i in kept))
         if shape != self._shape:
             cursor = self.cursor_row
             self.clear(columns=True)
+            # Widths are set, not measured by the table: it measures new rows only when
+            # idle, and rows drawn before that stayed cut at the header's width (seen in
+            # a real terminal, never under the test pilot).
             for i in kept:
-                self.add_column(labels[i], key=self.spec[i].name)
+                self.add_column(labels[i], key=self.spec[i].name, width=widths[i] - 2)
             self._shape = shape
             sync_rows(self, [(k, [cells[i] for i in kept]) for k, cells in self.rows_shown])
             if self.row_count:

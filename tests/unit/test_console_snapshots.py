@@ -319,6 +319,32 @@ def test_columns_collapse_by_importance_and_widen_for_new_values() -> None:
     assert "8.5/s" in lines[0] and "RATE↓" in lines[1], lines
 
 
+def test_column_widths_are_set_from_the_rows_not_measured_later() -> None:
+    """The table measured rows only when idle, and rows drawn before that stayed cut at
+    the header's width: over SSH the backends view showed "127.0.0" for every backend.
+    The widths are set as the rows are shown."""
+    from textual.app import App, ComposeResult
+
+    from tui.tables import Column, FittedTable
+
+    class One(App[None]):
+        def compose(self) -> ComposeResult:
+            yield FittedTable((Column("BACKEND"), Column("STATE")), id="t")
+
+    widths: list[tuple[bool, int]] = []
+
+    async def run() -> None:
+        app = One()
+        async with app.run_test(size=(60, 10)):
+            t = app.query_one(FittedTable)
+            t.show([("a", ["127.0.0.1:34385", "ready"])])
+            # No pause: as drawn before the table's next idle.
+            widths.extend((c.auto_width, c.width) for c in t.columns.values())
+
+    asyncio.run(run())
+    assert widths == [(False, 15), (False, 5)], widths
+
+
 def test_a_long_question_wraps_inside_its_dialog() -> None:
     """Issue 17, item 8: a failover's explanation was cut off at the dialog's edge."""
     from tui.screens import ConfirmScreen
