@@ -3,7 +3,7 @@ PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
-DEB_PKGS := haproxy nginx iperf3 wrk curl netcat-openbsd iproute2 procps openssl kubectl keepalived tcpdump openssh-server openssh-client tmux nftables conntrack conntrackd util-linux bird2 frr
+DEB_PKGS := haproxy nginx iperf3 wrk curl netcat-openbsd iproute2 procps openssl kubectl keepalived tcpdump openssh-server openssh-client tmux nftables conntrack conntrackd util-linux bird2 frr nghttp2-client
 
 .PHONY: wheel image image-deps test-system demo test test-unit bench bench-l4 bench-l7 bench-cluster bench-failover bench-console lint deb-deps clean
 

@@ -5,10 +5,13 @@ loopback, in front of the same nginx ``return 200`` backend, keep-alive, wrk -c5
 
 For each of plain HTTP and HTTPS (TLS terminated by the proxy): requests/s, p50/p99
 latency, and the proxy's CPU microseconds per request (utime+stime of all its processes
-over the run, divided by the requests served); edgelb again with its access log on.
-Then, with two processes each, edgelb
-``workers: 2`` against nginx ``worker_processes 2``. Prints a markdown table with ratios
-and writes JSON to tests/bench/results/. Only ratios within one run mean anything.
+over the run, divided by the requests served); edgelb again with its access log on
+(plain and TLS). Then, with two processes each, edgelb
+``workers: 2`` against nginx ``worker_processes 2``. Last, paced load: each proxy at
+half of HAProxy's peak rate over plain HTTP (h2load ``--h1 --rps``, 50 connections),
+p50/p99 from h2load's per-request log, since a saturating load measures queueing, not
+the proxy. Prints a markdown table with ratios and writes JSON to tests/bench/results/.
+Only ratios within one run mean anything.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -46,7 +50,7 @@ def backend_nginx(tmp: Path, port: int) -> subprocess.Popen[bytes]:
 def proxy_nginx(tmp: Path, workers: int, http: int, https: int, backend: int,
                 crt: Path, key: Path) -> subprocess.Popen[bytes]:
     d = tmp / f"nginx{workers}"
-    d.mkdir()
+    d.mkdir(exist_ok=True)  # started again for the paced load
     return run_nginx(d, f"""  upstream be {{ server 127.0.0.1:{backend}; keepalive 64; }}
   server {{
     listen 127.0.0.1:{http} reuseport backlog=4096;
@@ -116,6 +120,27 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
     stop_process(proc)
 
 
+def paced(port: int, rate: float, seconds: int, tmp: Path) -> dict[str, float]:
+    """p50/p99 (ms) and the rate reached with ``rate`` requests/s over 50 keep-alive
+    connections (h2load paces each client at rate/50)."""
+    log = tmp / f"paced-{port}.log"
+    per_client = max(1, round(rate / 50))
+    out = subprocess.run(["h2load", "--h1", "-c50", "-t1", f"--rps={per_client}",
+                          f"-D{seconds}", "--warm-up-time=1", f"--log-file={log}",
+                          f"http://127.0.0.1:{port}/"], capture_output=True, text=True,
+                         timeout=seconds + 60).stdout
+    times = sorted(int(line.split()[2]) for line in log.read_text().splitlines()
+                   if len(line.split()) == 3)
+    log.unlink()
+    done = re.search(r"(\d+) succeeded", out)
+    if not times:
+        return {"p50_ms": 0.0, "p99_ms": 0.0, "rps": 0.0, "requests": 0.0}
+    return {"p50_ms": times[len(times) // 2] / 1000,
+            "p99_ms": times[min(len(times) - 1, int(len(times) * 0.99))] / 1000,
+            "rps": (int(done.group(1)) if done else len(times)) / seconds,
+            "requests": float(len(times))}
+
+
 def run_one(name: str, proc: subprocess.Popen[bytes], http: int, https: int,
             seconds: int, schemes: tuple[str, ...]) -> dict[str, Any]:
     wait_for(lambda: can_connect(http) and can_connect(https), 20, f"{name} listening")
@@ -165,12 +190,26 @@ def main() -> int:
                 http, https = free_port(), free_port()
                 proc = start(http, https)
                 try:
-                    schemes = ("http",) if name[-2:] in ("-2", "og") else ("http", "https")
+                    schemes = ("http",) if name.endswith("-2") else ("http", "https")
                     results[name] = run_one(name, proc, http, https, args.seconds, schemes)
                     print(f"{name}: {json.dumps(results[name])}", file=sys.stderr)
                 finally:
                     stop(proc)
                 time.sleep(0.5)
+            if shutil.which("h2load"):
+                half = results["haproxy"]["http"]["rps"] / 2
+                results["paced_rate"] = half
+                for name, start in [x for x in runs if x[0] in ("edgelb", "haproxy", "nginx")]:
+                    http, https = free_port(), free_port()
+                    proc = start(http, https)
+                    try:
+                        wait_for(lambda p=http: can_connect(p), 20, f"{name} listening")
+                        wrk(http, 1, 50)  # warm up
+                        results[f"{name}-paced"] = paced(http, half, args.seconds, tmp)
+                        print(f"{name} paced: {results[f'{name}-paced']}", file=sys.stderr)
+                    finally:
+                        stop(proc)
+                    time.sleep(0.5)
         finally:
             stop(backend)
     out = save_results("l7", results)
@@ -194,16 +233,23 @@ def report(r: dict[str, Any], seconds: int) -> None:
             print(f"| {scheme}, 1 process | {label} | {fmt.format(e[key])} | "
                   f"{fmt.format(h[key])} | {fmt.format(n[key])} | {ratio(e[key], h[key])} | "
                   f"{ratio(e[key], n[key])} |")
-    lg, e1 = r["edgelb-log"]["http"], r["edgelb"]["http"]
-    print(f"| http, 1 process, access log on (a file) | CPU µs/req | "
-          f"{lg['cpu_us_per_req']:.1f} | - | - | - | - |")
-    on_off = ratio(lg["cpu_us_per_req"], e1["cpu_us_per_req"])
-    print(f"| ... against the access log off | CPU | {on_off} | | | | |")
+    for scheme in ("http", "https"):
+        lg, e1 = r["edgelb-log"][scheme], r["edgelb"][scheme]
+        print(f"| {scheme}, 1 process, access log on (a file) | CPU µs/req | "
+              f"{lg['cpu_us_per_req']:.1f} | - | - | - | - |")
+        on_off = ratio(lg["cpu_us_per_req"], e1["cpu_us_per_req"])
+        print(f"| ... against the access log off | CPU | {on_off} | | | | |")
+    if "paced_rate" in r:
+        e, h, n = (r[f"{x}-paced"] for x in ("edgelb", "haproxy", "nginx"))
+        for label, k in (("p50 ms", "p50_ms"), ("p99 ms", "p99_ms"), ("req/s", "rps")):
+            print(f"| http at {r['paced_rate']:.0f} req/s (half of HAProxy's peak) | {label} | "
+                  f"{e[k]:.2f} | {h[k]:.2f} | {n[k]:.2f} | {ratio(e[k], h[k])} | "
+                  f"{ratio(e[k], n[k])} |")
     e2, n2 = r["edgelb-2"]["http"], r["nginx-2"]["http"]
     print(f"| http, 2 processes | req/s | {e2['rps']:.0f} | - | {n2['rps']:.0f} | - | "
           f"{ratio(e2['rps'], n2['rps'])} |")
-    errs = {k: v[s]["errors"] + v[s]["non2xx"] for k, v in r.items() if isinstance(v, dict)
-            for s in v}
+    errs = {k: v[s]["errors"] + v[s]["non2xx"] for k, v in r.items()
+            if isinstance(v, dict) and not k.endswith("-paced") for s in v}
     print(f"\nerrors (socket + non-2xx) per run: {errs}")
 
 
