@@ -218,6 +218,7 @@ class BgpSessionView:
     since: str
     bfd: str
     exported: int
+    established: bool
 
 
 @dataclass(frozen=True)

@@ -86,6 +86,15 @@ def sh(*args: str, check: bool = True) -> str:
     return r.stdout
 
 
+def _veth(t: int, a: str, an: str, b: str, bn: str) -> None:
+    """A veth pair: ``an`` in namespace ``a``, ``bn`` in ``b`` (made under names unique
+    to the lab ``t``, then renamed inside each namespace)."""
+    sh("ip", "link", "add", f"{an}x{t}", "netns", a, "type", "veth", "peer", "name",
+       f"{bn}x{t}", "netns", b)
+    sh("ip", "-n", a, "link", "set", f"{an}x{t}", "name", an)
+    sh("ip", "-n", b, "link", "set", f"{bn}x{t}", "name", bn)
+
+
 def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
     for p in procs:
         if p.poll() is None:
@@ -149,8 +158,8 @@ class Routed:
         for ns in (self.client, self.box, self.servers):
             sh("ip", "netns", "add", ns)
             sh("ip", "-n", ns, "link", "set", "lo", "up")
-        self._link(self.client, "c0", self.box, "b0")
-        self._link(self.servers, "s0", self.box, "b1")
+        _veth(self.t, self.client, "c0", self.box, "b0")
+        _veth(self.t, self.servers, "s0", self.box, "b1")
         t = self.t
         self._addr(self.client, "c0", f"10.{t}.1.2/24", f"fd{t:02x}:1::2/64")
         self._addr(self.box, "b0", f"10.{t}.1.1/24", f"fd{t:02x}:1::1/64")
@@ -164,12 +173,6 @@ class Routed:
         sh("ip", "netns", "exec", self.box, "sysctl", "-qw", "net.ipv4.ip_forward=1",
            "net.ipv6.conf.all.forwarding=1", "net.netfilter.nf_conntrack_acct=1",
            "net.netfilter.nf_conntrack_timestamp=1")
-
-    def _link(self, a: str, an: str, b: str, bn: str) -> None:
-        sh("ip", "link", "add", f"{an}x{self.t}", "netns", a, "type", "veth", "peer", "name",
-           f"{bn}x{self.t}", "netns", b)
-        sh("ip", "-n", a, "link", "set", f"{an}x{self.t}", "name", an)
-        sh("ip", "-n", b, "link", "set", f"{bn}x{self.t}", "name", bn)
 
     def _addr(self, ns: str, dev: str, *addrs: str) -> None:
         sh("ip", "netns", "exec", ns, "sysctl", "-qw", f"net.ipv6.conf.{dev}.accept_dad=0")
@@ -263,11 +266,11 @@ class Fabric:
             sh("ip", "netns", "add", ns)
             sh("ip", "-n", ns, "link", "set", "lo", "up")
         t = self.t
-        self._link(self.client, "c0", self.router, "r0")
-        self._link(self.router, "r1", self.a, "up0")
-        self._link(self.router, "r2", self.b, "up0")
-        self._link(self.a, "lan0", self.servers, "sa")
-        self._link(self.b, "lan0", self.servers, "sb")
+        _veth(self.t, self.client, "c0", self.router, "r0")
+        _veth(self.t, self.router, "r1", self.a, "up0")
+        _veth(self.t, self.router, "r2", self.b, "up0")
+        _veth(self.t, self.a, "lan0", self.servers, "sa")
+        _veth(self.t, self.b, "lan0", self.servers, "sb")
         sh("ip", "-n", self.servers, "link", "add", "br0", "type", "bridge")
         for port in ("sa", "sb"):
             sh("ip", "-n", self.servers, "link", "set", port, "master", "br0", "up")
@@ -288,12 +291,6 @@ class Fabric:
         for box in (self.a, self.b):
             sh("ip", "netns", "exec", box, "sysctl", "-qw", "net.ipv4.ip_forward=1",
                "net.netfilter.nf_conntrack_acct=1")
-
-    def _link(self, a: str, an: str, b: str, bn: str) -> None:
-        sh("ip", "link", "add", f"{an}x{self.t}", "netns", a, "type", "veth", "peer", "name",
-           f"{bn}x{self.t}", "netns", b)
-        sh("ip", "-n", a, "link", "set", f"{an}x{self.t}", "name", an)
-        sh("ip", "-n", b, "link", "set", f"{bn}x{self.t}", "name", bn)
 
     def _addr(self, ns: str, dev: str, addr: str) -> None:
         sh("ip", "-n", ns, "addr", "add", addr, "dev", dev)
@@ -394,6 +391,21 @@ protocol kernel {{ merge paths on limit 8; ipv4 {{ import none; export all; }}; 
            str(d / "bird.ctl"), "-P", str(pid))
         self.pidfiles.append(pid)
         return d
+
+    def _cut_ends(self, box: str) -> list[tuple[str, str]]:
+        return [(box, "up0"), (self.router, "r1" if box == self.a else "r2")]
+
+    def cut(self, box: str) -> None:
+        """Drop every packet between ``box`` and the router at both ends, the link left
+        up: only BFD can tell. (No netem in this kernel: nftables drops them.)"""
+        for ns, dev in self._cut_ends(box):
+            sh("ip", "netns", "exec", ns, "nft", f"table netdev cut {{ chain in {{ type "
+               f"filter hook ingress device {dev} priority -500; policy drop; }}; }}")
+
+    def mend(self, box: str) -> None:
+        """Undo ``cut``."""
+        for ns, _ in self._cut_ends(box):
+            sh("ip", "netns", "exec", ns, "nft", "delete", "table", "netdev", "cut")
 
     def link_here(self) -> str:
         """A link from the router (10.T.6.1) to the namespace this process runs in

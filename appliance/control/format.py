@@ -142,7 +142,7 @@ def format_routes(rs: list[dict[str, Any]]) -> str:
 
 def bgp_summary(ha: dict[str, Any]) -> str:
     """Sessions up and VIPs announced, in a few words."""
-    up = sum(1 for s in ha["sessions"] if s["state"].startswith("Established"))
+    up = sum(1 for s in ha["sessions"] if s["established"])
     shown = sum(1 for v in ha["vips"] if v["announced"])
     return (f"{up}/{len(ha['sessions'])} sessions established, {shown}/{len(ha['vips'])} "
             "VIPs announced" + (f"; DRAINED: {ha['drained']}" if ha["drained"] else ""))

@@ -104,8 +104,7 @@ def _ha_metrics(ha: HaView) -> Iterator[Metric]:
         bfd = GaugeMetricFamily("edgelb_bgp_bfd_up", "1 while the BFD session to a peer "
                                 "is up (peers with bfd: true)", labels=["peer"])
         for session in ha.sessions:
-            up.add_metric([session.peer], 1 if session.state.startswith("Established")
-                          else 0)
+            up.add_metric([session.peer], 1 if session.established else 0)
             if session.bfd:
                 bfd.add_metric([session.peer], 1 if session.bfd == "Up" else 0)
         vips = GaugeMetricFamily("edgelb_bgp_vip_announced", "1 while this box announces "

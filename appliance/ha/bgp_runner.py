@@ -73,7 +73,7 @@ class BgpRunner:
 
     def view(self) -> HaView:
         alerts = [f"BGP session to {s.peer} is {s.state}"
-                  for s in self.sessions if not s.state.startswith("Established")]
+                  for s in self.sessions if not s.established]
         if self.proc is not None and self.proc.returncode is not None:
             alerts.append(f"BIRD exited ({self.proc.returncode}): nothing is announced")
         if self.drained:
@@ -141,11 +141,8 @@ class BgpRunner:
     def _prepare(self) -> None:
         self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(self.dir, 0o700)  # the config may hold peers' passwords
-        for leftover in ("bird.ctl",):
-            try:
-                os.unlink(self.dir / leftover)
-            except FileNotFoundError:
-                pass
+        # A socket left by a BIRD that died with an earlier run.
+        (self.dir / "bird.ctl").unlink(missing_ok=True)
 
     async def _start_bird(self) -> None:
         ha = self.ha
@@ -278,7 +275,8 @@ class BgpRunner:
                     continue
                 views.append(BgpSessionView(peer.address, peer.asn, s.info or s.state,
                                             s.since, bfd.get(peer.address, "")
-                                            if peer.bfd else "", s.exported))
+                                            if peer.bfd else "", s.exported,
+                                            s.established))
             before = {s.peer: s.state for s in self.sessions}
             for v in views:
                 if before.get(v.peer) != v.state:

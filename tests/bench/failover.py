@@ -30,8 +30,8 @@ from typing import Any
 from tests.bench.l4 import save_results
 from tests.helpers import Edgelb, wait_for
 from tests.integration.test_bgp import _box, _served_by, graceful_stop_under_wrk
-from tests.integration.test_ha_vrrp import Lab, sh
-from tests.netlab import Fabric
+from tests.integration.test_ha_vrrp import Lab
+from tests.netlab import Fabric, sh
 
 # In the client namespace: on each line of stdin, new connections (50 ms to connect and
 # answer) until ten in a row are answered through the box whose LAN address is given;
@@ -135,15 +135,12 @@ def _bgp_trial(f: Fabric, victim: str, box: Edgelb, survivor: str, both: list[st
     wait_for(lambda: f.routes(f.vip()) == both, 90, "both boxes back on the router")
     time.sleep(0.5)
     assert client.stdin is not None and client.stdout is not None
-    cut = [(victim, "up0"), (f.router, "r1" if victim == f.a else "r2")]
     t0 = time.monotonic()
     if how == "kill":
         assert box.proc is not None
         box.proc.send_signal(signal.SIGKILL)
     else:
-        for ns, dev in cut:
-            sh("ip", "netns", "exec", ns, "nft", f"table netdev cut {{ chain in {{ type "
-               f"filter hook ingress device {dev} priority -500; policy drop; }}; }}")
+        f.cut(victim)
     client.stdin.write(f.lan_address(survivor) + "\n")
     client.stdin.flush()
     first = float(client.stdout.readline())
@@ -152,8 +149,7 @@ def _bgp_trial(f: Fabric, victim: str, box: Edgelb, survivor: str, both: list[st
         box.proc.wait()
         box.start()
     else:
-        for ns, _ in cut:
-            sh("ip", "netns", "exec", ns, "nft", "delete", "table", "netdev", "cut")
+        f.mend(victim)
     if first < 0:
         raise RuntimeError(f"{how}: new connections never all reached {survivor}")
     return first - t0

@@ -13,6 +13,7 @@ import subprocess
 import time
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import pytest
@@ -63,6 +64,19 @@ def _box(f: Fabric, box: str, tmp: Path, backends: list[str], extra: str = "") -
     e = Edgelb(d, _config(f, box, d, backends, extra))
     e.prefix = ["ip", "netns", "exec", box]
     return e.start()
+
+
+@contextmanager
+def _boxes(f: Fabric, tmp: Path, backends_a: list[str],
+           backends_b: list[str] | None = None) -> Iterator[tuple[Edgelb, Edgelb]]:
+    """Both boxes running (b with a's backends unless told), stopped on the way out
+    (a too when b does not start)."""
+    with ExitStack() as stack:
+        a = _box(f, f.a, tmp, backends_a)
+        stack.callback(a.stop)
+        b = _box(f, f.b, tmp, backends_a if backends_b is None else backends_b)
+        stack.callback(b.stop)
+        yield a, b
 
 
 def metrics_of(f: Fabric, box: str) -> dict[str, float]:
@@ -117,9 +131,7 @@ def test_two_boxes_share_new_connections_and_one_killed_leaves_at_once(
     f = fabric
     s1, s2 = f.server("s1", 8080), f.server("s2", 8080)
     f.frr()
-    a = _box(f, f.a, tmp_path, [s1, s2])
-    b = _box(f, f.b, tmp_path, [s1, s2])
-    try:
+    with _boxes(f, tmp_path, [s1, s2]) as (a, _):
         wait_for(lambda: f.routes(f.vip()) == [f"10.{f.t}.4.2", f"10.{f.t}.5.2"], 30,
                  "both boxes' routes on the router")
         answers = f.ask(f.vip(), 80, 1000)
@@ -127,7 +139,7 @@ def test_two_boxes_share_new_connections_and_one_killed_leaves_at_once(
         assert split[""] == 0 and split["a"] >= 300 and split["b"] >= 300, split
         # Both boxes build the same Maglev table: one client lands on the same backend
         # whichever box the router picked.
-        assert len({a.split()[0] for a in answers}) == 1, Counter(answers)
+        assert len({x.split()[0] for x in answers}) == 1, Counter(answers)
         st = Client(a.socket).get("/v1/status")["ha"]
         assert st["mode"] == "bgp" and st["sessions"][0]["state"] == "Established"
         assert st["sessions"][0]["bfd"] == "Up"
@@ -144,9 +156,6 @@ def test_two_boxes_share_new_connections_and_one_killed_leaves_at_once(
             "VIPs announced" in ha
         assert f"peer 10.{f.t}.4.1 as 64500: Established, BFD Up, 1 exported" in ha
         assert "HA bgp: 1/1 sessions established" in over
-    finally:
-        a.stop()
-        b.stop()
 
 
 def _hold(f: Fabric, n: int) -> subprocess.Popen[str]:
@@ -199,34 +208,30 @@ def test_a_killed_box_and_its_bird_leave_the_router_at_once(
     f = fabric
     s1 = f.server("s1", 8080)
     f.frr()
-    a = _box(f, f.a, tmp_path, [s1])
-    b = _box(f, f.b, tmp_path, [s1])
-    holder = None
-    try:
+    with _boxes(f, tmp_path, [s1]) as (a, _):
         wait_for(lambda: len(f.routes(f.vip())) == 2, 30, "both boxes' routes")
         holder = _hold(f, 40)
-        assert holder.stdout is not None
-        on_b = int(holder.stdout.readline())
-        assert 5 <= on_b <= 35 and _poke(holder) == on_b
-        bird_a = subprocess.run(["pgrep", "-P", str(a.proc.pid if a.proc else 0), "bird"],
-                                capture_output=True, text=True).stdout.split()
-        assert len(bird_a) == 1, "box a's edgelb runs its BIRD"
-        assert a.proc is not None
-        a.proc.send_signal(signal.SIGKILL)  # edgelb alone: its BIRD must go with it
-        # Its BIRD died with it, so the session closed at once: well within the hold
-        # time (9 s) that would otherwise pass first. The benchmark measures the time.
-        wait_for(lambda: f.routes(f.vip()) == [f"10.{f.t}.5.2"], 3, "a's route gone")
-        _first_answer_through(f, f.b, 5)
-        wait_for(lambda: not os.path.exists(f"/proc/{bird_a[0]}"), 5, "box a's BIRD gone")
-        assert f.routes(f.vip()) == [f"10.{f.t}.5.2"]
-        # Every flow on b is untouched (those on a died with it).
-        assert _poke(holder) == on_b
-    finally:
-        if holder is not None:
+        try:
+            assert holder.stdout is not None
+            on_b = int(holder.stdout.readline())
+            assert 5 <= on_b <= 35 and _poke(holder) == on_b
+            assert a.proc is not None
+            bird_a = subprocess.run(["pgrep", "-P", str(a.proc.pid), "bird"],
+                                    capture_output=True, text=True).stdout.split()
+            assert len(bird_a) == 1, "box a's edgelb runs its BIRD"
+            a.proc.send_signal(signal.SIGKILL)  # edgelb alone: its BIRD must go with it
+            # Its BIRD died with it, so the session closed at once: well within the hold
+            # time (9 s) that would otherwise pass first. The benchmark measures the time.
+            wait_for(lambda: f.routes(f.vip()) == [f"10.{f.t}.5.2"], 3, "a's route gone")
+            _first_answer_through(f, f.b, 5)
+            wait_for(lambda: not os.path.exists(f"/proc/{bird_a[0]}"), 5,
+                     "box a's BIRD gone")
+            assert f.routes(f.vip()) == [f"10.{f.t}.5.2"]
+            # Every flow on b is untouched (those on a died with it).
+            assert _poke(holder) == on_b
+        finally:
             holder.kill()
             holder.communicate()
-        a.stop()
-        b.stop()
 
 
 def test_a_bird_that_dies_alone_is_started_again(fabric: Fabric, tmp_path: Path) -> None:
@@ -256,24 +261,14 @@ def test_a_cut_link_is_found_by_bfd(fabric: Fabric, tmp_path: Path) -> None:
     f = fabric
     s1 = f.server("s1", 8080)
     f.frr()
-    a = _box(f, f.a, tmp_path, [s1])
-    b = _box(f, f.b, tmp_path, [s1])
-    try:
+    with _boxes(f, tmp_path, [s1]):
         wait_for(lambda: len(f.routes(f.vip())) == 2, 30, "both boxes' routes")
-        # Every packet between a and the router lost, the link up: only BFD can tell.
-        # (No netem in this kernel: nftables drops what each end receives.)
-        for ns, dev in ((f.a, "up0"), (f.router, "r1")):
-            subprocess.run(f.in_ns(ns, "nft", f"table netdev cut {{ chain in {{ type filter "
-                                   f"hook ingress device {dev} priority -500; policy drop; "
-                                   "}; }"), check=True)
+        f.cut(f.a)  # every packet between a and the router lost, the link up
         # BFD (3 x 100 ms) finds it, not the hold timer (9 s): the route leaves the
         # router in a fraction of the hold time. (A functional bound, with room for a
         # busy machine; the benchmark measures the time.)
         wait_for(lambda: f.routes(f.vip()) == [f"10.{f.t}.5.2"], 3, "a's route gone by BFD")
         _first_answer_through(f, f.b, 5)
-    finally:
-        a.stop()
-        b.stop()
 
 
 def test_a_listener_without_backends_withdraws_its_vip_and_drain_box(
@@ -282,9 +277,7 @@ def test_a_listener_without_backends_withdraws_its_vip_and_drain_box(
     s1 = f.server("s1", 8080)
     f.frr()
     closed = f"10.{f.t}.2.250"  # nothing listens there
-    a = _box(f, f.a, tmp_path, [s1])
-    b = _box(f, f.b, tmp_path, [closed])
-    try:
+    with _boxes(f, tmp_path, [s1], [closed]) as (a, b):
         withdrawn = [{"vip": f.vip(), "announced": False, "why": "no healthy backend (web)"}]
         wait_for(lambda: Client(b.socket).get("/v1/status")["ha"]["vips"] == withdrawn, 30,
                  "b withdraws: its only backend is down")
@@ -306,9 +299,6 @@ def test_a_listener_without_backends_withdraws_its_vip_and_drain_box(
         events = [e["message"] for e in Client(b.socket).get("/v1/events")["events"]]
         assert any("withdrawn: no healthy backend" in m for m in events), events
         assert any(f"VIP {f.vip()} announced" in m for m in events), events
-    finally:
-        a.stop()
-        b.stop()
 
 
 def graceful_stop_under_wrk(f: Fabric, tmp: Path) -> tuple[str, int | None]:
@@ -417,13 +407,8 @@ def test_bird_as_the_router_spreads_flows_too(fabric: Fabric, tmp_path: Path) ->
     f = fabric
     s1 = f.server("s1", 8080)
     f.bird_router()
-    a = _box(f, f.a, tmp_path, [s1])
-    b = _box(f, f.b, tmp_path, [s1])
-    try:
+    with _boxes(f, tmp_path, [s1]):
         wait_for(lambda: f.routes(f.vip()) == [f"10.{f.t}.4.2", f"10.{f.t}.5.2"], 30,
                  "both boxes' routes from the BIRD router")
         split = _served_by(f, f.ask(f.vip(), 80, 1000))
         assert split[""] == 0 and split["a"] >= 300 and split["b"] >= 300, split
-    finally:
-        a.stop()
-        b.stop()
