@@ -63,6 +63,7 @@ class BgpRunner:
         self.drained = ""  # why every VIP is withdrawn ("" while the box serves)
         self.sessions: tuple[BgpSessionView, ...] = ()
         self.on_lo: set[str] = set()
+        self.bird_down = ""  # why BIRD is not running ("" while it is)
         self.wake = trio.Event()
 
     # -- HaService ----------------------------------------------------------------------
@@ -74,8 +75,8 @@ class BgpRunner:
     def view(self) -> HaView:
         alerts = [f"BGP session to {s.peer} is {s.state}"
                   for s in self.sessions if not s.established]
-        if self.proc is not None and self.proc.returncode is not None:
-            alerts.append(f"BIRD exited ({self.proc.returncode}): nothing is announced")
+        if self.bird_down:
+            alerts.append(f"{self.bird_down}: nothing is announced")
         if self.drained:
             alerts.append(f"every VIP withdrawn: {self.drained}")
         alerts += [f"VIP {vip} withdrawn: {why}" for vip, why in self.states.items()
@@ -119,12 +120,9 @@ class BgpRunner:
 
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                   ) -> None:
-        await trio.to_thread.run_sync(self._prepare)
-        await self._write([])
-        await self._start_bird()
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._watch_bird)
+                await nursery.start(self._keep_bird)
                 nursery.start_soon(self._read_back)
                 await self._decide()
                 task_status.started()
@@ -156,30 +154,51 @@ class BgpRunner:
                     break
                 await trio.sleep(0.05)
         if not await sock.exists():
-            raise OSError(f"BIRD ({ha.bird_binary}) did not start: no socket {self.sock}")
+            await self._stop_bird()
+            raise OSError(f"{ha.bird_binary} made no control socket {self.sock}"
+                          + (f" (it exited {self.proc.returncode})"
+                             if self.proc.returncode is not None else ""))
         log.info("BGP: BIRD %d started (%s)", self.proc.pid, self.conf)
 
-    async def _watch_bird(self) -> None:
-        """A BIRD that exits is started again (a second later, with what should be
-        announced then); meanwhile this box announces nothing, which is safe."""
+    async def _keep_bird(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                         ) -> None:
+        """Run BIRD, and start it again a second after it exits or fails to start (with
+        what should be announced then). Meanwhile this box announces nothing, which is
+        safe, and says why; the daemon serves on."""
+        first = True
         while True:
-            assert self.proc is not None
-            await self.proc.wait()
-            self.events.event("ha", f"BIRD exited ({self.proc.returncode}): no VIP is "
-                              "announced from this box; starting it again")
-            log.error("BGP: BIRD exited with %s; nothing is announced; starting it again",
-                      self.proc.returncode)
-            self.sessions = ()
-            await trio.sleep(RESPAWN_DELAY)
-            self.in_force = None
-            await self._write([])
             try:
                 await trio.to_thread.run_sync(self._prepare)
+                self.in_force = None
+                await self._write([])
                 await self._start_bird()
             except OSError as e:
-                log.error("BGP: BIRD not started again: %s", e)
-                continue
+                self._bird_down(f"BIRD not started: {e}")
+            else:
+                self.wake.set()
+            if first:
+                task_status.started()
+                first = False
+            if self.proc is not None and self.proc.returncode is None:
+                await self.proc.wait()
+                self._bird_down(f"BIRD exited ({self.proc.returncode})")
+            self.sessions = ()
+            await trio.sleep(RESPAWN_DELAY)
+
+    def _bird_up(self) -> None:
+        """BIRD answered: it runs (only this clears a failure, so that a BIRD that starts
+        and exits at once, over and over, is reported once)."""
+        if self.bird_down:
+            self.bird_down = ""
             self.wake.set()
+
+    def _bird_down(self, why: str) -> None:
+        """Say once why nothing is announced (a BIRD that keeps failing says it once)."""
+        if why != self.bird_down:
+            self.events.event("ha", f"{why}: no VIP is announced from this box; starting "
+                              "BIRD again")
+            log.error("BGP: %s; nothing is announced; starting BIRD again", why)
+        self.bird_down = why
 
     async def _stop_bird(self) -> None:
         if self.proc is None or self.proc.returncode is not None:
@@ -211,7 +230,8 @@ class BgpRunner:
     async def _decide(self) -> None:
         """Announce what should be, withdraw what should not; say what changed."""
         vips, listeners, down = self.served()
-        states = decide(vips, listeners, down, self.drained)
+        # A VIP BIRD cannot announce is withdrawn, and says why.
+        states = decide(vips, listeners, down, self.drained or self.bird_down)
         # Withdrawn VIPs stay on the loopback: flows a router still sends (or sent before
         # the withdrawal) are served, not dropped.
         await self._place_vips(set(states))
@@ -227,6 +247,7 @@ class BgpRunner:
                 log.error("BGP: announcements not changed: %s", e)
                 return
             self.in_force = announced
+            self._bird_up()
         for vip, why in states.items():
             was = self.states.get(vip)
             if was == why:
@@ -283,3 +304,4 @@ class BgpRunner:
                     self.events.event("ha", f"BGP session to {v.peer} (as {v.asn}): "
                                       f"{v.state}", peer=v.peer, state=v.state)
             self.sessions = tuple(views)
+            self._bird_up()

@@ -412,3 +412,44 @@ def test_bird_as_the_router_spreads_flows_too(fabric: Fabric, tmp_path: Path) ->
                  "both boxes' routes from the BIRD router")
         split = _served_by(f, f.ask(f.vip(), 80, 1000))
         assert split[""] == 0 and split["a"] >= 300 and split["b"] >= 300, split
+
+
+def test_a_bird_that_cannot_start_leaves_the_daemon_serving(tmp_path: Path) -> None:
+    """No BIRD at the configured path, or one that refuses its config (a bad include):
+    the box announces nothing and says why, keeps trying, and serves its listeners."""
+    from tests.helpers import Server, ask, free_port, named
+
+    port = free_port()
+    bad = tmp_path / "bad.conf"
+    bad.write_text("this is not BIRD\n")
+    with Server(named("one")) as one:
+        for bird, include in (("/nonexistent/bird", ""), ("bird", f"include: [{bad}]")):
+            d = tmp_path / ("missing" if include == "" else "refused")
+            d.mkdir()
+            e = Edgelb(d, f"""
+listeners:
+  - {{name: web, bind: 127.0.0.77:{port}, datapath: user, backends: [127.0.0.1:{one.port}]}}
+ha:
+  mode: bgp
+  asn: 64512
+  router_id: 192.0.2.11
+  peers: [{{address: 192.0.2.1, asn: 64500}}]
+  vips: [127.0.0.77/32]
+  bird: {{binary: {bird}, directory: {d}/bird, {include}}}
+""").start()
+            try:
+                assert ask(port, "127.0.0.77") == b"one"
+                api = Client(e.socket)
+                wait_for(lambda c=api: any("nothing is announced" in a
+                                           for a in c.get("/v1/status")["alerts"]),
+                         10, "the alert")
+                time.sleep(2.5)  # it keeps trying, and says so once
+                said = [m["message"] for m in Client(e.socket).get("/v1/events")["events"]
+                        if "no VIP is announced" in m["message"]]
+                assert len(said) == 1, said
+                vips = Client(e.socket).get("/v1/status")["ha"]["vips"]
+                assert vips[0]["announced"] is False and "BIRD" in vips[0]["why"], vips
+                assert e.proc is not None and e.proc.poll() is None
+                assert ask(port, "127.0.0.77") == b"one"
+            finally:
+                assert e.stop() == 0

@@ -104,3 +104,30 @@ def test_birdc_answers_are_read() -> None:
     assert s2.info.startswith("Active")
     assert [(b.peer, b.state) for b in parse_bfd(BFD)] == [("10.210.4.1", "Up"),
                                                             ("10.210.5.1", "Down")]
+
+
+def test_bgp_config_errors_name_the_key_and_the_line() -> None:
+    from appliance.config import ConfigError, load_text
+
+    with pytest.raises(ConfigError) as e:
+        load_text("listeners: []\nha:\n  mode: bgp\n  communities: ['64512:100000']\n"
+                  "  peers:\n    - {address: 192.0.2.1, hold: 3}\n"
+                  "    - {address: 192.0.2.2, asn: 1, hold_time: 1s}\n"
+                  "  announce: [{local_pref: 5}]\n")
+    text = "\n".join(str(i) for i in e.value.issues)
+    for expected in ("ha.asn: is required", "ha.router_id: is required",
+                     "line 4: ha.communities[0]: '64512:100000' is not a BGP community",
+                     "line 6: ha.peers[0].hold: unknown key (did you mean 'hold_time'?)",
+                     "ha.peers[0].asn: is required",
+                     "line 7: ha.peers[1].hold_time: must be at least 3s",
+                     "ha.announce[0].prefix: is required"):
+        assert expected in text, text
+    with pytest.raises(ConfigError) as e:
+        load_text("listeners: []\nha: {mode: bgp, asn: 1, router_id: 192.0.2.1}\n")
+    assert "ha.peers" in str(e.value.issues[0]) and "at least one peer" in str(
+        e.value.issues[0])
+    snap = load_text("listeners: []\nha:\n  mode: bgp\n  asn: 64512\n"
+                     "  router_id: 192.0.2.11\n  peers: [{address: 192.0.2.1, asn: 64500}]\n"
+                     "  bfd: {interval: 50ms, multiplier: 5}\n")
+    assert (snap.ha.bfd_interval, snap.ha.bfd_multiplier) == (0.05, 5)
+    assert snap.ha.peers == (BgpPeer("192.0.2.1", 64500),)
