@@ -167,11 +167,13 @@ class BgpRunner:
         safe, and says why; the daemon serves on."""
         first = True
         while True:
+            started = False
             try:
                 await trio.to_thread.run_sync(self._prepare)
                 self.in_force = None
                 await self._write([])
                 await self._start_bird()
+                started = True
             except OSError as e:
                 self._bird_down(f"BIRD not started: {e}")
             else:
@@ -179,7 +181,9 @@ class BgpRunner:
             if first:
                 task_status.started()
                 first = False
-            if self.proc is not None and self.proc.returncode is None:
+            if started and self.proc is not None:
+                # Waited for even when it has exited already: one that exits right after
+                # making its socket (a config it refuses) must be reported too.
                 await self.proc.wait()
                 self._bird_down(f"BIRD exited ({self.proc.returncode})")
             self.sessions = ()
