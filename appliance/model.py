@@ -224,6 +224,9 @@ class Listener:
     # kernel: source NAT towards the backends (their replies come back through this box);
     # False keeps the client's address, for backends that route back through the box.
     snat: bool = True
+    # Learned from a cluster: the nodes not among the backends for a reason an operator
+    # should see (no InternalIP of the VIP's family), as "node: why".
+    left_out: tuple[str, ...] = ()
 
     @property
     def bind_text(self) -> str:
@@ -323,9 +326,12 @@ class ClusterSpec:
     default_class: bool = False  # also serve LoadBalancer services without a class
     ingress_class: str = "edgelb"
     address_pools: tuple[str, ...] = ()
-    ingress_http: tuple[str, int] | None = None
-    ingress_https: tuple[str, int] | None = None
+    # Where Ingress routes are served: addresses of either family (empty: not served).
+    ingress_http: tuple[tuple[str, int], ...] = ()
+    ingress_https: tuple[tuple[str, int], ...] = ()
     direct_endpoints: bool = False
+    # A VIP whose family a node has no InternalIP of forwards to its other one.
+    cross_family: bool = False
     tls_dir: str = "/run/edgelb/tls"
     debounce: float = 0.1
     resync: float = 0.0  # 0: never re-list unless a watch fails

@@ -188,9 +188,11 @@ CLUSTER = Section("cluster", (
     Key("ingress_class", v.text, "an IngressClass name served"),
     ListOf("address_pools", v.address_pool, "VIPs for Services", "CIDRs or ranges"),
     Section("ingress", (
-        Key("http", v.parse_address, "where Ingress routes are served", "ingress_http"),
-        Key("https", v.parse_address, "... over TLS", "ingress_https"),
+        Key("http", v.addresses, "where Ingress routes are served (one address or a "
+            "list)", "ingress_http"),
+        Key("https", v.addresses, "... over TLS", "ingress_https"),
     ), flat=True),
+    Key("cross_family", v.boolean, "a VIP may forward to nodes of the other IP family"),
     Key("direct_endpoints", v.boolean, "Ingress traffic to pod IPs, not nodePorts"),
     Key("tls_dir", v.text, "where Ingress TLS Secrets are written"),
     Key("debounce", v.parse_duration, "a burst of changes becomes one rebuild"),

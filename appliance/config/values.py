@@ -254,6 +254,17 @@ def ip_network(v: Any) -> str:
         raise ValueError(f"{v!r} is not an address or CIDR") from None
 
 
+def addresses(value: Any) -> tuple[tuple[str, int], ...]:
+    """one address ``"192.0.2.1:80"``, or a list of them (one of each IP family, say)"""
+    items = [getattr(i, "value", i) for i in value] if isinstance(value, list) else [value]
+    if not items:
+        raise ValueError("expected an address or a list of addresses, got an empty list")
+    out = tuple(parse_address(i) for i in items)
+    if len(set(out)) < len(out):
+        raise ValueError("the same address is listed twice")
+    return out
+
+
 def address_pool(v: Any) -> str:
     """a CIDR, a range `a-b`, or one address"""
     pool_addresses(str(v))

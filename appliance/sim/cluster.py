@@ -1,5 +1,6 @@
 """A simulated cluster: the simulated API server plus nodes that really serve their
-nodePorts. Each node is a loopback address (127.0.0.x); a reconcile loop keeps, on every
+nodePorts. Each node is a loopback address (127.0.0.x; a dual-stack node also has an
+IPv6 one), or any address of the namespace it runs in; a reconcile loop keeps, on every
 Ready node, a server on each Service's nodePort that answers which pod (and which node)
 served it, the way kube-proxy would forward: to any ready pod, or with
 ``externalTrafficPolicy: Local`` only to the node's own (and the healthCheckNodePort
@@ -56,7 +57,11 @@ class _PortServer:
                 sock.sendto(body.rstrip(b"\n") + b": " + data, self.client_address)
 
         self.cluster, self.svc, self.node, self.health = cluster, svc, node, health
-        server_cls = _ThreadingTcp if proto == "tcp" else _ThreadingUdp
+        server_cls: type[socketserver.BaseServer]
+        if ":" in ip:
+            server_cls = _ThreadingTcp6 if proto == "tcp" else _ThreadingUdp6
+        else:
+            server_cls = _ThreadingTcp if proto == "tcp" else _ThreadingUdp
         self.server = server_cls((ip, port), Tcp if proto == "tcp" else Udp)
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
@@ -86,12 +91,20 @@ class _ThreadingUdp(socketserver.ThreadingUDPServer):
     allow_reuse_address = True
 
 
+class _ThreadingTcp6(_ThreadingTcp):
+    address_family = socket.AF_INET6
+
+
+class _ThreadingUdp6(_ThreadingUdp):
+    address_family = socket.AF_INET6
+
+
 class SimCluster:
     """The simulated API server and the nodes' nodePort servers, reconciled every
     ``interval`` seconds from what the API holds."""
 
-    def __init__(self, tls_dir: str, interval: float = 0.1) -> None:
-        self.api = SimApiServer(tls_dir=tls_dir)
+    def __init__(self, tls_dir: str, interval: float = 0.1, host: str = "127.0.0.1") -> None:
+        self.api = SimApiServer(host=host, tls_dir=tls_dir)
         self.interval = interval
         self.servers: dict[tuple[str, int, str], _PortServer] = {}
         self.counter = itertools.count()
@@ -123,7 +136,7 @@ class SimCluster:
 
     # -- the scenario, as a test or the demo writes it ----------------------------------
 
-    def add_node(self, name: str, ip: str, **kw: Any) -> None:
+    def add_node(self, name: str, ip: str | list[str], **kw: Any) -> None:
         self.api.apply(k8s.node(name, ip, **kw))
 
     def add_service(self, name: str, ports: list[Any], pods: dict[str, str],

@@ -9,13 +9,15 @@ from typing import Any
 Obj = dict[str, Any]
 
 
-def node(name: str, ip: str, ready: bool = True, unschedulable: bool = False,
+def node(name: str, ip: str | list[str], ready: bool = True, unschedulable: bool = False,
          labels: dict[str, str] | None = None) -> Obj:
+    """``ip``: its InternalIP, or a list of them (one of each family, for dual-stack)."""
+    ips = [ip] if isinstance(ip, str) else ip
     return {"apiVersion": "v1", "kind": "Node",
             "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name,
                                                   **(labels or {})}},
             "spec": {"unschedulable": unschedulable} if unschedulable else {},
-            "status": {"addresses": [{"type": "InternalIP", "address": ip},
+            "status": {"addresses": [*({"type": "InternalIP", "address": a} for a in ips),
                                      {"type": "Hostname", "address": name}],
                        "conditions": [{"type": "Ready",
                                        "status": "True" if ready else "False"}]}}
@@ -24,8 +26,10 @@ def node(name: str, ip: str, ready: bool = True, unschedulable: bool = False,
 def service(name: str, ports: list[tuple[int, int]] | list[tuple[int, int, str]],
             namespace: str = "default", lb_class: str | None = "edgelb.io/slb",
             local: bool = False, health_port: int = 0, kind: str = "LoadBalancer",
-            annotations: dict[str, str] | None = None, address: str | None = None) -> Obj:
-    """``ports``: (port, nodePort) or (port, nodePort, protocol)."""
+            annotations: dict[str, str] | None = None, address: str | None = None,
+            families: list[str] | None = None, policy: str | None = None) -> Obj:
+    """``ports``: (port, nodePort) or (port, nodePort, protocol); ``families`` and
+    ``policy``: spec.ipFamilies and spec.ipFamilyPolicy (the API server defaults them)."""
     spec: Obj = {"type": kind, "selector": {"app": name}, "ports": [
         {"name": f"p{p[0]}", "port": p[0], "nodePort": p[1],
          "protocol": p[2] if len(p) > 2 else "TCP", "targetPort": 8080}
@@ -37,6 +41,10 @@ def service(name: str, ports: list[tuple[int, int]] | list[tuple[int, int, str]]
         spec["healthCheckNodePort"] = health_port
     if address:
         spec["loadBalancerIP"] = address
+    if families:
+        spec["ipFamilies"] = families
+    if policy:
+        spec["ipFamilyPolicy"] = policy
     return {"apiVersion": "v1", "kind": "Service",
             "metadata": {"name": name, "namespace": namespace,
                          "annotations": annotations or {}},

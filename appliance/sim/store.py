@@ -91,6 +91,8 @@ class Store:
 
     def put(self, kind: Kind, obj: dict[str, Any], event: str) -> dict[str, Any]:
         """Store ``obj`` as a new revision (caller holds the lock)."""
+        if kind.kind == "Service":
+            default_ip_families(obj.setdefault("spec", {}))
         self.rv += 1
         meta = obj.setdefault("metadata", {})
         meta["resourceVersion"] = str(self.rv)
@@ -181,3 +183,16 @@ class Faults:
     retry_after: int = 1
     watch_epoch: int = 0
     gone: bool = False  # every connection is closed unanswered (the server went away)
+
+
+def default_ip_families(spec: dict[str, Any]) -> None:
+    """What an API server of a dual-stack cluster (IPv4 first) fills in on a Service:
+    ``ipFamilyPolicy`` SingleStack unless given, ``ipFamilies`` the primary family, or
+    both under a dual-stack policy."""
+    if spec.get("type") == "ExternalName":
+        return
+    policy = spec.setdefault("ipFamilyPolicy", "SingleStack")
+    families = list(spec.get("ipFamilies") or ["IPv4"])
+    if policy != "SingleStack":
+        families += [f for f in ("IPv4", "IPv6") if f not in families]
+    spec["ipFamilies"] = families[:1] if policy == "SingleStack" else families

@@ -1,9 +1,10 @@
 """VIP address management for LoadBalancer Services: pure, deterministic, never
 double-allocating, and rebuilt from what the cluster's status already says after a restart.
 
-A service gets its requested address if it is in a pool and free (or shared with a
-compatible service), else the lowest free address of the pools in order. Services that
-carry the same sharing key may share one address when their ports do not collide.
+Each IP family is managed apart (a dual-stack Service holds one address of each). Within
+a family, a service gets its requested address if it is in a pool and free (or shared
+with a compatible service), else the lowest free address of the pools in order. Services
+that carry the same sharing key may share one address when their ports do not collide.
 """
 
 from __future__ import annotations
@@ -35,19 +36,17 @@ class _Holder:
     ports: dict[str, frozenset[Port]] = field(default_factory=dict)  # service -> ports
 
 
-class Ipam:
-    """Addresses of ``pools`` (texts as ``model.pool_addresses`` reads them), handed to services."""
+def family_of(address: str) -> int:
+    """4 or 6."""
+    return ipaddress.ip_address(address).version
 
-    def __init__(self, pools: Iterable[str]) -> None:
-        self.order: list[str] = []
-        seen: set[str] = set()
-        for pool in pools:
-            for ip in pool_addresses(pool):
-                text = str(ip)
-                if text not in seen:
-                    seen.add(text)
-                    self.order.append(text)
-        self.pool = seen
+
+class AddressPool:
+    """The addresses of one IP family, in order of preference, handed to services."""
+
+    def __init__(self, addresses: Iterable[str]) -> None:
+        self.order: list[str] = list(dict.fromkeys(addresses))
+        self.pool = set(self.order)
         self.index = {addr: i for i, addr in enumerate(self.order)}
         self.free_from = 0  # no free address before this index of ``order``
         self.holders: dict[str, _Holder] = {}  # address -> holder
@@ -131,3 +130,62 @@ class Ipam:
 
     def __iter__(self) -> Iterator[tuple[str, str]]:
         return iter(sorted(self.by_service.items()))
+
+
+class Ipam:
+    """Addresses of ``pools`` (texts as ``model.pool_addresses`` reads them), an
+    ``AddressPool`` per IP family, handed to services."""
+
+    def __init__(self, pools: Iterable[str]) -> None:
+        by_family: dict[int, list[str]] = {4: [], 6: []}
+        self.first = 0  # the family of the first pool
+        for pool in pools:
+            for ip in pool_addresses(pool):
+                by_family[ip.version].append(str(ip))
+                self.first = self.first or ip.version
+        self.families = {f: AddressPool(addrs) for f, addrs in by_family.items()}
+        self.pool = self.families[4].pool | self.families[6].pool
+
+    def offers(self, family: int) -> bool:
+        """Whether the pools hold any address of ``family``."""
+        return bool(self.families[family].order)
+
+    def address_of(self, service: str, family: int) -> str | None:
+        return self.families[family].address_of(service)
+
+    def addresses_of(self, service: str) -> dict[int, str]:
+        """The address ``service`` holds of each family."""
+        return {f: a for f, p in self.families.items()
+                if (a := p.address_of(service)) is not None}
+
+    def allocate(self, service: str, family: int, ports: Iterable[Port],
+                 requested: str | None = None, sharing: str = "") -> str:
+        """The ``family`` address of ``service``, as ``AddressPool.allocate`` gives it; a
+        requested address of another family is NotInPool (the service left without one)."""
+        if requested is not None and family_of(requested) != family:
+            self.release(service, family)
+            raise NotInPool(f"{requested} is not an IPv{family} address")
+        return self.families[family].allocate(service, ports, requested, sharing)
+
+    def release(self, service: str, family: int | None = None) -> None:
+        """Free ``service``'s address of ``family`` (of both when None)."""
+        for f, p in self.families.items():
+            if family is None or f == family:
+                p.release(service)
+
+    def retain(self, services: Iterable[str]) -> list[str]:
+        """Release every service not in ``services``; returns those released."""
+        keep = list(services)
+        gone: set[str] = set()
+        for p in self.families.values():
+            gone.update(p.retain(keep))
+        return sorted(gone)
+
+    def held(self) -> int:
+        """How many addresses services hold (a shared one counts once)."""
+        return sum(len(p.holders) for p in self.families.values())
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        """(service, address) for every address held, by service then family."""
+        return iter(sorted(((s, a) for p in self.families.values() for s, a in p),
+                           key=lambda sa: (sa[0], family_of(sa[1]))))

@@ -74,7 +74,7 @@ class ClusterService:
         return SyncView(synced=bool(sync and sync.synced), changes=sync.changes if sync else 0,
                         watches=tuple(WatchView(f.name, f.state, f.detail, f.errors, f.since)
                                       for f in list(sync.follows if sync else ())),
-                        vips=len(self.ipam.by_service), status_writes=self.book.writes,
+                        vips=self.ipam.held(), status_writes=self.book.writes,
                         problems=len(self.problems_seen))
 
     def write_now(self) -> None:
@@ -120,8 +120,8 @@ class ClusterService:
 
     def _ours(self) -> set[str]:
         """The addresses edgelb hands out: a status showing one is ours to take back."""
-        return set(self.ipam.pool) | {a[0] for a in (self.spec.ingress_http,
-                                                     self.spec.ingress_https) if a}
+        return set(self.ipam.pool) | {a[0] for a in (*self.spec.ingress_http,
+                                                     *self.spec.ingress_https)}
 
     async def _write_back(self, cluster: Cluster, t: Translation,
                           problems: list[Problem]) -> None:

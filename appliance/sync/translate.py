@@ -2,11 +2,14 @@
 and the cluster spec in; listeners, VIP allocations, desired status and problems out.
 
 * A Service of type LoadBalancer whose ``spec.loadBalancerClass`` is ours (or that has no
-  class, with ``default_class``) gets a VIP: the one it asks for (``spec.loadBalancerIP``
-  or the ``edgelb.io/address`` annotation) or the next free one; services with the same
+  class, with ``default_class``) gets a VIP of each IP family it asks for
+  (``spec.ipFamilies`` under ``spec.ipFamilyPolicy``): the one it requests
+  (``spec.loadBalancerIP``, or the ``edgelb.io/address`` annotation, a comma-separated
+  list with one address per family) or the next free one; services with the same
   ``edgelb.io/shared-vip`` annotation share one when their ports do not collide. Each port
-  becomes a listener on VIP:port whose backends are the Ready, schedulable nodes'
-  InternalIP:nodePort. Node health is the Ready condition plus passive ejection.
+  becomes a listener per VIP whose backends are the Ready, schedulable nodes'
+  InternalIP:nodePort of the VIP's family (a node without one is left out, and says so,
+  unless ``cross_family``). Node health is the Ready condition plus passive ejection.
 * ``externalTrafficPolicy: Local``: only nodes with a ready endpoint of the service (by
   the EndpointSlices' nodeName), health-checked on ``healthCheckNodePort`` /healthz.
 * Ingresses of our IngressClass (controller ``edgelb.io/ingress``; the class marked
@@ -37,7 +40,7 @@ from ..model import (
     Route,
     TlsCert,
 )
-from .ipam import AddressTaken, Ipam, NotInPool, PoolExhausted
+from .ipam import AddressTaken, Ipam, NotInPool, PoolExhausted, family_of
 
 Obj = dict[str, Any]
 
@@ -47,6 +50,9 @@ SHARED_ANNOTATION = "edgelb.io/shared-vip"
 DEFAULT_CLASS_ANNOTATION = "ingressclass.kubernetes.io/is-default-class"
 EXCLUDE_LABEL = "node.kubernetes.io/exclude-from-external-load-balancers"
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+FAMILIES = {"IPv4": 4, "IPv6": 6}
+ALLOCATION_ERRORS = {PoolExhausted: "AllocationFailed", AddressTaken: "AddressTaken",
+                     NotInPool: "AddressNotInPool"}
 
 
 @dataclass(frozen=True)
@@ -76,7 +82,7 @@ class Cluster:
 @dataclass
 class Translation:
     listeners: list[Listener]
-    addresses: dict[str, str]  # service ns/name -> VIP
+    addresses: dict[str, tuple[str, ...]]  # service ns/name -> its VIPs, by family
     status: dict[tuple[str, str, str], list[str]]  # (kind, ns, name) -> ingress IPs
     problems: list[Problem]
     tls_files: dict[str, bytes]  # path -> PEM content the shell must write first
@@ -92,11 +98,44 @@ def _meta(obj: Obj) -> Obj:
     return obj.get("metadata") or {}
 
 
-def node_address(node: Obj) -> str | None:
+def node_addresses(node: Obj) -> dict[int, str]:
+    """A node's first InternalIP of each IP family."""
+    out: dict[int, str] = {}
     for a in (node.get("status") or {}).get("addresses") or []:
         if a.get("type") == "InternalIP":
-            return str(a.get("address"))
-    return None
+            try:
+                out.setdefault(family_of(str(a.get("address"))), str(a.get("address")))
+            except ValueError:
+                continue
+    return out
+
+
+@dataclass(frozen=True)
+class NodeSet:
+    """The usable nodes as backends of one IP family: (name, address) pairs, the same
+    as node Backends (shared by every nodePort listener of the family), and the nodes
+    left out, each as "node: why"."""
+
+    nodes: tuple[tuple[str, str], ...]
+    backends: tuple[Backend, ...]
+    left_out: tuple[str, ...]
+
+
+def node_set(usable: list[tuple[str, dict[int, str]]], family: int,
+             cross_family: bool) -> NodeSet:
+    """``usable`` (name, addresses by family) as backends of ``family``."""
+    nodes: list[tuple[str, str]] = []
+    left_out: list[str] = []
+    for name, addrs in usable:
+        if family in addrs:
+            nodes.append((name, addrs[family]))
+        elif cross_family and addrs:
+            nodes.append((name, next(iter(addrs.values()))))
+        elif addrs:
+            left_out.append(f"{name}: no IPv{family} InternalIP")
+        else:
+            left_out.append(f"{name}: no InternalIP")
+    return NodeSet(tuple(nodes), tuple(Backend(ip, 0) for _, ip in nodes), tuple(left_out))
 
 
 def node_usable(node: Obj) -> bool:
@@ -153,8 +192,10 @@ def _local_nodes(svc: Obj, slices: Iterable[Obj]) -> set[str]:
     return out
 
 
-def _endpoints(svc: Obj, port: Obj, slices: Iterable[Obj]) -> list[tuple[str, int]]:
-    """Ready pod addresses and target ports of one service port, from EndpointSlices."""
+def _endpoints(svc: Obj, port: Obj, slices: Iterable[Obj],
+               family: int | None) -> list[tuple[str, int]]:
+    """Ready pod addresses (of ``family``; None: any) and target ports of one service
+    port, from EndpointSlices."""
     ns, name = _meta(svc).get("namespace"), _meta(svc).get("name")
     out: set[tuple[str, int]] = set()
     for sl in slices:
@@ -168,8 +209,16 @@ def _endpoints(svc: Obj, port: Obj, slices: Iterable[Obj]) -> list[tuple[str, in
             if (ep.get("conditions") or {}).get("ready") is False:
                 continue
             for addr in ep.get("addresses") or []:
-                out.add((str(addr), int(ports[0]["port"])))
+                if family is None or _family_or_none(str(addr)) == family:
+                    out.add((str(addr), int(ports[0]["port"])))
     return sorted(out)
+
+
+def _family_or_none(address: str) -> int | None:
+    try:
+        return family_of(address)
+    except ValueError:
+        return None
 
 
 def _created(obj: Obj) -> tuple[str, str]:
@@ -185,9 +234,12 @@ def translate(cluster: Cluster, spec: ClusterSpec, ipam: Ipam) -> Translation:
     for svc in sorted(cluster.services.values(), key=_created):
         if ours(svc, spec):
             t.service(svc, ipam)
-    if spec.ingress_http is not None or spec.ingress_https is not None:
+    if spec.ingress_http or spec.ingress_https:
         t.ingresses()
-    return Translation(t.listeners, dict(ipam), t.status, t.problems, t.tls_files)
+    addresses: dict[str, tuple[str, ...]] = {}
+    for svc_key, addr in ipam:
+        addresses[svc_key] = (*addresses.get(svc_key, ()), addr)
+    return Translation(t.listeners, addresses, t.status, t.problems, t.tls_files)
 
 
 class _Translator:
@@ -201,15 +253,17 @@ class _Translator:
         self.listeners: list[Listener] = []
         self.tls_files: dict[str, bytes] = {}
         nodes = sorted(cluster.nodes.values(), key=lambda n: _meta(n).get("name", ""))
-        usable = [(n, node_address(n)) for n in nodes if node_usable(n)]
-        self.nodes = [(str(_meta(n).get("name")), ip) for n, ip in usable if ip]
+        usable = [(str(_meta(n).get("name")), node_addresses(n)) for n in nodes
+                  if node_usable(n)]
         self.slices = list(cluster.slices.values())
-        # One tuple of node Backends shared by every nodePort listener (the nodePort is
-        # on the listener): services x nodes pairs would be millions of objects at scale.
-        self.all_nodes = tuple(Backend(ip, 0) for _, ip in self.nodes)
-        # Ingresses: the pools, routes and certificates of the ingress listeners, and
-        # which host and path each Ingress claimed (the oldest keeps a contested one).
-        self.pools: dict[str, Pool] = {}
+        # One tuple of node Backends per family shared by every nodePort listener (the
+        # nodePort is on the listener): services x nodes pairs would be millions of
+        # objects at scale.
+        self.nodes = {f: node_set(usable, f, spec.cross_family) for f in (4, 6)}
+        # Ingresses: the pools (by name, the Service port behind each), routes and
+        # certificates of the ingress listeners, and which host and path each Ingress
+        # claimed (the oldest keeps a contested one).
+        self.pools: dict[str, tuple[Obj, Obj]] = {}
         self.routes: list[Route] = []
         self.claimed: dict[tuple[str, tuple[str, object]], str] = {}
         self.default_pool: str | None = None
@@ -223,26 +277,103 @@ class _Translator:
     # -- LoadBalancer Services -----------------------------------------------------------
 
     def service(self, svc: Obj, ipam: Ipam) -> None:
-        """A VIP for ``svc`` and a listener per port, on the nodes' nodePorts."""
+        """A VIP of each family ``svc`` asks for, and a listener per port and VIP, on the
+        nodes' nodePorts."""
         meta, s = _meta(svc), svc.get("spec") or {}
         ann = meta.get("annotations") or {}
         ports = [p for p in s.get("ports") or [] if p.get("nodePort")]
         pset = [(str(p.get("protocol", "TCP")).lower(), int(p["port"])) for p in ports]
-        requested = ann.get(ADDRESS_ANNOTATION) or s.get("loadBalancerIP") or None
-        try:
-            vip = ipam.allocate(key(svc), pset, requested, ann.get(SHARED_ANNOTATION, ""))
-        except (PoolExhausted, AddressTaken, NotInPool) as e:
-            reason = {PoolExhausted: "AllocationFailed", AddressTaken: "AddressTaken",
-                      NotInPool: "AddressNotInPool"}[type(e)]
-            self.problem(svc, "Service", reason, str(e))
+        vips = self.allocate(svc, ipam, pset, ann.get(SHARED_ANNOTATION, ""))
+        if not vips:
             return
-        self.status[("Service", meta.get("namespace", ""), meta.get("name", ""))] = [vip]
-        local = s.get("externalTrafficPolicy") == "Local"
-        backends = self.all_nodes
+        self.status[("Service", meta.get("namespace", ""), meta.get("name", ""))] = vips
+        for i, vip in enumerate(vips):
+            self.service_listeners(svc, vip, ports, report=i == 0)
+
+    def allocate(self, svc: Obj, ipam: Ipam, pset: list[tuple[str, int]],
+                 sharing: str) -> list[str]:
+        """The VIPs of ``svc`` in the order of its ``ipFamilies``, as its
+        ``ipFamilyPolicy`` asks: SingleStack one, PreferDualStack one of each family the
+        pools hold, RequireDualStack one of each or none. Each failure is a problem."""
+        name, s = key(svc), svc.get("spec") or {}
+        requested = self.requested(svc)
+        if requested is None:
+            ipam.release(name)
+            return []
+        listed = [FAMILIES[f] for f in s.get("ipFamilies") or [] if f in FAMILIES]
+        if not listed:  # an API server older than dual-stack: what it asks for, or the pools'
+            listed = list(requested) or [ipam.first or 4]
+        policy = s.get("ipFamilyPolicy") or "SingleStack"
+        want = listed[:1] if policy == "SingleStack" else \
+            list(dict.fromkeys([*listed, 4, 6]))
+        other = [f for f in requested if f not in want]
+        if other:
+            ipam.release(name)
+            self.problem(svc, "Service", "AddressFamilyMismatch",
+                         f"{requested[other[0]]} is IPv{other[0]}, but the service asks for "
+                         f"{' and '.join(f'IPv{f}' for f in want)} ({policy})")
+            return []
+        if policy == "RequireDualStack" and not all(ipam.offers(f) for f in want):
+            ipam.release(name)
+            missing = next(f for f in want if not ipam.offers(f))
+            self.problem(svc, "Service", "DualStackUnavailable",
+                         f"RequireDualStack, but no address pool holds IPv{missing} "
+                         "addresses: no address given")
+            return []
+        if policy == "PreferDualStack":
+            # The families the pools hold, and any asked for by address (which fails as
+            # not in a pool, and says so).
+            want = [f for f in want if ipam.offers(f) or f in requested] or want[:1]
+        for f in (4, 6):
+            if f not in want:
+                ipam.release(name, f)
+        vips: list[str] = []
+        for f in want:
+            try:
+                vips.append(ipam.allocate(name, f, pset, requested.get(f), sharing))
+            except (PoolExhausted, AddressTaken, NotInPool) as e:
+                self.problem(svc, "Service", ALLOCATION_ERRORS[type(e)],
+                             f"IPv{f}: {e}" if len(want) > 1 else str(e))
+                if policy == "RequireDualStack":
+                    ipam.release(name)
+                    return []
+        return vips
+
+    def requested(self, svc: Obj) -> dict[int, str] | None:
+        """The addresses ``svc`` requests, by family (``edgelb.io/address``: a comma-
+        separated list, one per family; else ``spec.loadBalancerIP``); None (and a
+        problem) when the request cannot be read."""
+        ann = _meta(svc).get("annotations") or {}
+        text = ann.get(ADDRESS_ANNOTATION) or (svc.get("spec") or {}).get("loadBalancerIP")
+        out: dict[int, str] = {}
+        for part in str(text or "").split(","):
+            if not part.strip():
+                continue
+            try:
+                f = family_of(part.strip())
+            except ValueError:
+                self.problem(svc, "Service", "InvalidAddress",
+                             f"{part.strip()!r} is not an IP address")
+                return None
+            if f in out:
+                self.problem(svc, "Service", "InvalidAddress",
+                             f"two IPv{f} addresses requested ({out[f]}, {part.strip()}): "
+                             "one per family")
+                return None
+            out[f] = part.strip()
+        return out
+
+    def service_listeners(self, svc: Obj, vip: str, ports: list[Obj], report: bool) -> None:
+        """A listener per port of ``svc`` on ``vip`` (ports it cannot serve are problems
+        when ``report``: once per service)."""
+        s = svc.get("spec") or {}
+        family = family_of(vip)
+        nodes = self.nodes[family]
+        backends = nodes.backends
         health = HealthSpec(type="none")
-        if local:
+        if s.get("externalTrafficPolicy") == "Local":
             on = _local_nodes(svc, self.slices)
-            backends = tuple(Backend(ip, 0) for name, ip in self.nodes if name in on)
+            backends = tuple(Backend(ip, 0) for name, ip in nodes.nodes if name in on)
             hc_port = int(s.get("healthCheckNodePort") or 0)
             if hc_port:
                 health = HealthSpec(type="http", path="/healthz", port=hc_port,
@@ -253,14 +384,17 @@ class _Translator:
         for p in ports:
             proto = str(p.get("protocol", "TCP")).lower()
             if proto not in ("tcp", "udp"):
-                self.problem(svc, "Service", "UnsupportedProtocol",
-                             f"port {p['port']}: {p.get('protocol')} is not served")
+                if report:
+                    self.problem(svc, "Service", "UnsupportedProtocol",
+                                 f"port {p['port']}: {p.get('protocol')} is not served")
                 continue
+            # IPv6 listeners are named as netstat names their sockets (tcp6), so that a
+            # dual-stack Service's two listeners of one port differ.
             self.listeners.append(Listener(
-                name=f"{key(svc)}:{p['port']}/{proto}", bind=(vip, int(p["port"])),
-                protocol=Proto(proto), backends=backends, health=health,
-                balance="maglev" if proto == "udp" else "round_robin",
-                backend_port=int(p["nodePort"])))
+                name=f"{key(svc)}:{p['port']}/{proto}{'6' if family == 6 else ''}",
+                bind=(vip, int(p["port"])), protocol=Proto(proto), backends=backends,
+                health=health, balance="maglev" if proto == "udp" else "round_robin",
+                backend_port=int(p["nodePort"]), left_out=nodes.left_out))
 
     # -- Ingresses -----------------------------------------------------------------------
 
@@ -277,7 +411,7 @@ class _Translator:
             self.problem(named, "IngressClass", "OtherController",
                          f"its controller is {other!r}, not {CONTROLLER!r}: edgelb leaves "
                          f"the Ingresses of class {spec.ingress_class!r} to it")
-        vips = [a[0] for a in (spec.ingress_http, spec.ingress_https) if a is not None]
+        vips = list(dict.fromkeys(a[0] for a in (*spec.ingress_http, *spec.ingress_https)))
         for ing in sorted(self.cluster.ingresses.values(), key=_created):
             meta, s = _meta(ing), ing.get("spec") or {}
             cls = s.get("ingressClassName") or (meta.get("annotations") or {}).get(
@@ -285,15 +419,34 @@ class _Translator:
             if cls in classes or (cls is None and is_default):
                 self.status[("Ingress", meta.get("namespace", ""), meta.get("name", ""))] = vips
                 self.ingress(ing)
-        http = HttpSpec(routes=tuple(self.routes), pools=tuple(self.pools.values()),
-                        default_pool=self.default_pool)
-        if spec.ingress_http is not None:
-            self.listeners.append(Listener(name="ingress-http", bind=spec.ingress_http,
-                                           protocol=Proto.HTTP, http=http))
-        if spec.ingress_https is not None and self.certs:
-            self.listeners.append(Listener(name="ingress-https", bind=spec.ingress_https,
-                                           protocol=Proto.HTTPS,
-                                           http=replace(http, tls=tuple(self.certs))))
+        families = {family_of(b[0]) for b in (*spec.ingress_http, *spec.ingress_https)}
+        http = {f: HttpSpec(routes=tuple(self.routes), pools=self.family_pools(f),
+                            default_pool=self.default_pool) for f in families}
+        for proto, binds in ((Proto.HTTP, spec.ingress_http), (Proto.HTTPS, spec.ingress_https)):
+            if proto == Proto.HTTPS and not self.certs:
+                continue
+            for i, bind in enumerate(binds):
+                f = family_of(bind[0])
+                h = http[f] if proto == Proto.HTTP else replace(http[f], tls=tuple(self.certs))
+                self.listeners.append(Listener(
+                    name=f"ingress-{proto}" + (f"-{i + 1}" if i else ""), bind=bind,
+                    protocol=proto, http=h,
+                    left_out=() if self.spec.direct_endpoints else self.nodes[f].left_out))
+
+    def family_pools(self, family: int) -> tuple[Pool, ...]:
+        """The Ingress pools as an ingress address of ``family`` reaches them: the
+        nodes' nodePorts of that family, or the pods' addresses of it."""
+        out = []
+        for name, (svc, port) in self.pools.items():
+            if self.spec.direct_endpoints:
+                eps = _endpoints(svc, port, self.slices,
+                                 None if self.spec.cross_family else family)
+                backends = tuple(Backend(ip, p) for ip, p in eps)
+            else:
+                backends = tuple(Backend(ip, int(port["nodePort"]))
+                                 for _, ip in self.nodes[family].nodes)
+            out.append(Pool(name, "round_robin", backends, HealthSpec(type="none")))
+        return tuple(out)
 
     def ingress(self, ing: Obj) -> None:
         meta, s = _meta(ing), ing.get("spec") or {}
@@ -343,15 +496,11 @@ class _Translator:
         name = f"{ns}/{svc_ref.get('name')}:{port.get('port')}"
         if name in self.pools:
             return name
-        if self.spec.direct_endpoints:
-            backends = tuple(Backend(ip, p) for ip, p in _endpoints(svc, port, self.slices))
-        elif port.get("nodePort"):
-            backends = tuple(Backend(ip, int(port["nodePort"])) for _, ip in self.nodes)
-        else:
+        if not self.spec.direct_endpoints and not port.get("nodePort"):
             self.problem(ing, "Ingress", "NoNodePort", f"service {svc_ref.get('name')!r} has "
                          "no nodePort (use type NodePort, or direct_endpoints)")
             return None
-        self.pools[name] = Pool(name, "round_robin", backends, HealthSpec(type="none"))
+        self.pools[name] = (svc, port)
         return name
 
     def certificate(self, ing: Obj, tls: Obj) -> None:
@@ -373,8 +522,9 @@ class _Translator:
 
 
 def seed_ipam(cluster: Cluster, spec: ClusterSpec, ipam: Ipam) -> None:
-    """Give each of our services the address its status already shows (when it is in a
-    pool), so that a restart hands out exactly what the previous run did."""
+    """Give each of our services the addresses its status already shows (those in a
+    pool, one per family), so that a restart hands out exactly what the previous run
+    did."""
     for svc in sorted(cluster.services.values(), key=_created):
         if not ours(svc, spec):
             continue
@@ -385,10 +535,11 @@ def seed_ipam(cluster: Cluster, spec: ClusterSpec, ipam: Ipam) -> None:
         s, ann = svc.get("spec") or {}, _meta(svc).get("annotations") or {}
         pset = [(str(p.get("protocol", "TCP")).lower(), int(p["port"]))
                 for p in s.get("ports") or [] if p.get("nodePort")]
-        try:
-            ipam.allocate(key(svc), pset, ips[0], ann.get(SHARED_ANNOTATION, ""))
-        except (PoolExhausted, AddressTaken, NotInPool):
-            continue
+        for ip in ips:
+            try:
+                ipam.allocate(key(svc), family_of(ip), pset, ip, ann.get(SHARED_ANNOTATION, ""))
+            except (PoolExhausted, AddressTaken, NotInPool, ValueError):
+                continue
 
 
 def _our_classes(cluster: Cluster, spec: ClusterSpec) -> tuple[set[str], bool]:

@@ -238,7 +238,7 @@ cluster:
 ha: {{mode: lease, identity: edge-1, lease: {{duration: 6s}}}}
 """)
     assert snap.cluster is not None and snap.cluster.namespaces == ("web",)
-    assert snap.cluster.ingress_http == ("192.0.2.100", 80)
+    assert snap.cluster.ingress_http == (("192.0.2.100", 80),)
     assert (snap.ha.mode, snap.ha.identity, snap.ha.lease_duration) == ("lease", "edge-1", 6.0)
 
 

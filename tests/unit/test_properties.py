@@ -240,8 +240,11 @@ def test_routers_that_hear_each_other_end_with_one_master(
 
 # -- translation and IPAM --------------------------------------------------------------------
 
-SPEC = ClusterSpec(address_pools=("192.0.2.1-192.0.2.4",))
-NODES = [k8s.node("n1", "10.0.0.1"), k8s.node("n2", "10.0.0.2")]
+SPEC = ClusterSpec(address_pools=("192.0.2.1-192.0.2.4", "2001:db8::1-2001:db8::3"))
+NODES = [k8s.node("n1", ["10.0.0.1", "fd00::1"]), k8s.node("n2", "10.0.0.2")]
+# (spec.ipFamilies, spec.ipFamilyPolicy) as an API server of a dual-stack cluster sets them.
+FAMILIES = [(["IPv4"], "SingleStack"), (["IPv6"], "SingleStack"),
+            (["IPv4", "IPv6"], "PreferDualStack"), (["IPv6", "IPv4"], "RequireDualStack")]
 SERVICES = "abcdef"
 
 
@@ -253,13 +256,17 @@ class ServiceOp:
     name: str
     ports: frozenset[tuple[int, str]] = frozenset()
     sharing: str = ""  # the edgelb.io/shared-vip key, "" for none
-    requested: str | None = None
+    requested: str | None = None  # the edgelb.io/address annotation
+    families: tuple[list[str], str] = (["IPv4"], "SingleStack")
 
     def service(self) -> dict[str, object]:
         ann = {"edgelb.io/shared-vip": self.sharing} if self.sharing else {}
+        if self.requested:
+            ann["edgelb.io/address"] = self.requested
         return k8s.service(self.name, [(p, 30000 + p + (1000 if proto == "UDP" else 0), proto)
                                        for p, proto in sorted(self.ports)],
-                           annotations=ann, address=self.requested)
+                           annotations=ann, families=self.families[0],
+                           policy=self.families[1])
 
 
 service_ops = st.lists(st.one_of(
@@ -267,7 +274,9 @@ service_ops = st.lists(st.one_of(
               st.frozensets(st.tuples(st.sampled_from([80, 443, 53]),
                                       st.sampled_from(["TCP", "UDP"])), min_size=1, max_size=2),
               st.sampled_from(["", "k1", "k2"]),
-              st.one_of(st.none(), st.sampled_from(["192.0.2.1", "192.0.2.3", "198.51.100.1"]))),
+              st.one_of(st.none(), st.sampled_from(["192.0.2.1", "192.0.2.3", "198.51.100.1",
+                                                    "2001:db8::2", "192.0.2.3,2001:db8::1"])),
+              st.sampled_from(FAMILIES)),
     st.builds(ServiceOp, st.sampled_from(SERVICES))), max_size=25)
 
 
@@ -292,9 +301,17 @@ def test_translation_never_shares_an_address_it_may_not(ops: list[ServiceOp]) ->
         t = translate(c, SPEC, ipam)
         assert set(t.addresses) <= set(c.services)
         holders: dict[str, list[str]] = {}
-        for svc, vip in t.addresses.items():
-            holders.setdefault(vip, []).append(svc)
-            assert t.status[("Service", "default", svc.split("/")[1])] == [vip]
+        for svc, vips in t.addresses.items():
+            families = [6 if ":" in v else 4 for v in vips]
+            assert len(set(families)) == len(families), vips  # one per family
+            for vip in vips:
+                holders.setdefault(vip, []).append(svc)
+            status = t.status[("Service", "default", svc.split("/")[1])]
+            asked = c.services[svc]["spec"]["ipFamilies"]  # type: ignore[index]
+            # Status lists every VIP, in the order of the service's ipFamilies.
+            assert sorted(status) == sorted(vips)
+            shown = [f"IPv{6 if ':' in v else 4}" for v in status]
+            assert shown == [f for f in asked if f in shown], (asked, status)
         for vip, svcs in holders.items():
             if len(svcs) > 1:
                 keys = {sharing_key(c.services[s]) for s in svcs}
@@ -302,8 +319,10 @@ def test_translation_never_shares_an_address_it_may_not(ops: list[ServiceOp]) ->
         binds = [(lst.transport, lst.bind) for lst in t.listeners]
         assert len(binds) == len(set(binds)), binds
         # The status edgelb writes is what a restart reads back.
-        for svc, vip in t.addresses.items():
-            c.services[svc]["status"] = {"loadBalancer": {"ingress": [{"ip": vip}]}}
+        for svc_key in t.addresses:
+            name = svc_key.split("/")[1]
+            c.services[svc_key]["status"] = {"loadBalancer": {"ingress": [
+                {"ip": vip} for vip in t.status[("Service", "default", name)]]}}
     fresh = Ipam(SPEC.address_pools)
     seed_ipam(c, SPEC, fresh)
     assert translate(c, SPEC, fresh).addresses == translate(c, SPEC, ipam).addresses
