@@ -140,14 +140,19 @@ class Daemon:
         spec = snap.ha
         cluster: ClusterService | None = None
         ha: HaService
+
+        def learned() -> list[str]:
+            """The VIPs of the listeners learned from the cluster."""
+            return [lst.bind[0] for lst in self.config.dynamic]
+
         if spec.mode == "lease" and snap.cluster is not None:
             ha = LeaseRunner(spec, functools.partial(api_client, snap.cluster), self.events,
                              lambda: cluster.write_now() if cluster is not None else None)
         elif spec.mode == "bgp":
             def served() -> tuple[list[str], tuple[Listener, ...], set[tuple[str, str]]]:
                 snap = self.config.snapshot
-                vips = [*spec.vips, *(lst.bind[0] for lst in self.config.dynamic)]
-                return vips, snap.listeners if snap else (), self.health.down
+                return [*spec.vips, *learned()], snap.listeners if snap else (), \
+                    self.health.down
 
             ha = BgpRunner(spec, self.events, served)
         elif spec.mode == "vrrp":
@@ -156,7 +161,8 @@ class Daemon:
                                         cluster.view() if cluster is not None else None,
                                         time.monotonic())
 
-            ha = VrrpRunner(spec, self.events, track)
+            ha = VrrpRunner(spec, self.events, track, learned,
+                            lambda: cluster.ours() if cluster is not None else ())
         else:
             ha = Standalone()
         if snap.cluster is not None:

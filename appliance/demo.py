@@ -38,10 +38,13 @@ def demo_config(web_port: int, cert: str, key: str, kubeconfig: str, tls_dir: st
 
 
 def demo_cluster(directory: str, web_port: int) -> SimCluster:
-    """Three nodes; a TCP service, a UDP one and an externalTrafficPolicy: Local one, each
-    with a fixed VIP; an Ingress with two hosts, one of them over TLS."""
+    """Three nodes (node-1 dual-stack, on ::1 too); a TCP service, a UDP one, an
+    externalTrafficPolicy: Local one and a dual-stack one, each with fixed VIPs; an
+    Ingress with two hosts, one of them over TLS."""
     sim = SimCluster(directory).start()
-    for i in (1, 2, 3):
+    # Loopback has one IPv6 address: one node gets it, the others are IPv4 only.
+    sim.add_node("node-1", ["127.0.0.11", "::1"])
+    for i in (2, 3):
         sim.add_node(f"node-{i}", f"127.0.0.1{i}")
     sim.add_service("shop", [(web_port + 5, 30080)], {"shop-1": "node-1", "shop-2": "node-2",
                                                       "shop-3": "node-3"},
@@ -50,6 +53,9 @@ def demo_cluster(directory: str, web_port: int) -> SimCluster:
                     address="127.0.0.101")
     sim.add_service("local", [(web_port + 7, 30090)], {"local-1": "node-2"}, local=True,
                     health_port=31090, address="127.0.0.102")
+    sim.add_service("dual", [(web_port + 10, 30110)], {"dual-1": "node-1", "dual-2": "node-2"},
+                    families=["IPv4", "IPv6"], policy="RequireDualStack",
+                    annotations={"edgelb.io/address": "127.0.0.103,::1"})
     sim.add_service("api", [(80, 30100)], {"api-1": "node-1", "api-2": "node-3"},
                     kind="NodePort")
     sim.add_service("blog", [(80, 30101)], {"blog-1": "node-2"}, kind="NodePort")
@@ -120,6 +126,9 @@ edgelb demo is running (config: {config})
   curl -s http://127.0.0.100:{web_port + 5}/                 # LoadBalancer service -> nodePorts
   echo hi | nc -u -w1 127.0.0.101 {web_port + 6}             # a UDP LoadBalancer service
   curl -s http://127.0.0.102:{web_port + 7}/                 # externalTrafficPolicy: Local
+  curl -s http://127.0.0.103:{web_port + 10}/                # dual-stack: its IPv4 VIP ...
+  curl -s 'http://[::1]:{web_port + 10}/'                    # ... and its IPv6 one (node-1)
+  {elb} ctl backends default/dual:{web_port + 10}/tcp6    # node-2, node-3: no IPv6 InternalIP
   curl -s -H 'Host: shop.cluster.test' http://127.0.0.120:{web_port + 8}/api/x   # Ingress
   curl -s -H 'Host: blog.cluster.test' http://127.0.0.120:{web_port + 8}/
   curl -sk --resolve shop.cluster.test:{web_port + 9}:127.0.0.120 \\

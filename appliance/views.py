@@ -196,6 +196,7 @@ class RouterView:
     configured_priority: int
     reason: str
     vips: tuple[str, ...]
+    learned: tuple[str, ...] = ()  # the cluster's VIPs it carries (not advertised)
 
 
 @dataclass(frozen=True)

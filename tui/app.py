@@ -351,8 +351,10 @@ class Console(OperatorActions):
             else d.get("balance", "")
         keys = "d drain  u undrain  x disable  e enable  w weight  " \
             if self.may_change() else "(read-only)  "
+        left_out = d.get("left_out") or []
         title.update(f"backends of {self.listener_name} ({d.get('protocol', '?')} "
-                     f"{d.get('bind', '?')}, {balance})\n{keys}Esc: all listeners")
+                     f"{d.get('bind', '?')}, {balance})\n{keys}Esc: all listeners"
+                     + (f"\nleft out: {'; '.join(left_out)}" if left_out else ""))
 
     async def _read_routes(self) -> None:
         got = await self._get("/v1/routes")

@@ -55,7 +55,9 @@ def status_lines(st: dict[str, Any]) -> list[str]:
         for r in ha["routers"]:
             lines.append(f"HA vrrp {r['family']} vrid {r['vrid']}: {r['state'].upper()} "
                          f"priority {r['priority']}/{r['configured_priority']} "
-                         f"({r['reason']}); VIPs {', '.join(r['vips'])}")
+                         f"({r['reason']}); VIPs {', '.join(r['vips'])}"
+                         + (f"; from the cluster {_some(r['learned'])}" if r.get("learned")
+                            else ""))
         for p in ha["peers"]:
             lines.append(f"  peer {p['address']} priority {p['priority']}, heard "
                          f"{p['seen_ago']}s ago")
@@ -130,7 +132,8 @@ def format_backends(d: dict[str, Any]) -> str:
         f"{d.get('datapath', 'user')} datapath; {d['up']}/{d['backends']} up, " \
         f"{d['state']})\n" + table(
         ["BACKEND", *(["ADDRESS"] if addressed else []), "HEALTH", "STATE", "WEIGHT",
-         "ACTIVE", "FLOWS", "REQUESTS", "FAILS", "BYTES"], rows)
+         "ACTIVE", "FLOWS", "REQUESTS", "FAILS", "BYTES"], rows) + "".join(
+        f"\nleft out: {why}" for why in d.get("left_out", []))
 
 
 def format_routes(rs: list[dict[str, Any]]) -> str:
@@ -174,3 +177,8 @@ def format_bgp(ha: dict[str, Any]) -> str:
                   for v in ha["vips"]])
     return f"{head}\n\n{sessions}\n\n{vips}"
 
+
+def _some(items: list[str], most: int = 4) -> str:
+    """The first ``most`` of ``items``, and how many more."""
+    more = f" and {len(items) - most} more" if len(items) > most else ""
+    return ", ".join(items[:most]) + more

@@ -92,6 +92,7 @@ def listener_detail(lst: Listener, stats: ListenerStats | None,
                      "backends": [backend_view(lst, k, b, st.backends.get(k), checked, down,
                                                admin) for k, b in members]}
                     for name, balance, members in pools]
+    out["left_out"] = list(lst.left_out)
     if lst.http is not None:
         out["bad_requests"] = st.bad_requests
         out["statuses"] = dict(st.statuses)

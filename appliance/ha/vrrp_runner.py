@@ -9,7 +9,7 @@ import ipaddress
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Iterable
 
 import trio
 
@@ -27,7 +27,15 @@ from .vrrp import (
     VrrpConfig,
     wanted_priority,
 )
-from .vrrp_io import Vips, VrrpSocket, VrrpSocket6, gratuitous_arp, primary_address
+from .vrrp_io import (
+    Vips,
+    VrrpSocket,
+    VrrpSocket6,
+    gratuitous_arp,
+    host_vips,
+    primary_address,
+    remove_leftovers,
+)
 
 log = logging.getLogger("edgelb")
 
@@ -36,12 +44,20 @@ STOP_PATIENCE = 2.0  # the shutdown advertisement may take this long
 
 
 class VrrpRunner:
-    """The virtual routers of this box, one per address family of ``ha.vips``."""
+    """The virtual routers of this box, one per address family of ``ha.vips``. The VIPs
+    learned from a cluster (``learned``) go with the router of their family, or with the
+    first router when there is none of it (keepalived's ``virtual_ipaddress_excluded``):
+    on the interface while it is master, never in its advertisements (their addresses
+    are the configured ones, as a keepalived peer's must be)."""
 
-    def __init__(self, ha: HaSpec, events: EventSink, track: Callable[[], list[str]]) -> None:
+    def __init__(self, ha: HaSpec, events: EventSink, track: Callable[[], list[str]],
+                 learned: Callable[[], Iterable[str]] = tuple,
+                 ours: Callable[[], Collection[str]] = frozenset) -> None:
         self.ha = ha
         self.events = events
         self.track = track  # the tracked conditions failing now, as reasons
+        self.learned = learned  # the VIPs the cluster's listeners are on now
+        self.ours = ours  # every address the cluster may hand out (for leftovers)
         self.routers: list[VrrpRouter] = []
         self.override = ""  # an operator's "demote" or "promote", held until "auto"
         self.peers: dict[str, PeerView] = {}  # by address, as last heard
@@ -60,7 +76,9 @@ class VrrpRunner:
         families = sorted({ipaddress.ip_interface(v).version for v in self.ha.vips})
         async with trio.open_nursery() as nursery:
             for version in families:
-                router = VrrpRouter(self, version)
+                carries = {version} if version != families[0] else \
+                    {version} | ({4, 6} - set(families))
+                router = VrrpRouter(self, version, frozenset(carries))
                 self.routers.append(router)
                 await nursery.start(router.run)
             task_status.started()
@@ -75,7 +93,7 @@ class VrrpRunner:
             m = r.machine
             routers.append(RouterView(f"IPv{r.version}", m.config.vrid, m.state,
                                       m.priority, m.config.priority, m.reason,
-                                      m.config.addresses))
+                                      m.config.addresses, tuple(sorted(r.learned))))
             if m.priority < m.config.priority and not self.override:
                 alerts.append(f"VRRP IPv{r.version} priority lowered to {m.priority}: "
                               f"{m.reason}")
@@ -117,14 +135,16 @@ class VrrpRunner:
 
 
 class VrrpRouter:
-    """One virtual router: the VIPs of one address family are on this box only while it
-    is master."""
+    """One virtual router: the VIPs of one address family (and the learned ones of the
+    ``families`` it carries) are on this box only while it is master."""
 
-    def __init__(self, runner: VrrpRunner, version: int) -> None:
+    def __init__(self, runner: VrrpRunner, version: int, families: frozenset[int]) -> None:
         ha = runner.ha
         self.runner = runner
         self.ha = ha
         self.version = version
+        self.families = families
+        self.learned: frozenset[str] = frozenset()  # on the interface while master
         self.source = primary_address(ha.interface, version)
         self.vips = Vips(ha.interface, tuple(v for v in ha.vips
                                              if ipaddress.ip_interface(v).version == version))
@@ -145,6 +165,8 @@ class VrrpRouter:
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                   ) -> None:
         removed = await trio.to_thread.run_sync(self.vips.remove)
+        ours = [a for a in self.runner.ours() if _family(a) in self.families]
+        removed += await trio.to_thread.run_sync(remove_leftovers, self.ha.interface, ours)
         if removed:
             log.warning("removed VIPs left from an earlier run: %s", ", ".join(removed))
         ha = self.ha
@@ -156,6 +178,7 @@ class VrrpRouter:
                 nursery.start_soon(self._receive)
                 nursery.start_soon(self._refresh)
                 nursery.start_soon(self._track)
+                nursery.start_soon(self._follow)
                 await self.act(self.machine.start(trio.current_time()))
                 task_status.started()
                 await self._timer()
@@ -188,6 +211,7 @@ class VrrpRouter:
                                         m.config.addresses))
         elif isinstance(a, BecomeMaster):
             added = await trio.to_thread.run_sync(self.vips.add)
+            added += await trio.to_thread.run_sync(self._learned_vips(self.learned).add)
             log.info("VRRP master (vrid %d, priority %d): %s; VIPs %s", ha.vrid, m.priority,
                      a.reason, ", ".join(added) or "present")
             self.runner.events.event("ha", f"{fam} VRRP master: {a.reason}", state="master",
@@ -200,18 +224,60 @@ class VrrpRouter:
             self._announce(ha.garp_count, ha.garp_interval)
         elif isinstance(a, BecomeBackup):
             gone = await trio.to_thread.run_sync(self.vips.remove)
+            gone += await trio.to_thread.run_sync(self._learned_vips(self.learned).remove)
             log.info("VRRP backup (vrid %d, priority %d): %s%s", ha.vrid, m.priority,
                      a.reason, f"; VIPs removed: {', '.join(gone)}" if gone else "")
             self.runner.events.event("ha", f"{fam} VRRP backup: {a.reason}", state="backup",
                                      family=self.version)
 
-    def _announce(self, count: int, interval: float) -> None:
-        """Gratuitous ARP / unsolicited NA for the VIPs, from a thread (it sleeps between
-        rounds)."""
-        if self._nursery is not None:
+    def _announce(self, count: int, interval: float, only: Iterable[str] | None = None
+                  ) -> None:
+        """Gratuitous ARP / unsolicited NA for the VIPs (or ``only`` these), from a
+        thread (it sleeps between rounds)."""
+        addresses = list(only) if only is not None else \
+            [str(v.ip) for v in self.vips.addresses] + sorted(self.learned)
+        if self._nursery is not None and addresses:
             self._nursery.start_soon(trio.to_thread.run_sync, gratuitous_arp,
-                                     self.ha.interface,
-                                     [str(v) for v in self.vips.addresses], count, interval)
+                                     self.ha.interface, addresses, count, interval)
+
+    def _learned_vips(self, addresses: Iterable[str]) -> Vips:
+        return host_vips(self.ha.interface, addresses)
+
+    def wanted(self) -> frozenset[str]:
+        """The learned VIPs this router carries now: those of its families that are not
+        configured VIPs already (nor a wildcard)."""
+        static = {str(v.ip) for v in self.vips.addresses}
+        out = set()
+        for a in self.runner.learned():
+            try:
+                ip = ipaddress.ip_address(a)
+            except ValueError:
+                continue
+            if ip.version in self.families and not ip.is_unspecified and str(ip) not in static:
+                out.add(str(ip))
+        return frozenset(out)
+
+    async def _follow(self) -> None:
+        """Carry the cluster's VIPs as they come and go: while master, a new one is added
+        and announced at once, and one that is gone is removed."""
+        while True:
+            await trio.sleep(TRACK_EVERY)
+            want = self.wanted()
+            if want == self.learned:
+                continue
+            async with self.in_order:
+                new, gone = want - self.learned, self.learned - want
+                self.learned = want
+                if self.machine.state != MASTER:
+                    continue
+                if new:
+                    await trio.to_thread.run_sync(self._learned_vips(new).add)
+                    self._announce(self.ha.garp_count, self.ha.garp_interval, sorted(new))
+                if gone:
+                    await trio.to_thread.run_sync(self._learned_vips(gone).remove)
+                log.info("VRRP IPv%d master: cluster VIPs%s%s", self.version,
+                         f" added {', '.join(sorted(new))}" if new else "",
+                         f" removed {', '.join(sorted(gone))}" if gone else "")
 
     async def _receive(self) -> None:
         assert self.sock is not None
@@ -244,3 +310,10 @@ class VrrpRouter:
             self.runner.events.event("ha", f"IPv{self.version} VRRP priority {m.priority} -> "
                                      f"{want}: {why}", priority=want, family=self.version)
             await self.act(m.set_priority(want, trio.current_time(), why))
+
+
+def _family(address: str) -> int:
+    try:
+        return ipaddress.ip_address(address).version
+    except ValueError:
+        return 0

@@ -118,14 +118,14 @@ class ClusterService:
             assert self._nursery is not None
             self._nursery.start_soon(self._write, [(*k, want)])
 
-    def _ours(self) -> set[str]:
+    def ours(self) -> set[str]:
         """The addresses edgelb hands out: a status showing one is ours to take back."""
         return set(self.ipam.pool) | {a[0] for a in (*self.spec.ingress_http,
                                                      *self.spec.ingress_https)}
 
     async def _write_back(self, cluster: Cluster, t: Translation,
                           problems: list[Problem]) -> None:
-        changes = status_changes(cluster, t, self._ours(), self.book)
+        changes = status_changes(cluster, t, self.ours(), self.book)
         if changes:
             await self._write(changes)
         if problems:
@@ -158,7 +158,7 @@ class ClusterService:
                 t, sync = self.translation, self.sync
                 if not self.is_leader() or t is None or sync is None:
                     return  # a box that becomes the leader writes everything anyway
-                changes = status_changes(sync.cluster, t, self._ours(), self.book)
+                changes = status_changes(sync.cluster, t, self.ours(), self.book)
                 if not changes or not await self._write(changes):
                     return
         finally:
