@@ -162,7 +162,8 @@ class Daemon:
                                         time.monotonic())
 
             ha = VrrpRunner(spec, self.events, track, learned,
-                            lambda: cluster.ours() if cluster is not None else ())
+                            lambda: cluster.ours() if cluster is not None else (),
+                            lambda: cluster.write_now() if cluster is not None else None)
         else:
             ha = Standalone()
         if snap.cluster is not None:

@@ -14,12 +14,15 @@ each, and answer with their name and the address they saw the client come from."
 
 from __future__ import annotations
 
+import ctypes
 import itertools
 import json
 import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 _SEQ = itertools.count(1)
@@ -104,6 +107,30 @@ def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
+
+
+CLONE_NEWNET = 0x40000000
+
+
+@contextmanager
+def inside(ns: str) -> Iterator[None]:
+    """This thread in network namespace ``ns`` for the block: the sockets it makes and
+    the threads it starts there stay in ``ns`` (an in-process simulated cluster whose
+    API server and nodes live on a test's LAN)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    here = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    there = os.open(f"/run/netns/{ns}", os.O_RDONLY)
+    try:
+        if libc.setns(there, CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), f"setns into {ns}")
+        try:
+            yield
+        finally:
+            if libc.setns(here, CLONE_NEWNET) != 0:
+                raise OSError(ctypes.get_errno(), "setns back")
+    finally:
+        os.close(here)
+        os.close(there)
 
 
 class Lan:

@@ -52,12 +52,14 @@ class VrrpRunner:
 
     def __init__(self, ha: HaSpec, events: EventSink, track: Callable[[], list[str]],
                  learned: Callable[[], Iterable[str]] = tuple,
-                 ours: Callable[[], Collection[str]] = frozenset) -> None:
+                 ours: Callable[[], Collection[str]] = frozenset,
+                 on_leading: Callable[[], None] = lambda: None) -> None:
         self.ha = ha
         self.events = events
         self.track = track  # the tracked conditions failing now, as reasons
         self.learned = learned  # the VIPs the cluster's listeners are on now
         self.ours = ours  # every address the cluster may hand out (for leftovers)
+        self.on_leading = on_leading  # this box just became the leader (writes status)
         self.routers: list[VrrpRouter] = []
         self.override = ""  # an operator's "demote" or "promote", held until "auto"
         self.peers: dict[str, PeerView] = {}  # by address, as last heard
@@ -210,6 +212,9 @@ class VrrpRouter:
             await self.sock.send(Advert(ha.vrid, a.priority, m.config.interval_cs,
                                         m.config.addresses))
         elif isinstance(a, BecomeMaster):
+            # The machine is master already: did another router of this box lead?
+            leading = any(r.machine.state == MASTER for r in self.runner.routers
+                          if r is not self)
             added = await trio.to_thread.run_sync(self.vips.add)
             added += await trio.to_thread.run_sync(self._learned_vips(self.learned).add)
             log.info("VRRP master (vrid %d, priority %d): %s; VIPs %s", ha.vrid, m.priority,
@@ -217,6 +222,10 @@ class VrrpRouter:
             self.runner.events.event("ha", f"{fam} VRRP master: {a.reason}", state="master",
                                      family=self.version)
             self._announce(ha.garp_count, ha.garp_interval)
+            if not leading:
+                # The cluster's status is written by the leader: what changed while no
+                # box led (or what the old leader could not write) is written now.
+                self.runner.on_leading()
         elif isinstance(a, Reannounce):
             log.warning("VRRP: %s; announcing the VIPs again", a.reason)
             self.runner.events.event("ha", f"{fam} VRRP: {a.reason}; announcing the VIPs "

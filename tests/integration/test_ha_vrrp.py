@@ -15,9 +15,10 @@ from pathlib import Path
 import pytest
 
 from appliance.control.client import Client
+from appliance.sim.cluster import SimCluster
 
 from ..helpers import EDGELB, Edgelb, wait_for
-from ..netlab import Lan, sh
+from ..netlab import Lan, inside, sh
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("ip") is None,
                                 reason="needs root and iproute2 for network namespaces")
@@ -376,3 +377,88 @@ def test_ipv6_vips_fail_over_and_neighbours_follow(lab: Lab) -> None:
     finally:
         a.stop()
         b.stop()
+
+
+def test_the_cluster_s_dual_stack_vips_fail_over_with_both_routers(lab: Lab) -> None:
+    """A dual-stack Service of a cluster on the LAN: both boxes follow it, the master
+    carries its two VIPs, and a failover moves both, the client's ARP and neighbour
+    entries with them (issue 19)."""
+    k = lab.host("k", "10.77.0.20")
+    for name, addr in (("a", "fd77::1"), ("b", "fd77::2"), ("c", "fd77::10"),
+                       ("k", "fd77::20")):
+        ipv6(lab, name, addr)
+    for addr in ("10.77.0.21/24", "fd77::21/64"):
+        sh("ip", "-n", k, "addr", "add", addr, "dev", "eth0", "nodad")
+    for box in ("a", "b"):
+        sh("ip", "netns", "exec", lab.hosts[box], "sysctl", "-qw", "net.ipv4.ip_forward=1",
+           "net.ipv6.conf.all.forwarding=1")
+    with inside(k):
+        sim = SimCluster(str(lab.tmp), host="10.77.0.20").start()
+    try:
+        sim.add_node("n1", ["10.77.0.21", "fd77::21"])
+        sim.add_service("web", [(80, 30080)], {"web-1": "n1"},
+                        families=["IPv4", "IPv6"], policy="RequireDualStack")
+
+        def box(name: str, priority: int) -> Edgelb:
+            d = lab.tmp / f"{name}-cluster"
+            d.mkdir()
+            e = Edgelb(d, f"""\
+ha:
+  mode: vrrp
+  interface: eth0
+  vrid: 79
+  priority: {priority}
+  advert_interval: 100ms
+  vips: ["{VIP}/24", "{VIP6}/64"]
+cluster:
+  kubeconfig: {sim.kubeconfig_path}
+  address_pools: ["10.77.0.150-10.77.0.152", "fd77::150-fd77::152"]
+  tls_dir: {d}/tls
+  debounce: 50ms
+listeners: []
+allow_no_listeners: true
+""")
+            e.prefix = ["ip", "netns", "exec", lab.hosts[name]]
+            return e.start()
+
+        def curl(url: str) -> str:
+            out = subprocess.run(["ip", "netns", "exec", lab.hosts["c"], "curl", "-s", "-m",
+                                  "0.5", url], capture_output=True, text=True, timeout=10)
+            return out.stdout.strip()
+
+        def neigh(addr: str) -> str:
+            return sh("ip", "-n", lab.hosts["c"], "neigh", "show", addr)
+
+        a = box("a", 200)
+        b = box("b", 100)
+        try:
+            wait_for(lambda: len(vips_of(sim, "web")) == 2, 20, "both VIPs in the status")
+            v4, v6 = vips_of(sim, "web")
+            assert (v4, v6) == ("10.77.0.150", "fd77::150")
+            for url in (f"http://{v4}/", f"http://[{v6}]/"):
+                wait_for(lambda u=url: "node n1" in curl(u), 15, f"{url} through a")
+            assert lab.mac("a") in neigh(v4) and lab.mac("a") in neigh(v6)
+            assert f"{v6}/128" not in sh("ip", "-n", lab.hosts["b"], "addr", "show", "eth0")
+            # Box a dies: its process and its link (the kernel's forwarding rules that
+            # a killed daemon leaves would otherwise go on serving).
+            assert a.proc is not None
+            a.proc.kill()
+            a.proc.wait()
+            sh("ip", "-n", lab.lan, "link", "set", lab.port("a"), "down")
+            for url in (f"http://{v4}/", f"http://[{v6}]/"):
+                wait_for(lambda u=url: "node n1" in curl(u), 15, f"{url} through b")
+            # The announcements moved the client's entries for both families to b.
+            assert lab.mac("b") in neigh(v4) and lab.mac("b") in neigh(v6)
+            ha = Client(b.socket).get("/v1/status")["ha"]
+            assert {tuple(r["learned"]) for r in ha["routers"]} == {(v4,), (v6,)}
+        finally:
+            a.stop()
+            b.stop()
+    finally:
+        sim.stop()
+
+
+def vips_of(sim: SimCluster, name: str) -> list[str]:
+    svc = sim.api.get("Service", name) or {}
+    lb = (svc.get("status") or {}).get("loadBalancer") or {}
+    return [i["ip"] for i in lb.get("ingress") or []]
