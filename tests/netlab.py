@@ -358,6 +358,9 @@ class Fabric:
         t = self.t
         peers = peers or [self.box_address(self.a), self.box_address(self.b)]
         neighbors = "".join(f" neighbor {ip} peer-group boxes\n" for ip in peers)
+        # IPv6 VIPs (/128s) come over the IPv6 sessions.
+        v6 = " address-family ipv6 unicast\n  neighbor boxes activate\n  maximum-paths 8\n" \
+            " exit-address-family\n" if any(":" in ip for ip in peers) else ""
         (d / "bfdd.conf").write_text("""bfd
  profile fast
   receive-interval 100
@@ -376,7 +379,7 @@ router bgp 64500
 {neighbors} address-family ipv4 unicast
   maximum-paths 8
  exit-address-family
-""")
+{v6}""")
         (d / "zebra.conf").write_text("hostname router\n")
         shutil.chown(d, "frr", "frr")
         for f in d.iterdir():
@@ -435,21 +438,25 @@ protocol kernel {{ merge paths on limit 8; ipv4 {{ import none; export all; }}; 
             sh("ip", "netns", "exec", ns, "nft", "delete", "table", "netdev", "cut")
 
     def link_here(self) -> str:
-        """A link from the router (10.T.6.1) to the namespace this process runs in
-        (10.T.6.2, returned): a box there can use what lives on this loopback, like a
-        simulated cluster's API. The link goes with the router's namespace."""
+        """A link from the router (10.T.6.1, fd00:T:6::1) to the namespace this process
+        runs in (10.T.6.2, returned, and fd00:T:6::2): a box there can use what lives on
+        this loopback, like a simulated cluster's API. The link goes with the router's
+        namespace."""
         t = self.t
         sh("ip", "link", "add", f"r3x{t}", "netns", self.router, "type", "veth", "peer",
            "name", f"up{t}")
         sh("ip", "-n", self.router, "link", "set", f"r3x{t}", "name", "r3")
         self._addr(self.router, "r3", f"10.{t}.6.1/24")
+        sh("ip", "-n", self.router, "addr", "add", f"fd00:{t}:6::1/64", "dev", "r3", "nodad")
         sh("ip", "addr", "add", f"10.{t}.6.2/24", "dev", f"up{t}")
+        sh("ip", "addr", "add", f"fd00:{t}:6::2/64", "dev", f"up{t}", "nodad")
         sh("ip", "link", "set", f"up{t}", "up")
         return f"10.{t}.6.2"
 
     def routes(self, vip: str) -> list[str]:
-        """The router's next hops to ``vip`` now."""
-        out = sh("ip", "-n", self.router, "-j", "route", "show", f"{vip}/32")
+        """The router's next hops to ``vip`` (a /32 or /128) now."""
+        out = sh("ip", "-n", self.router, "-j", "-6" if ":" in vip else "-4", "route", "show",
+                 f"{vip}/{128 if ':' in vip else 32}")
         hops = []
         for r in json.loads(out or "[]"):
             if "gateway" in r:

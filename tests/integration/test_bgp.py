@@ -5,6 +5,7 @@ both boxes by ECMP. Clients in another namespace; servers on a LAN both boxes re
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import shutil
@@ -370,18 +371,20 @@ def test_a_graceful_stop_under_load_fails_no_request(fabric: Fabric, tmp_path: P
 
 def test_a_vip_from_the_cluster_is_announced_and_withdrawn_with_its_service(
         fabric: Fabric, tmp_path: Path) -> None:
+    """A dual-stack Service: its IPv4 VIP as a /32 over the IPv4 session, its IPv6 VIP
+    as a /128 over the IPv6 one (issue 19)."""
     from appliance.sim.cluster import SimCluster
 
     f = fabric
     here = f.link_here()
-    f.frr([here])
-    pool = f"10.{f.t}.9.100-10.{f.t}.9.109"
+    f.frr([here, f"fd00:{f.t}:6::2"])
+    pools = [f"10.{f.t}.9.100-10.{f.t}.9.109", f"fd00:{f.t}:9::100-fd00:{f.t}:9::109"]
     with SimCluster(str(tmp_path)) as sim:
-        sim.add_node("n1", "127.0.0.21")
+        sim.add_node("n1", ["127.0.0.21", "::1"])
         e = Edgelb(tmp_path, f"""
 cluster:
   kubeconfig: {sim.kubeconfig_path}
-  address_pools: ["{pool}"]
+  address_pools: {json.dumps(pools)}
   tls_dir: {tmp_path}/tls
   debounce: 50ms
 listeners: []
@@ -390,15 +393,19 @@ ha:
   mode: bgp
   asn: 64512
   router_id: {here}
-  peers: [{{address: 10.{f.t}.6.1, asn: 64500, bfd: true}}]
+  peers: [{{address: 10.{f.t}.6.1, asn: 64500, bfd: true}},
+          {{address: "fd00:{f.t}:6::1", asn: 64500, bfd: true}}]
   bird: {{directory: {tmp_path}/bird}}
 """).start()
         try:
-            sim.add_service("web", [(80, 30080)], {"web-a": "n1"})
-            vip = f"10.{f.t}.9.100"
+            sim.add_service("web", [(80, 30080)], {"web-a": "n1"},
+                            families=["IPv4", "IPv6"], policy="RequireDualStack")
+            vip, vip6 = f"10.{f.t}.9.100", f"fd00:{f.t}:9::100"
             wait_for(lambda: f.routes(vip) == [here], 30, "the Service's VIP on the router")
+            wait_for(lambda: len(f.routes(vip6)) == 1, 30, "its IPv6 VIP, a /128")
             sim.api.remove("Service", "web")
-            wait_for(lambda: f.routes(vip) == [], 10, "withdrawn with its Service")
+            wait_for(lambda: f.routes(vip) == [] and f.routes(vip6) == [], 10,
+                     "both withdrawn with their Service")
         finally:
             e.stop()
 
