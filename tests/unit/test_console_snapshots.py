@@ -183,6 +183,22 @@ def test_view(snap_compare: Any, view: str, size: tuple[int, int]) -> None:
     assert snap_compare(_app(), run_before=_after(*VIEWS[view]), terminal_size=size)
 
 
+class DualStackApi(FixedApi):
+    """``web`` as a cluster's IPv6 listener that leaves out a node with no IPv6
+    InternalIP (issue 19)."""
+
+    def get(self, path: str, /, **q: Any) -> Any:
+        if path == "/v1/listeners/web":
+            return {**WEB, "left_out": ["n3: no IPv6 InternalIP"]}
+        return super().get(path, **q)
+
+
+def test_backends_say_which_nodes_are_left_out_and_why(snap_compare: Any) -> None:
+    app = Console(api=DualStackApi(), interval=3600)
+    app.animation_level = "none"
+    assert snap_compare(app, run_before=_after("3", "enter"), terminal_size=(80, 24))
+
+
 def test_backends_for_a_viewer(snap_compare: Any) -> None:
     assert snap_compare(_app("viewer"), run_before=_after("3", "enter"),
                         terminal_size=(80, 24))
