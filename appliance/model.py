@@ -14,6 +14,9 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
 BALANCERS = ("round_robin", "least_conn", "p2c", "maglev")
+# How an HTTP pool's backends are spoken to: HTTP/1.1, HTTP/2 in the clear (prior
+# knowledge), HTTP/2 over TLS.
+BACKEND_PROTOCOLS = ("http1", "h2c", "h2")
 # The balancers with an nftables form: numgen over weighted slots, and Maglev on jhash.
 KERNEL_BALANCERS = ("round_robin", "maglev")
 
@@ -85,6 +88,7 @@ class Pool:
     health: HealthSpec = field(default_factory=HealthSpec)
     passive: PassiveSpec = field(default_factory=PassiveSpec)
     tls: BackendTls | None = None
+    protocol: str = "http1"  # one of BACKEND_PROTOCOLS (h2 comes with tls)
 
 
 @dataclass(frozen=True)
@@ -167,8 +171,13 @@ class HttpLimits:
     """Request size limits, defaulting to what HAProxy and nginx allow."""
 
     max_request_line: int = 8192
-    max_header_bytes: int = 32768
+    max_header_bytes: int = 32768  # HTTP/2: the decoded header list (HPACK bombs)
     max_headers: int = 100
+    # HTTP/2, per client connection: streams open at once (SETTINGS), and what a client
+    # may do per 10 s before it gets GOAWAY ENHANCE_YOUR_CALM (rapid reset, floods).
+    max_concurrent_streams: int = 100
+    max_resets: int = 200
+    max_control_frames: int = 200
 
 
 @dataclass(frozen=True)
@@ -183,6 +192,8 @@ class HttpSpec:
     trusted_proxies: tuple[str, ...] = ()
     access_log: bool = True
     backend_keepalive: int = 32
+    http2: bool = True  # https: offer h2 by ALPN
+    h2c: bool = False  # http: accept HTTP/2 with prior knowledge
 
     def pool(self, name: str) -> Pool | None:
         return next((p for p in self.pools if p.name == name), None)
@@ -329,6 +340,7 @@ class ClusterSpec:
     # Where Ingress routes are served: addresses of either family (empty: not served).
     ingress_http: tuple[tuple[str, int], ...] = ()
     ingress_https: tuple[tuple[str, int], ...] = ()
+    ingress_h2c: bool = False  # the http addresses also take HTTP/2 (prior knowledge)
     direct_endpoints: bool = False
     # A VIP whose family a node has no InternalIP of forwards to its other one.
     cross_family: bool = False

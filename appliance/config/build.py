@@ -284,8 +284,10 @@ def _http(w: Walker, m: dict[str, Node], path: str, protocol: Proto, given: dict
     pools: list[Pool] = []
     if backends:
         # Shorthand: backends on the listener itself make a pool named "default".
+        speaks = given.get("backend_protocol", "http1")
         pools.append(Pool("default", given.get("balance", "round_robin"), tuple(backends),
-                          health, passive))
+                          health, passive, BackendTls() if speaks == "h2" else None,
+                          speaks))
     pools += _pools(w, m, path, bool(backends))
     names = {p.name for p in pools}
     default_pool = given.get("default_pool", "default" if backends else None)
@@ -298,7 +300,8 @@ def _http(w: Walker, m: dict[str, Node], path: str, protocol: Proto, given: dict
     return HttpSpec(routes=tuple(routes), pools=tuple(pools), default_pool=default_pool,
                     tls=tuple(_tls(w, m, path, protocol)), limits=limits,
                     **{k: given[k] for k in ("trusted_proxies", "access_log",
-                                             "backend_keepalive") if k in given})
+                                             "backend_keepalive", "http2", "h2c")
+                       if k in given})
 
 
 def _pools(w: Walker, m: dict[str, Node], path: str, shorthand: bool) -> list[Pool]:
@@ -322,13 +325,17 @@ def _pools(w: Walker, m: dict[str, Node], path: str, shorthand: bool) -> list[Po
         if sm is None:
             continue
         given = w.scalars(sm, ppath, s.POOL)
+        protocol = given.get("protocol", "http1")
+        tls = _backend_tls(w, sm, ppath)
+        if protocol == "h2" and tls is None:
+            tls = BackendTls()  # h2 is HTTP/2 over TLS
         out.append(Pool(
             name=pname, balance=given.get("balance", "round_robin"),
             backends=tuple(_backends(w, sm, sub, ppath)), health=_health(w, sm, ppath,
                                                                          HealthSpec()),
             passive=w.build(PassiveSpec(), w.section(sm, "passive", ppath, s.PASSIVE),
                             f"{ppath}.passive", s.PASSIVE),
-            tls=_backend_tls(w, sm, ppath)))
+            tls=tls, protocol=protocol))
     return out
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from ..model import BALANCERS, DATAPATHS, PATH_TYPES, Proto
+from ..model import BACKEND_PROTOCOLS, BALANCERS, DATAPATHS, PATH_TYPES, Proto
 from . import values as v
 from .values import Convert
 
@@ -121,8 +121,12 @@ BACKEND_TLS = Section("tls", (
     Key("server_name", v.hostname, "the name to verify (and send as SNI)"),
 ), "HTTPS to the backends: `true` or this mapping")
 
+BACKEND_PROTOCOL = Key("protocol", v.choice(*BACKEND_PROTOCOLS), "how backends are spoken "
+                       "to: http1, h2c (HTTP/2 in the clear), h2 (HTTP/2 over TLS)")
+
 POOL = Section("pools", (
     Key("balance", v.choice(*BALANCERS), "the balancer"),
+    BACKEND_PROTOCOL,
     ListOf("backends", BACKEND, "the pool's backends"),
     HEALTH, PASSIVE, BACKEND_TLS,
 ), "named pools of an HTTP listener")
@@ -148,10 +152,16 @@ LIMITS = Section("limits", (
     Key("max_request_line", v.int_range(64, 1 << 20), "longer: 414"),
     Key("max_header_bytes", v.int_range(256, 1 << 22), "a larger head: 431"),
     Key("max_headers", v.int_range(1, 10000), "more fields: 431"),
+    Key("max_concurrent_streams", v.int_range(1, 10000), "HTTP/2: streams open at once "
+        "per connection"),
+    Key("max_resets", v.int_range(1, 1 << 20), "HTTP/2: streams a client may reset per "
+        "10 s (rapid reset)"),
+    Key("max_control_frames", v.int_range(1, 1 << 20), "HTTP/2: SETTINGS and PING frames "
+        "per 10 s"),
 ))
 
 HTTP_ONLY = ("routes", "pools", "default_pool", "tls", "limits", "trusted_proxies",
-             "access_log", "backend_keepalive")
+             "access_log", "backend_keepalive", "http2", "h2c", "backend_protocol")
 
 LISTENER = Section("listeners", (
     Key("name", v.name, "unique", required=True),
@@ -175,6 +185,10 @@ LISTENER = Section("listeners", (
     Key("access_log", v.boolean, "http: a line per request"),
     Key("backend_keepalive", v.int_range(0, 10000), "http: idle connections kept per "
         "backend"),
+    Key("http2", v.boolean, "https: offer HTTP/2 (ALPN h2)"),
+    Key("h2c", v.boolean, "http: accept HTTP/2 with prior knowledge"),
+    Key("backend_protocol", v.choice(*BACKEND_PROTOCOLS), "http: how the listener's own "
+        "backends are spoken to"),
     Key("datapath", v.choice(*DATAPATHS), "tcp, udp: the kernel (nftables) or user space"),
     Key("snat", v.boolean, "kernel: source NAT towards the backends"),
 ), "what to accept and where to forward it")
@@ -191,6 +205,8 @@ CLUSTER = Section("cluster", (
         Key("http", v.addresses, "where Ingress routes are served (one address or a "
             "list)", "ingress_http"),
         Key("https", v.addresses, "... over TLS", "ingress_https"),
+        Key("h2c", v.boolean, "the http addresses also take HTTP/2 with prior knowledge",
+            "ingress_h2c"),
     ), flat=True),
     Key("cross_family", v.boolean, "a VIP may forward to nodes of the other IP family"),
     Key("direct_endpoints", v.boolean, "Ingress traffic to pod IPs, not nodePorts"),

@@ -16,13 +16,19 @@ import os
 import socket
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
 from ..logs import Throttled, json_record, log_format
-from ..model import AccessLogSpec
+from ..model import AccessLogSpec, Listener
 from ..views import ListenerStats
+
+if TYPE_CHECKING:
+    from .forward import Exchange
+    from .http1 import Request
+
+NO_FIELDS: dict[str, object] = {}  # the fields of a line, unused in text format
 
 log = logging.getLogger("edgelb.access")
 # syslog: facility local0, severity info (RFC 5424 6.2.1).
@@ -174,3 +180,28 @@ class AccessLog:
 
     def close(self) -> None:
         self.sink.close()
+
+    def request(self, listener: Listener, stats: ListenerStats, client_ip: str,
+                req: Request, ex: Exchange, version: str = "") -> None:
+        """The line of one request, when its listener logs them (HTTP/2 ones say so)."""
+        if listener.http is None or not listener.http.access_log:
+            return
+        total = (time.monotonic() - ex.started) * 1000
+        method, target = req.method.decode(), req.target.decode("latin-1")
+        connect = f"{ex.connect_ms:.1f}ms" if ex.connect_ms >= 0 else "-"
+        host = req.host or "-"
+        proto = f" {version}" if version else ""
+        msg = (f'{listener.name} {client_ip} "{method} {host}{target}{proto}" '
+               f"{ex.status} in={ex.bytes_in} out={ex.bytes_out} backend={ex.backend} "
+               f"connect={connect} total={total:.1f}ms")
+        if not self.json:
+            self.add(stats, msg, NO_FIELDS)
+            return
+        fields: dict[str, object] = {
+            "listener": listener.name, "client": client_ip, "host": req.host,
+            "method": method, "path": target, "status": ex.status,
+            "bytes_in": ex.bytes_in, "bytes_out": ex.bytes_out, "backend": ex.backend,
+            "connect_ms": round(ex.connect_ms, 3), "total_ms": round(total, 3)}
+        if version:
+            fields["protocol"] = version
+        self.add(stats, msg, fields)

@@ -61,11 +61,16 @@ class BackendRuntime:
     flows: dict[int, Cuttable] = field(default_factory=dict)
     # HTTP: keep-alive connections waiting for their next request, most recent last.
     idle: list[IdleUpstream] = field(default_factory=list)
+    # HTTP/2: connections that streams share (``h2.upstream.H2Upstream``), each closed
+    # once idle.
+    shared: list[Closable] = field(default_factory=list)
 
     def close_idle(self) -> None:
         for conn in self.idle:
             conn.wire.close()
         self.idle.clear()
+        for shared in self.shared:
+            shared.close()
 
     def usable(self, now: float) -> bool:
         return self.up and not self.removed and not self.passive.ejected(now)
@@ -105,6 +110,7 @@ class BackendSet:
     make: Callable[[int], BackendRuntime]
     name: str = ""  # the HTTP pool's name; "" for an L4 listener's own backends
     tls: BackendTls | None = None
+    protocol: str = "http1"  # how an HTTP pool's backends are spoken to
     active: _ActiveView = field(init=False)
 
     def __post_init__(self) -> None:
@@ -143,7 +149,7 @@ class Backends:
             return {"": self._set(lst, "", lst.backends, lst.balance, lst.passive,
                                   lst.health.type != "none", stats)}
         return {p.name: self._set(lst, p.name + "/", p.backends, p.balance, p.passive,
-                                  p.health.type != "none", stats, p.name, p.tls)
+                                  p.health.type != "none", stats, p.name, p.tls, p.protocol)
                 for p in lst.http.pools}
 
     def retire(self, now: float, drain_timeout: float) -> None:
@@ -175,7 +181,7 @@ class Backends:
 
     def _set(self, lst: Listener, prefix: str, backends: tuple[Backend, ...], balance: str,
              passive: PassiveSpec, eager: bool, stats: ListenerStats, name: str = "",
-             tls: BackendTls | None = None) -> BackendSet:
+             tls: BackendTls | None = None, protocol: str = "http1") -> BackendSet:
         """Health-checked sets get their runtimes at once (a check may mark one down);
         the others on first use."""
         listener = lst.name
@@ -195,6 +201,7 @@ class Backends:
                 if old is not None:
                     br.flows = old.flows
                     br.idle = old.idle
+                    br.shared = old.shared
             br.backend, br.key = b, key
             br.address = b.address if prefix else lst.backend_address(b)
             if br.removed:
@@ -219,4 +226,5 @@ class Backends:
             # A tuple of nodes shared by thousands of listeners is described once.
             pairs = (backends, [(b.key, b.weight) for b in backends])
             self._pairs[id(backends)] = pairs
-        return BackendSet(lst, make_balancer(balance, pairs[1]), brs, stats, make, name, tls)
+        return BackendSet(lst, make_balancer(balance, pairs[1]), brs, stats, make, name, tls,
+                          protocol)

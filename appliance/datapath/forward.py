@@ -143,35 +143,12 @@ class Forward:
                     cut.scope.deadline = math.inf
 
     async def _upstream(self, tried: set[int]) -> Upstream[Wire] | None:
-        """A connection to a backend of the pool: a kept-alive one if there is one, else a
-        new one (see ``connect_to_pool``). None after edgelb answered 502 or 503 itself."""
-        keepalive = self.timeouts.keepalive
-        ex, pool, ctx = self.ex, self.pool, self.tls
-
-        def reuse(br: BackendRuntime, now: float) -> Wire | None:
-            ex.backend = br.key
-            while br.idle:
-                idle = br.idle.pop()
-                w = idle.wire
-                assert isinstance(w, PlainWire | TlsWire)
-                if now - idle.since < keepalive and w.alive():
-                    return w
-                w.close()
-            return None
-
-        async def setup(sock: socket.socket, br: BackendRuntime) -> Wire:
-            if ctx is None:
-                return PlainWire(sock)
-            tls = pool.tls
-            name = tls.server_name if tls and tls.server_name else br.backend.host
-            conn = TlsWire(sock, ctx, server=False, server_hostname=name)
-            await conn.handshake()
-            return conn
-
-        t0 = time.monotonic()
+        """A connection to a backend of the pool (see ``open_upstream``). None after
+        edgelb answered 502 or 503 itself."""
+        ex, pool = self.ex, self.pool
         try:
-            up = await connect_to_pool(pool, self.client.client_key, setup, tried=tried,
-                                       retry=self.req.idempotent, reuse=reuse)
+            return await open_upstream(pool, self.client.client_key, self.tls, ex, tried,
+                                       self.req.idempotent)
         except BackendUnreachable as e:
             if not e.tried:
                 pool.stats.no_backend += 1
@@ -181,12 +158,6 @@ class Forward:
             pool.stats.exhausted += 1
             await self.client.own_response(ex, 503)
             return None
-        if up.reused:
-            ex.connect_ms = 0.0
-        else:
-            up.backend.stats.connections += 1
-            ex.connect_ms = (time.monotonic() - t0) * 1000
-        return up
 
     async def _exchange(self, br: BackendRuntime, up: Wire, reused: bool,
                         first: bytes | Marker | None) -> bool:
@@ -309,6 +280,49 @@ class Forward:
                 assert isinstance(ev, bytes)
                 self.ex.bytes_out += len(ev)
                 out += conn.send_data(ev)
+
+
+async def open_upstream(pool: BackendSet, client_key: bytes, ctx: ssl.SSLContext | None,
+                        ex: Exchange, tried: set[int], idempotent: bool,
+                        alpn: str | None = None) -> Upstream[Wire]:
+    """A connection to a backend of ``pool``: a kept-alive one if there is one, else a
+    new one (TLS with ``ctx``), as ``connect_to_pool`` finds it; ``ex`` learns the
+    backend and the connect time. ``alpn``: the protocol the TLS backend must choose.
+    Raises BackendUnreachable or Exhausted."""
+    keepalive = pool.listener.timeouts.keepalive
+
+    def reuse(br: BackendRuntime, now: float) -> Wire | None:
+        ex.backend = br.key
+        while br.idle:
+            idle = br.idle.pop()
+            w = idle.wire
+            assert isinstance(w, PlainWire | TlsWire)
+            if now - idle.since < keepalive and w.alive():
+                return w
+            w.close()
+        return None
+
+    async def setup(sock: socket.socket, br: BackendRuntime) -> Wire:
+        if ctx is None:
+            return PlainWire(sock)
+        tls = pool.tls
+        name = tls.server_name if tls and tls.server_name else br.backend.host
+        conn = TlsWire(sock, ctx, server=False, server_hostname=name)
+        await conn.handshake()
+        if alpn is not None and conn.stream.selected_alpn_protocol() != alpn:
+            conn.close()
+            raise ConnectionRefusedError(f"the backend does not speak {alpn} (ALPN)")
+        return conn
+
+    t0 = time.monotonic()
+    up = await connect_to_pool(pool, client_key, setup, tried=tried, retry=idempotent,
+                               reuse=reuse)
+    if up.reused:
+        ex.connect_ms = 0.0
+    else:
+        up.backend.stats.connections += 1
+        ex.connect_ms = (time.monotonic() - t0) * 1000
+    return up
 
 
 async def _backend_event(backend: http1.BackendConnection, up: Wire) -> http1.Event:

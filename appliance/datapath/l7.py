@@ -14,61 +14,39 @@ keep timers off the per-request path.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import math
 import socket
-import ssl
 import time
-from dataclasses import dataclass, field
 
 import trio
 
-from ..model import Listener
-from ..views import ListenerStats
 from . import http1, wire
 from .access import AccessLog
-from .backends import BackendSet
 from .errors import ClientError, ClientGone, HttpError
 from .flows import Flow, FlowBook
 from .forward import Closing, Cut, Exchange, Forward
+from .h2.messages import PREFACE
+from .h2.session import H2Session
 from .http1 import NEED_DATA, Phase, Request
-from .routing import RouteTable
+from .site import Site
 from .wire import PlainWire, TlsWire, Wire
 
 log = logging.getLogger("edgelb.datapath")
-NO_FIELDS: dict[str, object] = {}  # the access log's fields, in text format unused
 
 TIMER_TICK = 0.1  # the granularity of HTTP timeouts, in seconds
-
-
-@dataclass
-class Site:
-    """An HTTP listener as of one Snapshot: its routes compiled, its pools, its TLS."""
-
-    listener: Listener
-    table: RouteTable
-    pools: dict[str, BackendSet]
-    stats: ListenerStats
-    ssl_context: ssl.SSLContext | None = None
-    backend_contexts: dict[str, ssl.SSLContext] = field(default_factory=dict)
-    trusted: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
-
-    def is_trusted(self, ip: str) -> bool:
-        if not self.trusted:
-            return False
-        addr = ipaddress.ip_address(ip)
-        return any(addr in net for net in self.trusted)
 
 
 class HttpProxy:
     """Every HTTP connection of one worker: the Sites in force, the timer, the drain."""
 
-    def __init__(self, book: FlowBook, access: AccessLog) -> None:
+    def __init__(self, book: FlowBook, access: AccessLog,
+                 nursery: trio.Nursery | None = None) -> None:
         self.book = book
         self.access = access
+        self.nursery = nursery  # where connections shared by clients run (HTTP/2 upstreams)
         self.sites: dict[tuple[str, str, int], Site] = {}
-        self.conns: set[HttpConnection] = set()
+        self.conns: set[HttpConnection | H2Session] = set()
         self.open: dict[str, int] = {}  # open client connections per listener
         self.draining = False
         self.drain_timeout = 30.0
@@ -112,11 +90,11 @@ class HttpProxy:
 
     def drain(self) -> None:
         """Connections close between requests from now on: idle ones at once, busy ones
-        after their response (which says ``Connection: close``)."""
+        after their response (which says ``Connection: close``); HTTP/2 ones get GOAWAY
+        and close once their streams are done."""
         self.draining = True
         for hc in list(self.conns):
-            if hc.phase in (Phase.IDLE, Phase.FIRST) and hc.deadline != math.inf:
-                hc.expire(Phase.DRAIN)
+            hc.begin_drain()
 
 
 class HttpConnection:
@@ -146,6 +124,12 @@ class HttpConnection:
     def draining(self) -> bool:
         return self.proxy.draining
 
+    def begin_drain(self) -> None:
+        """The worker drains: an idle connection closes now, a busy one after its
+        response."""
+        if self.phase in (Phase.IDLE, Phase.FIRST) and self.deadline != math.inf:
+            self.expire(Phase.DRAIN)
+
     @property
     def drain_timeout(self) -> float:
         return self.proxy.drain_timeout
@@ -172,8 +156,21 @@ class HttpConnection:
     # -- the request loop ------------------------------------------------------------
 
     async def serve(self) -> None:
-        if self.site.ssl_context is not None and not await self._handshake():
-            return
+        if self.site.ssl_context is not None:
+            if not await self._handshake():
+                return
+            assert isinstance(self.wire, TlsWire)
+            if self.wire.stream.selected_alpn_protocol() == "h2":
+                await self._h2(b"", "h2")
+                return
+        elif self.site.listener.http is not None and self.site.listener.http.h2c:
+            first = await self._sniff()
+            if first is None:
+                return
+            if first.startswith(PREFACE):
+                await self._h2(first, "h2c")
+                return
+            self.conn.receive_data(first)
         try:
             # One scope for the connection's life: timeouts and the drain of a removed
             # backend cancel it, and the connection closes.
@@ -186,6 +183,35 @@ class HttpConnection:
             return
         if self.cut.scope.cancelled_caught and self.expired is not None:
             await self._expired()
+
+    async def _sniff(self) -> bytes | None:
+        """The first bytes of a plain connection, enough to tell the HTTP/2 preface from
+        an HTTP/1.1 request; None when the client went (or idled out) first."""
+        data = b""
+        with trio.move_on_after(self.site.listener.timeouts.request):
+            while len(data) < len(PREFACE) and PREFACE.startswith(data):
+                try:
+                    more = await self.wire.recv()
+                except OSError:
+                    return None
+                if not more:
+                    return None
+                data += more
+            return data
+        return None
+
+    async def _h2(self, first: bytes, protocol: str) -> None:
+        """Serve the connection as HTTP/2 from here on."""
+        self.flow.protocol = protocol
+        session = H2Session(self.proxy, self.site, self.wire, self.client, self.flow,
+                            self.proto)
+        self.flow.cut_at = session.cut.cut_at
+        self.proxy.conns.discard(self)
+        self.proxy.conns.add(session)
+        try:
+            await session.serve(first)
+        finally:
+            self.proxy.conns.discard(session)
 
     async def _handshake(self) -> bool:
         assert self.site.ssl_context is not None
@@ -236,7 +262,7 @@ class HttpConnection:
             self.proxy.access.add(
                 st, f'{name} {self.client[0]} "-" {e.status} refused: {e.reason}',
                 {"listener": name, "client": self.client[0], "status": e.status,
-                 "refused": e.reason} if self.proxy.access.json else NO_FIELDS)
+                 "refused": e.reason} if self.proxy.access.json else {})
         await self._reply_error(e.status, e.reason)
 
     async def _reply_error(self, status: int, reason: str = "") -> None:
@@ -318,21 +344,7 @@ class HttpConnection:
         site.stats.count_status(ex.status)
         self.flow.bytes_in += ex.bytes_in
         self.flow.bytes_out += ex.bytes_out
-        if site.listener.http is not None and site.listener.http.access_log:
-            total = (time.monotonic() - ex.started) * 1000
-            method, target = req.method.decode(), req.target.decode("latin-1")
-            connect = f"{ex.connect_ms:.1f}ms" if ex.connect_ms >= 0 else "-"
-            host = req.host or "-"
-            msg = (f'{site.listener.name} {self.client[0]} "{method} {host}{target}" '
-                   f"{ex.status} in={ex.bytes_in} out={ex.bytes_out} backend={ex.backend} "
-                   f"connect={connect} total={total:.1f}ms")
-            access = self.proxy.access
-            access.add(site.stats, msg, {
-                "listener": site.listener.name, "client": self.client[0],
-                "host": req.host, "method": method, "path": target, "status": ex.status,
-                "bytes_in": ex.bytes_in, "bytes_out": ex.bytes_out, "backend": ex.backend,
-                "connect_ms": round(ex.connect_ms, 3), "total_ms": round(total, 3),
-            } if access.json else NO_FIELDS)
+        self.proxy.access.request(site.listener, site.stats, self.client[0], req, ex)
 
     async def send_client(self, data: bytes) -> None:
         # A client that stops reading may stall a send for as long as a body may stall.
@@ -342,3 +354,4 @@ class HttpConnection:
         except OSError:
             raise Closing from None
         self.disarm()
+

@@ -21,10 +21,11 @@ from .access import AccessLog
 from .backends import Backends, BackendSet
 from .flows import Flow
 from .l4 import TcpForwarder
-from .l7 import HttpProxy, Site
+from .l7 import HttpProxy
 from .listeners import Listeners, SocketKey
 from .relay import HAVE_SPLICE
 from .routing import RouteTable
+from .site import Site
 from .tls import client_context, server_context
 from .udp import UdpForwarder
 
@@ -49,7 +50,7 @@ class Worker:
         self.tcp = TcpForwarder(self, self.backends, use_splice)
         self.udp = UdpForwarder(self)
         self.access = AccessLog()
-        self.http = HttpProxy(self, self.access)
+        self.http = HttpProxy(self, self.access, nursery)
         self.listeners = Listeners(nursery, self._accept, self.udp.serve, self._exhausted)
         self._timer = False
         # TLS contexts by certificate fingerprints: a reload that keeps the certificates
@@ -114,18 +115,19 @@ class Worker:
 
     def _site(self, lst: Listener, pools: dict[str, BackendSet], stats: ListenerStats) -> Site:
         assert lst.http is not None
-        backend_contexts = {p.name: client_context(p.tls) for p in lst.http.pools
-                            if p.tls is not None}
+        backend_contexts = {p.name: client_context(p.tls, p.protocol == "h2")
+                            for p in lst.http.pools if p.tls is not None}
         return Site(lst, RouteTable(lst.http.routes, lst.http.default_pool), pools, stats,
-                    self._tls_context(lst.http.tls) if lst.protocol == Proto.HTTPS else None,
+                    self._tls_context(lst.http.tls, lst.http.http2)
+                    if lst.protocol == Proto.HTTPS else None,
                     backend_contexts,
                     tuple(ipaddress.ip_network(n) for n in lst.http.trusted_proxies))
 
-    def _tls_context(self, certs: tuple[TlsCert, ...]) -> ssl.SSLContext:
-        key = tuple(f"{c.fingerprint}:{','.join(c.hosts)}" for c in certs)
+    def _tls_context(self, certs: tuple[TlsCert, ...], http2: bool) -> ssl.SSLContext:
+        key = (*(f"{c.fingerprint}:{','.join(c.hosts)}" for c in certs), f"h2={http2}")
         ctx = self.tls_contexts.get(key)
         if ctx is None:
-            ctx = server_context(certs)
+            ctx = server_context(certs, http2)
             self.tls_contexts[key] = ctx
         return ctx
 

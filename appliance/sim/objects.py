@@ -27,7 +27,8 @@ def service(name: str, ports: list[tuple[int, int]] | list[tuple[int, int, str]]
             namespace: str = "default", lb_class: str | None = "edgelb.io/slb",
             local: bool = False, health_port: int = 0, kind: str = "LoadBalancer",
             annotations: dict[str, str] | None = None, address: str | None = None,
-            families: list[str] | None = None, policy: str | None = None) -> Obj:
+            families: list[str] | None = None, policy: str | None = None,
+            app_protocol: str | None = None) -> Obj:
     """``ports``: (port, nodePort) or (port, nodePort, protocol); ``families`` and
     ``policy``: spec.ipFamilies and spec.ipFamilyPolicy (the API server defaults them)."""
     spec: Obj = {"type": kind, "selector": {"app": name}, "ports": [
@@ -41,6 +42,9 @@ def service(name: str, ports: list[tuple[int, int]] | list[tuple[int, int, str]]
         spec["healthCheckNodePort"] = health_port
     if address:
         spec["loadBalancerIP"] = address
+    if app_protocol:
+        for p in spec["ports"]:
+            p["appProtocol"] = app_protocol
     if families:
         spec["ipFamilies"] = families
     if policy:

@@ -30,6 +30,7 @@ from typing import Any
 
 from ..model import (
     Backend,
+    BackendTls,
     ClusterSpec,
     HealthSpec,
     HttpSpec,
@@ -50,6 +51,15 @@ SHARED_ANNOTATION = "edgelb.io/shared-vip"
 DEFAULT_CLASS_ANNOTATION = "ingressclass.kubernetes.io/is-default-class"
 EXCLUDE_LABEL = "node.kubernetes.io/exclude-from-external-load-balancers"
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+BACKEND_PROTOCOL_ANNOTATION = "edgelb.io/backend-protocol"
+# How an Ingress's backends are spoken to: the annotation (as ingress-nginx users know
+# it), else the Service port's appProtocol. TLS towards pods is not verified (their
+# certificates are the cluster's own), as ingress-nginx does by default.
+ANNOTATED = {"HTTP": ("http1", False), "HTTPS": ("http1", True), "GRPC": ("h2c", False),
+             "GRPCS": ("h2", True), "H2C": ("h2c", False), "H2": ("h2", True)}
+APP_PROTOCOLS = {"kubernetes.io/h2c": ("h2c", False), "https": ("http1", True),
+                 "kubernetes.io/wss": ("http1", True), "http": ("http1", False),
+                 "kubernetes.io/ws": ("http1", False)}
 FAMILIES = {"IPv4": 4, "IPv6": 6}
 ALLOCATION_ERRORS = {PoolExhausted: "AllocationFailed", AddressTaken: "AddressTaken",
                      NotInPool: "AddressNotInPool"}
@@ -263,7 +273,7 @@ class _Translator:
         # Ingresses: the pools (by name, the Service port behind each), routes and
         # certificates of the ingress listeners, and which host and path each Ingress
         # claimed (the oldest keeps a contested one).
-        self.pools: dict[str, tuple[Obj, Obj]] = {}
+        self.pools: dict[str, tuple[Obj, Obj, str, bool]] = {}
         self.routes: list[Route] = []
         self.claimed: dict[tuple[str, tuple[str, object]], str] = {}
         self.default_pool: str | None = None
@@ -428,6 +438,8 @@ class _Translator:
             for i, bind in enumerate(binds):
                 f = family_of(bind[0])
                 h = http[f] if proto == Proto.HTTP else replace(http[f], tls=tuple(self.certs))
+                if proto == Proto.HTTP and spec.ingress_h2c:
+                    h = replace(h, h2c=True)
                 self.listeners.append(Listener(
                     name=f"ingress-{proto}" + (f"-{i + 1}" if i else ""), bind=bind,
                     protocol=proto, http=h,
@@ -437,7 +449,7 @@ class _Translator:
         """The Ingress pools as an ingress address of ``family`` reaches them: the
         nodes' nodePorts of that family, or the pods' addresses of it."""
         out = []
-        for name, (svc, port) in self.pools.items():
+        for name, (svc, port, protocol, tls) in self.pools.items():
             if self.spec.direct_endpoints:
                 eps = _endpoints(svc, port, self.slices,
                                  None if self.spec.cross_family else family)
@@ -445,7 +457,9 @@ class _Translator:
             else:
                 backends = tuple(Backend(ip, int(port["nodePort"]))
                                  for _, ip in self.nodes[family].nodes)
-            out.append(Pool(name, "round_robin", backends, HealthSpec(type="none")))
+            out.append(Pool(name, "round_robin", backends, HealthSpec(type="none"),
+                            tls=BackendTls(verify=False) if tls else None,
+                            protocol=protocol))
         return tuple(out)
 
     def ingress(self, ing: Obj) -> None:
@@ -500,7 +514,15 @@ class _Translator:
             self.problem(ing, "Ingress", "NoNodePort", f"service {svc_ref.get('name')!r} has "
                          "no nodePort (use type NodePort, or direct_endpoints)")
             return None
-        self.pools[name] = (svc, port)
+        annotated = str((_meta(ing).get("annotations") or {}).get(
+            BACKEND_PROTOCOL_ANNOTATION, "")).upper()
+        protocol, tls = ANNOTATED.get(annotated) or APP_PROTOCOLS.get(
+            str(port.get("appProtocol", "")), ("http1", False))
+        if annotated and annotated not in ANNOTATED:
+            self.problem(ing, "Ingress", "UnknownBackendProtocol",
+                         f"{BACKEND_PROTOCOL_ANNOTATION}: {annotated!r} is not one of "
+                         f"{', '.join(ANNOTATED)}: HTTP/1.1 is spoken")
+        self.pools[name] = (svc, port, protocol, tls)
         return name
 
     def certificate(self, ing: Obj, tls: Obj) -> None:

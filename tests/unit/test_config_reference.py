@@ -13,7 +13,7 @@ from appliance.config.schema import TOP, entry_paths, key_paths
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
 # A backticked config path: a top-level key, then .key, [] or .NAME steps.
 _TOP = "|".join(e.name for e in TOP.entries)
-_PATH = re.compile(rf"`((?:{_TOP})(?:\[\]|\.[A-Za-z_]+)*)`")
+_PATH = re.compile(rf"`((?:{_TOP})(?:\[\]|\.[A-Za-z_][A-Za-z0-9_]*)*)`")
 DOCUMENTED = {p for p in _PATH.findall(README) if not p.endswith((".py", ".yaml"))}
 KNOWN = {path for path, _ in entry_paths()}
 

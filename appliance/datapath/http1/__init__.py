@@ -33,6 +33,7 @@ from .heads import (
     parse_request,
     parse_response,
     request_line_end,
+    upstream_fields,
     upstream_head,
 )
 
@@ -42,5 +43,5 @@ __all__ = [
     "BackendConnection", "BackendError", "ChunkedDecoder", "ClientError", "Event", "Framing",
     "HttpError", "Marker", "Phase", "Request", "Response", "ServerConnection", "chunk",
     "downstream_head", "error_response", "http_date", "normalize_host", "parse_request",
-    "parse_response", "request_line_end", "upstream_head",
+    "parse_response", "request_line_end", "upstream_fields", "upstream_head",
 ]

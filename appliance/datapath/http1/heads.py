@@ -313,6 +313,17 @@ def upstream_head(req: Request, client_ip: str, proto: str, trusted: bool) -> by
     removed, X-Forwarded-For/-Proto/-Host and Forwarded set (appended to when the client
     is a trusted proxy, replaced otherwise), framing stated anew."""
     out = [req.method, b" ", req.target, b" HTTP/1.1\r\n"]
+    for name, value in upstream_fields(req, client_ip, proto, trusted):
+        out += (name, b": ", value, b"\r\n")
+    out.append(b"\r\n")
+    return b"".join(out)
+
+
+def upstream_fields(req: Request, client_ip: str, proto: str, trusted: bool,
+                    framing: bool = True) -> list[tuple[bytes, bytes]]:
+    """The fields of the request as a backend gets it (see ``upstream_head``); without
+    ``framing``, no Content-Length or Transfer-Encoding (HTTP/2 frames the body)."""
+    out: list[tuple[bytes, bytes]] = []
     drop = req.connection_drop
     xff = fwd = b""
     xproto = xhost = b""
@@ -339,28 +350,26 @@ def upstream_head(req: Request, client_ip: str, proto: str, trusted: bool) -> by
             continue
         if low == b"host":
             has_host = True
-        out += (name, b": ", value, b"\r\n")
+        out.append((name, value))
     if not has_host:
-        out.append(b"Host: \r\n")
+        out.append((b"Host", b""))
     ip = client_ip.encode()
     host = req.raw_host
-    out += (b"X-Forwarded-For: ", xff + b", " + ip if xff else ip, b"\r\n",
-            b"X-Forwarded-Proto: ", xproto or proto.encode(), b"\r\n",
-            b"X-Forwarded-Host: ", xhost or host, b"\r\n")
+    out += [(b"X-Forwarded-For", xff + b", " + ip if xff else ip),
+            (b"X-Forwarded-Proto", xproto or proto.encode()),
+            (b"X-Forwarded-Host", xhost or host)]
     this = b"for=" + _format_addr(client_ip, True).encode() + b";proto=" + proto.encode()
     if host:
         this += b';host="' + host + b'"'
-    out += (b"Forwarded: ", fwd + b", " + this if fwd else this, b"\r\n")
-    if has_length:
-        out += (b"Content-Length: ", b"%d" % req.framing.length, b"\r\n")
-    if req.framing.kind == CHUNKED:
+    out.append((b"Forwarded", fwd + b", " + this if fwd else this))
+    if has_length and framing:
+        out.append((b"Content-Length", b"%d" % req.framing.length))
+    if req.framing.kind == CHUNKED and framing:
         codings = req.framing.codings
-        out += (b"Transfer-Encoding: ", codings + b", chunked" if codings else b"chunked",
-                b"\r\n")
+        out.append((b"Transfer-Encoding", codings + b", chunked" if codings else b"chunked"))
     if req.upgrade is not None:
-        out += (b"Connection: upgrade\r\nUpgrade: ", req.upgrade, b"\r\n")
-    out.append(b"\r\n")
-    return b"".join(out)
+        out += [(b"Connection", b"upgrade"), (b"Upgrade", req.upgrade)]
+    return out
 
 
 def downstream_head(resp: Response, chunked: bool, close: bool, keep_alive_10: bool = False,

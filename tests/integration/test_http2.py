@@ -1,0 +1,404 @@
+"""HTTP/2 and gRPC end to end (issue 16): curl and nghttp through h2 (TLS, ALPN) and
+h2c listeners to HTTP/1.1 backends, grpcio through an Ingress of the simulated cluster
+to a grpcio server, the HTTP/2 attack classes from a raw ``h2`` client with a
+well-behaved client served meanwhile, and a drain with streams in flight."""
+
+from __future__ import annotations
+
+import hashlib
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import h2.config
+import h2.connection
+import h2.events
+import h2.settings
+import pytest
+from hyperframe.frame import ContinuationFrame, HeadersFrame, PingFrame, SettingsFrame
+
+from appliance.sim import objects as k8s
+from appliance.sim.certs import self_signed
+from appliance.sim.cluster import SimCluster
+
+from ..grpc_peer import Client, server
+from ..helpers import Edgelb, free_port, wait_for
+from ..http_backend import HttpBackend
+
+ENHANCE_YOUR_CALM = 11
+
+
+@dataclass
+class Rig:
+    edgelb: Edgelb
+    tls: int  # https, h2 by ALPN
+    plain: int  # http with h2c
+    grpc_port: int
+    web: HttpBackend
+    cert: str
+
+
+@pytest.fixture(scope="module")
+def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
+    tmp = tmp_path_factory.mktemp("h2")
+    cert, key = self_signed(str(tmp), "h2", dns=("a.test", "g.test"))
+    with ExitStack() as stack:
+        web = stack.enter_context(HttpBackend("web"))
+        grpc_port = free_port()
+        g = server(f"127.0.0.1:{grpc_port}")
+        stack.callback(g.stop, None)
+        tls, plain = free_port(), free_port()
+        routes = f"""    routes:
+      - host: a.test
+        paths: [{{path: /, type: Prefix, pool: web}}]
+      - host: g.test
+        paths: [{{path: /, type: Prefix, pool: grpc}}]
+    pools:
+      web: {{backends: [127.0.0.1:{web.port}]}}
+      grpc: {{protocol: h2c, backends: [127.0.0.1:{grpc_port}]}}
+    timeouts: {{body: 1s, response: 3s}}
+    limits: {{max_resets: 50, max_control_frames: 50, max_concurrent_streams: 20}}
+"""
+        e = Edgelb(tmp, f"""\
+listeners:
+  - name: tls
+    bind: 127.0.0.1:{tls}
+    protocol: https
+    tls: [{{hosts: [a.test, g.test], cert: {cert}, key: {key}}}]
+{routes}  - name: plain
+    bind: 127.0.0.1:{plain}
+    protocol: http
+    h2c: true
+{routes}""").start()
+        stack.callback(e.stop)
+        yield Rig(e, tls, plain, grpc_port, web, cert)
+
+
+def curl(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["curl", "-s", "-m", "10", *args], capture_output=True, text=True,
+                          timeout=30)
+
+
+def tls_url(rig: Rig, host: str, path: str) -> list[str]:
+    return ["--resolve", f"{host}:{rig.tls}:127.0.0.1", "--cacert", rig.cert,
+            f"https://{host}:{rig.tls}{path}"]
+
+
+def test_curl_and_nghttp_over_h2_and_h2c_reach_http1_backends(rig: Rig, tmp_path: Path) -> None:
+    r = curl("--http2", "-w", "\n%{http_version}", *tls_url(rig, "a.test", "/status/200"))
+    assert r.stdout.split() == ["web", "200", "2"], r.stderr
+    r = curl("--http2-prior-knowledge", "-w", "\n%{http_version}", "-H", "Host: a.test",
+             f"http://127.0.0.1:{rig.plain}/status/201")
+    assert r.stdout.split() == ["web", "201", "2"]
+    # The same h2c listener still serves HTTP/1.1.
+    r = curl("-w", "\n%{http_version}", "-H", "Host: a.test",
+             f"http://127.0.0.1:{rig.plain}/status/200")
+    assert r.stdout.split() == ["web", "200", "1.1"]
+    # Routing by host: no rule for other.test.
+    r = curl("--http2", "-o", "/dev/null", "-w", "%{http_code}", "--resolve",
+             f"other.test:{rig.tls}:127.0.0.1", "-k", f"https://other.test:{rig.tls}/")
+    assert r.stdout == "404"
+    seen = rig.web.seen[-1]
+    assert seen.header("X-Forwarded-For") == "127.0.0.1"
+    assert seen.header("X-Forwarded-Proto") == "http"
+
+    # A big upload (no Content-Length: chunked to the backend) and a big download.
+    blob = tmp_path / "blob"
+    blob.write_bytes(bytes(range(256)) * 20000)
+    want = hashlib.sha256(blob.read_bytes()).hexdigest()
+    for args in (["--http2", "-H", "Transfer-Encoding: chunked", *tls_url(rig, "a.test", "/sha")],
+                 ["--http2-prior-knowledge", "-H", "Host: a.test",
+                  f"http://127.0.0.1:{rig.plain}/sha"]):
+        r = curl("--data-binary", f"@{blob}", *args)
+        assert r.stdout.split() == [str(20000 * 256), want], r.stderr
+    r = curl("--http2", *tls_url(rig, "a.test", "/big/5000000"))
+    assert len(r.stdout) == 5000000 and set(r.stdout) == {"x"}
+
+    # nghttp: 20 concurrent streams on one connection.
+    out = subprocess.run(["nghttp", "-n", "-s", "-m", "20", "-H", ":authority: a.test",
+                          f"http://127.0.0.1:{rig.plain}/status/200"], capture_output=True,
+                         text=True, timeout=30).stdout
+    codes = [line.split()[4] for line in out.splitlines() if line.strip().endswith("/status/200")]
+    assert codes == ["200"] * 20, out
+    wait_for(lambda: 'HTTP/2" 200' in rig.edgelb.logs(), 5, "the access log's HTTP/2 line")
+
+
+def grpc_client(rig: Rig) -> Client:
+    c = Client(f"127.0.0.1:{rig.plain}")
+    c.channel.close()
+    c.channel = grpc.insecure_channel(f"127.0.0.1:{rig.plain}",
+                                      options=[("grpc.default_authority", "g.test")])
+    return c
+
+
+def exercise_grpc(c: Client) -> None:
+    assert c.unary(b"hi") == b"echo:hi"
+    assert c.unary(b"x" * 2_000_000)[:5] == b"echo:"  # flow control both ways
+    assert c.stream(50) == [b"msg %d" % i for i in range(50)]
+    assert c.bidi([b"a", b"b", b"c"]) == [b"got:a", b"got:b", b"got:c"]
+    with pytest.raises(grpc.RpcError) as e:
+        c.slow(3, timeout=0.5)
+    assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    with pytest.raises(grpc.RpcError) as e:
+        c.fail(b"x")
+    # The status and message came in the backend's trailers, passed through.
+    assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert e.value.details() == "no such thing: x"
+
+
+def test_grpc_to_an_h2c_pool(rig: Rig) -> None:
+    c = grpc_client(rig)
+    try:
+        exercise_grpc(c)
+    finally:
+        c.close()
+
+
+def test_grpc_through_an_ingress_of_the_cluster(tmp_path: Path) -> None:
+    """An Ingress whose Service port says appProtocol kubernetes.io/h2c: edgelb speaks
+    h2c to it, and a grpcio client talks to a grpcio server through edgelb."""
+    grpc_port, ingress = free_port(), free_port()
+    g = server(f"127.0.0.1:{grpc_port}")
+    try:
+        with SimCluster(str(tmp_path)) as sim:
+            sim.add_node("n1", "127.0.0.51")
+            sim.api.apply(k8s.service("greeter", [(80, 30880)], kind="NodePort",
+                                      app_protocol="kubernetes.io/h2c"))
+            sim.api.apply(k8s.endpoint_slice("greeter", [("127.0.0.1", "n1", True)],
+                                             port=grpc_port))
+            sim.api.apply(k8s.ingress_class())
+            sim.api.apply(k8s.ingress("greeter", [("g.test", "/", "Prefix", "greeter", 80)]))
+            e = Edgelb(tmp_path, f"""\
+cluster:
+  kubeconfig: {sim.kubeconfig_path}
+  ingress: {{http: "127.0.0.52:{ingress}", h2c: true}}
+  direct_endpoints: true
+  tls_dir: {tmp_path}/tls
+  debounce: 50ms
+listeners: []
+allow_no_listeners: true
+""").start()
+            try:
+                c = Client(f"127.0.0.52:{ingress}")
+                c.channel.close()
+                c.channel = grpc.insecure_channel(
+                    f"127.0.0.52:{ingress}", options=[("grpc.default_authority", "g.test")])
+
+                def served() -> bool:
+                    try:
+                        return c.unary(b"up", timeout=1) == b"echo:up"
+                    except grpc.RpcError:
+                        return False
+
+                wait_for(served, 15, "the Ingress's route")
+                exercise_grpc(c)
+                c.close()
+            finally:
+                e.stop()
+    finally:
+        g.stop(None)
+
+
+# -- the attack classes ----------------------------------------------------------------
+
+
+class RawH2:
+    """An HTTP/2 client over a plain socket, free to misbehave."""
+
+    def __init__(self, port: int, settings: dict[int, int] | None = None) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.conn = h2.connection.H2Connection(h2.config.H2Configuration(
+            client_side=True, header_encoding=None))
+        self.conn.initiate_connection()
+        if settings:
+            self.conn.update_settings(settings)
+        self.flush()
+        self.events: list[h2.events.Event] = []
+
+    def flush(self) -> None:
+        self.sock.sendall(self.conn.data_to_send())
+
+    def headers(self, path: str, end: bool = True, method: bytes = b"GET") -> int:
+        sid = self.conn.get_next_available_stream_id()
+        self.conn.send_headers(sid, [(b":method", method), (b":scheme", b"http"),
+                                     (b":authority", b"a.test"), (b":path", path.encode())],
+                               end_stream=end)
+        return sid
+
+    def read_until(self, done: type, timeout: float = 10) -> h2.events.Event | None:
+        """Events until one of type ``done`` (returned) or the server closes (None)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for ev in self.events:
+                if isinstance(ev, done):
+                    return ev
+            try:
+                self.sock.settimeout(max(0.01, deadline - time.monotonic()))
+                data = self.sock.recv(65536)
+            except (TimeoutError, ConnectionResetError):
+                return None
+            if not data:
+                return None
+            try:
+                self.events += self.conn.receive_data(data)
+            except h2.exceptions.ProtocolError:
+                pass
+        return None
+
+    def goaway_code(self, timeout: float = 10) -> int | None:
+        ev = self.read_until(h2.events.ConnectionTerminated, timeout)
+        return ev.error_code if isinstance(ev, h2.events.ConnectionTerminated) else None
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def well_behaved(rig: Rig) -> str:
+    return curl("--http2-prior-knowledge", "-H", "Host: a.test",
+                f"http://127.0.0.1:{rig.plain}/status/200").stdout.strip()
+
+
+def attacked(rig: Rig, attack: RawH2) -> None:
+    """While ``attack``'s connection is open, another client is served."""
+    assert well_behaved(rig) == "web 200"
+    attack.close()
+    assert well_behaved(rig) == "web 200"
+
+
+def test_rapid_reset_is_sent_away(rig: Rig) -> None:
+    a = RawH2(rig.plain)
+    for _ in range(80):
+        sid = a.headers("/slow/1")
+        a.conn.reset_stream(sid)
+    a.flush()
+    assert a.goaway_code() == ENHANCE_YOUR_CALM
+    attacked(rig, a)
+
+
+def test_settings_and_ping_floods_are_sent_away(rig: Rig) -> None:
+    for frame in (SettingsFrame(0, settings={4: 65535}), PingFrame(0, opaque_data=b"12345678")):
+        a = RawH2(rig.plain)
+        a.sock.sendall(frame.serialize() * 80)
+        assert a.goaway_code() == ENHANCE_YOUR_CALM
+        attacked(rig, a)
+
+
+def test_a_continuation_flood_is_sent_away(rig: Rig) -> None:
+    a = RawH2(rig.plain)
+    block = a.conn.encoder.encode([(b":method", b"GET"), (b":scheme", b"http"),
+                                   (b":authority", b"a.test"), (b":path", b"/")])
+    first = HeadersFrame(1, data=block[:4])  # no END_HEADERS: the block goes on ...
+    more = ContinuationFrame(1, data=b"\x40\x01a\x01b")  # ... and on, never ending
+    a.sock.sendall(first.serialize() + more.serialize() * 200)
+    assert a.goaway_code() is not None
+    attacked(rig, a)
+
+
+def test_an_hpack_bomb_is_refused_by_its_decoded_size(rig: Rig) -> None:
+    a = RawH2(rig.plain)
+    sid = a.conn.get_next_available_stream_id()
+    # 4 KiB in the dynamic table, then referenced again and again: a small frame that
+    # decodes to 80 KiB, over the 32 KiB list the listener takes.
+    a.conn.send_headers(sid, [(b":method", b"GET"), (b":scheme", b"http"),
+                              (b":authority", b"a.test"), (b":path", b"/")] +
+                        [(b"x-bomb", b"b" * 4000)] * 20, end_stream=True)
+    a.flush()
+    assert a.goaway_code() == ENHANCE_YOUR_CALM
+    attacked(rig, a)
+
+
+def test_streams_beyond_the_limit_are_refused(rig: Rig) -> None:
+    a = RawH2(rig.plain)
+    a.read_until(h2.events.RemoteSettingsChanged)
+    assert a.conn.remote_settings.max_concurrent_streams == 20
+    for _ in range(20):
+        a.headers("/slow/2", end=False, method=b"POST")
+    a.flush()
+    # A 21st, which h2 as a client would not send: written as a frame of our own.
+    block = a.conn.encoder.encode([(b":method", b"GET"), (b":scheme", b"http"),
+                                   (b":authority", b"a.test"), (b":path", b"/status/200")])
+    a.sock.sendall(HeadersFrame(41, data=block, flags=["END_HEADERS", "END_STREAM"]).serialize())
+    ev = a.read_until(h2.events.StreamReset | h2.events.ConnectionTerminated)
+    assert ev is not None  # the 21st stream is refused (or the connection sent away)
+    attacked(rig, a)
+
+
+def test_a_zero_window_reader_holds_only_its_own_streams(rig: Rig) -> None:
+    """Clients that open no window for what they asked for: edgelb reads no more of the
+    backend than the window allows, resets the streams after timeouts.body, and its
+    memory does not grow with what they asked for (10 x 20 MB)."""
+    rss0 = rss(rig.edgelb)
+    a = RawH2(rig.plain, {h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 0})
+    for _ in range(10):
+        a.headers("/big/20000000")
+    a.flush()
+    resets = 0
+    deadline = time.monotonic() + 10
+    while resets < 10 and time.monotonic() < deadline:
+        ev = a.read_until(h2.events.StreamReset, 3)
+        if ev is None:
+            break
+        a.events.remove(ev)
+        resets += 1
+    assert resets == 10
+    assert rss(rig.edgelb) - rss0 < 50_000_000
+    attacked(rig, a)
+
+
+def rss(e: Edgelb) -> int:
+    """The resident memory of the daemon and its workers, in bytes."""
+    assert e.proc is not None
+    pids = [e.proc.pid, *e.workers()]
+    total = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/statm") as f:
+            total += int(f.read().split()[1]) * 4096
+    return total
+
+
+# -- drain -----------------------------------------------------------------------------
+
+
+def test_a_drain_lets_streams_in_flight_finish(tmp_path: Path) -> None:
+    grpc_port, plain = free_port(), free_port()
+    g = server(f"127.0.0.1:{grpc_port}")
+    e = Edgelb(tmp_path, f"""\
+drain_timeout: 10s
+listeners:
+  - name: plain
+    bind: 127.0.0.1:{plain}
+    protocol: http
+    h2c: true
+    backend_protocol: h2c
+    backends: [127.0.0.1:{grpc_port}]
+""").start()
+    try:
+        c = Client(f"127.0.0.1:{plain}")
+        assert c.unary(b"warm") == b"echo:warm"
+        got: list[bytes | str] = []
+
+        def call() -> None:
+            try:
+                got.append(c.slow(1.5, timeout=10))
+            except grpc.RpcError as err:
+                got.append(str(err.code()))
+
+        t = threading.Thread(target=call)
+        t.start()
+        time.sleep(0.5)
+        e.signal(signal.SIGTERM)
+        t.join(15)
+        assert got == [b"late"]
+        assert e.proc is not None
+        assert e.proc.wait(15) == 0
+        c.close()
+    finally:
+        e.stop()
+        g.stop(None)
