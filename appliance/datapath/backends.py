@@ -38,6 +38,11 @@ class Closable(Protocol):
     def close(self) -> None: ...
 
 
+class Shared(Protocol):
+    def retire(self) -> None:
+        """Take no new requests; close once those in flight are done."""
+
+
 @dataclass
 class IdleUpstream:
     """A keep-alive backend connection waiting for its next request."""
@@ -62,15 +67,15 @@ class BackendRuntime:
     # HTTP: keep-alive connections waiting for their next request, most recent last.
     idle: list[IdleUpstream] = field(default_factory=list)
     # HTTP/2: connections that streams share (``h2.upstream.H2Upstream``), each closed
-    # once idle.
-    shared: list[Closable] = field(default_factory=list)
+    # once idle; a removed backend's close once their streams are done.
+    shared: list[Shared] = field(default_factory=list)
 
     def close_idle(self) -> None:
         for conn in self.idle:
             conn.wire.close()
         self.idle.clear()
-        for shared in self.shared:
-            shared.close()
+        for shared in list(self.shared):
+            shared.retire()
 
     def usable(self, now: float) -> bool:
         return self.up and not self.removed and not self.passive.ejected(now)

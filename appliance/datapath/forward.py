@@ -71,6 +71,10 @@ class Client(Protocol):
     cut: Cut
 
     @property
+    def nursery(self) -> trio.Nursery | None:
+        """Where connections that outlive a request run (shared HTTP/2 upstreams)."""
+
+    @property
     def draining(self) -> bool:
         """The worker drains: the connection closes after this response."""
 

@@ -26,6 +26,7 @@ from .access import AccessLog
 from .errors import ClientError, ClientGone, HttpError
 from .flows import Flow, FlowBook
 from .forward import Closing, Cut, Exchange, Forward
+from .h2.bridge import ToH2
 from .h2.messages import PREFACE
 from .h2.session import H2Session
 from .http1 import NEED_DATA, Phase, Request
@@ -88,6 +89,14 @@ class HttpProxy:
             for hc in [hc for hc in self.conns if hc.deadline <= now]:
                 hc.expire()
 
+    def set_sites(self, sites: dict[tuple[str, str, int], Site]) -> None:
+        """The Sites of a new Snapshot: connections of a listener it removed are sent
+        away as a drain would (HTTP/2 ones get GOAWAY, their streams finish)."""
+        self.sites = sites
+        for hc in list(self.conns):
+            if hc.key not in sites:
+                hc.begin_drain()
+
     def drain(self) -> None:
         """Connections close between requests from now on: idle ones at once, busy ones
         after their response (which says ``Connection: close``); HTTP/2 ones get GOAWAY
@@ -123,6 +132,10 @@ class HttpConnection:
     @property
     def draining(self) -> bool:
         return self.proxy.draining
+
+    @property
+    def nursery(self) -> trio.Nursery | None:
+        return self.proxy.nursery
 
     def begin_drain(self) -> None:
         """The worker drains: an idle connection closes now, a busy one after its
@@ -319,7 +332,8 @@ class HttpConnection:
             if pool is None:
                 keep = await self.own_response(ex, 404)
             else:
-                keep = await Forward(self, pool, req, ex, site.is_trusted(self.client[0]),
+                forward = Forward if pool.protocol == "http1" else ToH2
+                keep = await forward(self, pool, req, ex, site.is_trusted(self.client[0]),
                                      site.backend_contexts.get(pool.name)).run()
         except HttpError as e:
             ex.status = e.status

@@ -107,7 +107,7 @@ class Worker:
             self._timer = True
             self.nursery.start_soon(self.http.run_timer)
         self.sets = self.udp.sets = sets
-        self.http.sites = sites
+        self.http.set_sites(sites)
         self.tcp.drain_timeout = self.http.drain_timeout = snap.drain_timeout
         self.access.configure(snap.access_log)
         self.snapshot = snap

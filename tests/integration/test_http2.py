@@ -6,6 +6,7 @@ well-behaved client served meanwhile, and a drain with streams in flight."""
 from __future__ import annotations
 
 import hashlib
+import shutil
 import signal
 import socket
 import subprocess
@@ -24,6 +25,7 @@ import h2.settings
 import pytest
 from hyperframe.frame import ContinuationFrame, HeadersFrame, PingFrame, SettingsFrame
 
+from appliance.control.client import Client as ControlClient
 from appliance.sim import objects as k8s
 from appliance.sim.certs import self_signed
 from appliance.sim.cluster import SimCluster
@@ -366,32 +368,71 @@ def rss(e: Edgelb) -> int:
 # -- drain -----------------------------------------------------------------------------
 
 
-def test_a_drain_lets_streams_in_flight_finish(tmp_path: Path) -> None:
-    grpc_port, plain = free_port(), free_port()
-    g = server(f"127.0.0.1:{grpc_port}")
-    e = Edgelb(tmp_path, f"""\
-drain_timeout: 10s
-listeners:
+GRPC_LISTENER = """\
   - name: plain
     bind: 127.0.0.1:{plain}
     protocol: http
     h2c: true
     backend_protocol: h2c
-    backends: [127.0.0.1:{grpc_port}]
-""").start()
+    backends: [127.0.0.1:{grpc}]
+"""
+KEEP_LISTENER = """\
+  - name: keep
+    bind: 127.0.0.1:{keep}
+    protocol: tcp
+    backends: [127.0.0.1:{grpc}]
+"""
+
+
+def slow_call(c: Client, seconds: float) -> tuple[threading.Thread, list[bytes | str]]:
+    """A gRPC call in flight for ``seconds``, on a thread; its outcome lands in the list."""
+    got: list[bytes | str] = []
+
+    def call() -> None:
+        try:
+            got.append(c.slow(seconds, timeout=10))
+        except grpc.RpcError as err:
+            got.append(str(err.code()))
+
+    t = threading.Thread(target=call)
+    t.start()
+    return t, got
+
+
+def test_a_drain_and_a_reload_let_streams_in_flight_finish(tmp_path: Path) -> None:
+    """SIGHUP that removes the listener, then SIGTERM: each time the connection gets
+    GOAWAY, the stream in flight finishes, and no new one is taken. Meanwhile the flow
+    table shows the connection's protocol and its open streams."""
+    grpc_port, plain, keep = free_port(), free_port(), free_port()
+    g = server(f"127.0.0.1:{grpc_port}")
+    listeners = {"plain": plain, "grpc": grpc_port, "keep": keep}
+    e = Edgelb(tmp_path, "drain_timeout: 10s\nlisteners:\n" +
+               GRPC_LISTENER.format(**listeners) + KEEP_LISTENER.format(**listeners)).start()
     try:
         c = Client(f"127.0.0.1:{plain}")
         assert c.unary(b"warm") == b"echo:warm"
-        got: list[bytes | str] = []
+        t, got = slow_call(c, 1.5)
 
-        def call() -> None:
-            try:
-                got.append(c.slow(1.5, timeout=10))
-            except grpc.RpcError as err:
-                got.append(str(err.code()))
+        def flows() -> list[tuple[str, str]]:
+            page = ControlClient(e.socket).get("/v1/flows")
+            return [(f["protocol"], f["state"]) for f in page["flows"]
+                    if f["listener"] == "plain"]
 
-        t = threading.Thread(target=call)
-        t.start()
+        wait_for(lambda: flows() == [("h2c", "1 stream")], 5, "the flow's protocol, streams")
+        e.rewrite("drain_timeout: 10s\nlisteners:\n" + KEEP_LISTENER.format(**listeners))
+        e.reload()
+        t.join(15)
+        assert got == [b"late"]
+        with pytest.raises(grpc.RpcError):
+            c.unary(b"after", timeout=2)  # the listener is gone
+        c.close()
+
+        e.rewrite("drain_timeout: 10s\nlisteners:\n" + GRPC_LISTENER.format(**listeners) +
+                  KEEP_LISTENER.format(**listeners))
+        e.reload()
+        c = Client(f"127.0.0.1:{plain}")
+        wait_for(lambda: answers(c), 10, "the listener back")
+        t, got = slow_call(c, 1.5)
         time.sleep(0.5)
         e.signal(signal.SIGTERM)
         t.join(15)
@@ -402,3 +443,158 @@ listeners:
     finally:
         e.stop()
         g.stop(None)
+
+
+def answers(c: Client) -> bool:
+    try:
+        return c.unary(b"x", timeout=1) == b"echo:x"
+    except grpc.RpcError:
+        return False
+
+
+def test_a_backend_lost_mid_stream_fails_only_its_streams(tmp_path: Path) -> None:
+    """The gRPC server dies with a call in flight: that call gets UNAVAILABLE, a call to
+    the other backend of the pool goes on."""
+    lost, kept, plain = free_port(), free_port(), free_port()
+    g_lost, g_kept = server(f"127.0.0.1:{lost}"), server(f"127.0.0.1:{kept}")
+    e = Edgelb(tmp_path, f"""\
+workers: 1
+listeners:
+  - name: plain
+    bind: 127.0.0.1:{plain}
+    protocol: http
+    h2c: true
+    routes:
+      - paths: [{{path: /, type: Prefix, pool: lost}}]
+      - host: kept.test
+        paths: [{{path: /, type: Prefix, pool: kept}}]
+    pools:
+      lost: {{protocol: h2c, backends: [127.0.0.1:{lost}]}}
+      kept: {{protocol: h2c, backends: [127.0.0.1:{kept}]}}
+""").start()
+    try:
+        c = Client(f"127.0.0.1:{plain}")
+        k = Client(f"127.0.0.1:{plain}")
+        k.channel.close()
+        k.channel = grpc.insecure_channel(f"127.0.0.1:{plain}",
+                                          options=[("grpc.default_authority", "kept.test")])
+        assert c.unary(b"a") == b"echo:a" and k.unary(b"b") == b"echo:b"
+        t_lost, got_lost = slow_call(c, 3)
+        t_kept, got_kept = slow_call(k, 1.5)
+        time.sleep(0.5)
+        g_lost.stop(None)
+        t_lost.join(15)
+        t_kept.join(15)
+        assert got_lost == ["StatusCode.UNAVAILABLE"]
+        assert got_kept == [b"late"]
+        c.close()
+        k.close()
+    finally:
+        e.stop()
+        g_lost.stop(None)
+        g_kept.stop(None)
+
+
+def test_a_slow_backend_gets_its_stream_a_504_and_the_others_go_on(rig: Rig) -> None:
+    out = subprocess.run(["nghttp", "-n", "-s", "-H", ":authority: a.test",
+                          f"http://127.0.0.1:{rig.plain}/slow/5",
+                          f"http://127.0.0.1:{rig.plain}/status/200"], capture_output=True,
+                         text=True, timeout=30).stdout
+    codes = {line.split()[-1]: line.split()[4] for line in out.splitlines()
+             if line.strip().endswith(("/slow/5", "/status/200"))}
+    assert codes == {"/slow/5": "504", "/status/200": "200"}, out
+
+
+# -- HTTP/1.1 clients, HTTP/2 backends -------------------------------------------------
+
+
+def nginx_h2(d: Path, h2c: int, h2: int, cert: str, key: str,
+             backend: int) -> subprocess.Popen[bytes]:
+    """nginx as an HTTP/2 backend: h2c on ``h2c``, h2 over TLS on ``h2``, both proxying
+    to an HTTP/1.1 ``backend`` unbuffered."""
+    where = f"""location / {{ proxy_pass http://127.0.0.1:{backend};
+        proxy_http_version 1.1; proxy_request_buffering off; proxy_buffering off;
+        client_max_body_size 0; }}"""
+    (d / "nginx.conf").write_text(f"""
+user root;
+worker_processes 1;
+error_log {d}/error.log;
+pid {d}/nginx.pid;
+events {{ worker_connections 1024; }}
+http {{
+  access_log off;
+  client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d};
+  uwsgi_temp_path {d}; scgi_temp_path {d};
+  server {{ listen 127.0.0.1:{h2c} http2; {where} }}
+  server {{ listen 127.0.0.1:{h2} ssl http2; ssl_certificate {cert};
+           ssl_certificate_key {key}; {where} }}
+}}
+""")
+    return subprocess.Popen(["nginx", "-c", str(d / "nginx.conf"), "-p", str(d),
+                             "-g", "daemon off;"])
+
+
+@pytest.mark.skipif(shutil.which("nginx") is None, reason="needs nginx")
+def test_http1_clients_reach_h2c_and_h2_backends(tmp_path: Path) -> None:
+    cert, key = self_signed(str(tmp_path), "ngx", dns=("ngx.test",))
+    h2c, h2tls, plain = free_port(), free_port(), free_port()
+    with HttpBackend("deep") as deep:
+        ngx = nginx_h2(tmp_path, h2c, h2tls, cert, key, deep.port)
+        e = Edgelb(tmp_path, f"""\
+workers: 1
+listeners:
+  - name: plain
+    bind: 127.0.0.1:{plain}
+    protocol: http
+    routes:
+      - host: c.test
+        paths: [{{path: /, type: Prefix, pool: cleartext}}]
+      - host: t.test
+        paths: [{{path: /, type: Prefix, pool: tls}}]
+    pools:
+      cleartext: {{protocol: h2c, backends: [127.0.0.1:{h2c}]}}
+      tls:
+        protocol: h2
+        backends: [127.0.0.1:{h2tls}]
+        tls: {{ca: {cert}, server_name: ngx.test}}
+""")
+        try:
+            wait_for(lambda: socket_open(h2c) and socket_open(h2tls), 10, "nginx")
+            e.start()
+            blob = tmp_path / "blob"
+            blob.write_bytes(bytes(range(256)) * 8000)
+            want = hashlib.sha256(blob.read_bytes()).hexdigest()
+            for host in ("c.test", "t.test"):
+                url = f"http://127.0.0.1:{plain}"
+                r = curl("-H", f"Host: {host}", "-w", " %{http_version}", f"{url}/status/200")
+                assert r.stdout.split() == ["deep", "200", "1.1"], r.stdout + r.stderr
+                r = curl("-H", f"Host: {host}", "--data-binary", f"@{blob}", f"{url}/sha")
+                assert r.stdout.split() == [str(8000 * 256), want]
+                r = curl("-H", f"Host: {host}", f"{url}/big/3000000")
+                assert len(r.stdout) == 3000000
+                # gRPC's status is in trailers, which HTTP/1.1 cannot carry back.
+                r = curl("-o", "/dev/null", "-w", "%{http_code}", "-H", f"Host: {host}", "-H",
+                         "Content-Type: application/grpc", "--data-binary", "x",
+                         f"{url}/t.T/Unary")
+                assert r.stdout == "502"
+            assert "gRPC over HTTP/1.1" in e.logs()
+            # One shared connection to each backend (per worker) carried its requests.
+
+            def counts() -> list[tuple[int, int]]:
+                detail = ControlClient(e.socket).get("/v1/listeners/plain")
+                return [(b["connections"], b["requests"]) for p in detail["pools"]
+                        for b in p["backends"]]
+
+            wait_for(lambda: counts() == [(1, 3), (1, 3)], 5, "the counters")
+        finally:
+            e.stop()
+            ngx.terminate()
+            ngx.wait(10)
+
+
+def socket_open(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+        return True
+    except OSError:
+        return False

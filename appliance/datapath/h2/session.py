@@ -120,6 +120,7 @@ class H2Session:
         self.last_stream = 0  # after our GOAWAY: the last stream we serve
         self.going_away = False
         self.closing = False
+        self.calm: int | None = None  # a GOAWAY code owed to a client past a limit
         self.nursery: trio.Nursery | None = None
 
     # -- the proxy's timer and drain (as ``l7.HttpConnection``) -----------------------
@@ -132,8 +133,11 @@ class H2Session:
     def begin_drain(self) -> None:
         """GOAWAY with the last stream taken: those finish, new ones are refused, and
         the connection closes when the last one is done."""
-        if self.nursery is not None and not self.going_away:
-            self.nursery.start_soon(self.go_away, 0)
+        if self.nursery is not None and not self.going_away and not self.closing:
+            try:
+                self.nursery.start_soon(self.go_away, 0)
+            except RuntimeError:
+                pass  # the connection is closing already
 
     # -- the connection ------------------------------------------------------------
 
@@ -153,6 +157,7 @@ class H2Session:
                     try:
                         await self._read(first)
                     finally:
+                        self.closing = True
                         nursery.cancel_scope.cancel()
         except OSError:
             pass
@@ -179,6 +184,9 @@ class H2Session:
                 for ev in events:
                     self._event(ev)
                 await self.link.flush()
+                if self.calm is not None:
+                    await self.go_away(self.calm)
+                    return
             if self.closing or (self.going_away and not self.streams):
                 return
             if self.streams:
@@ -187,7 +195,7 @@ class H2Session:
                 self.phase, self.deadline = Phase.IDLE, time.monotonic() + keepalive
             try:
                 data = await wire.recv()
-            except OSError:
+            except (OSError, trio.ClosedResourceError):
                 return
             if not data:
                 return
@@ -244,11 +252,12 @@ class H2Session:
             self.closing = True
 
     def _calm(self, what: str) -> None:
-        log.info("client %s: HTTP/2: too many %s in %gs: GOAWAY", self.client[0], what, 10)
-        self.site.stats.bad_requests += 1
-        assert self.nursery is not None
-        self.nursery.start_soon(self.go_away, h2.errors.ErrorCodes.ENHANCE_YOUR_CALM)
-        self.closing = True
+        """Send the client away (once these events are handled)."""
+        if self.calm is None:
+            log.info("client %s: HTTP/2: too many %s in %gs: GOAWAY", self.client[0], what,
+                     10)
+            self.site.stats.bad_requests += 1
+            self.calm = h2.errors.ErrorCodes.ENHANCE_YOUR_CALM
 
     def _ack(self, stream_id: int, length: int) -> None:
         try:
@@ -267,7 +276,7 @@ class H2Session:
         if not ended:
             st.send, st.body = trio.open_memory_channel(math.inf)
         self.streams[sid] = st
-        self.flow.state = f"{len(self.streams)} streams"
+        self.flow.state = _streams(len(self.streams))
         self.site.stats.requests += 1
         assert self.nursery is not None
         self.nursery.start_soon(self._serve_stream, st, ended)
@@ -306,7 +315,7 @@ class H2Session:
             await self._reset(st, h2.errors.ErrorCodes.INTERNAL_ERROR)
         finally:
             self.streams.pop(st.stream_id, None)
-            self.flow.state = f"{len(self.streams)} streams" if self.streams else "idle"
+            self.flow.state = _streams(len(self.streams))
             if st.scope.cancelled_caught and not st.answered and not self.closing:
                 await self._reset(st, h2.errors.ErrorCodes.CANCEL)
             self._account(site, st)
@@ -596,3 +605,8 @@ def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
         if not isinstance(e, trio.Cancelled):
             return e
     return group.exceptions[0]
+
+
+def _streams(n: int) -> str:
+    """A connection's state as the flow table shows it."""
+    return "idle" if not n else "1 stream" if n == 1 else f"{n} streams"

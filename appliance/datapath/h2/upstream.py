@@ -5,6 +5,7 @@ for the listener's keep-alive timeout."""
 
 from __future__ import annotations
 
+import logging
 import math
 import socket
 import ssl
@@ -26,6 +27,7 @@ from .link import H2Link, machine
 from .messages import Headers
 
 GONE = ("gone",)
+log = logging.getLogger("edgelb.datapath")
 
 
 @dataclass
@@ -72,8 +74,8 @@ class H2Upstream:
                 with trio.move_on_after(wait) as idle:
                     try:
                         data = await wire.recv()
-                    except OSError:
-                        data = b""
+                    except (OSError, trio.ClosedResourceError):
+                        data = b""  # the backend went, or ``close`` closed the wire
                 if idle.cancelled_caught or not data:
                     return
                 try:
@@ -83,8 +85,11 @@ class H2Upstream:
                 for ev in events:
                     self._event(ev)
                 await self.link.flush()
-        except OSError:
+        except (OSError, trio.ClosedResourceError):
             return
+        except Exception:
+            # A defect must cost this connection's streams, never the worker.
+            log.exception("HTTP/2 backend %s failed", self.br.key)
         finally:
             self.close()
 
@@ -165,6 +170,13 @@ class H2Upstream:
                 pass
         if self.last_stream != math.inf and not self.streams:
             self.close()
+
+    def retire(self) -> None:
+        """No new streams here; close once the open ones are done."""
+        if not self.streams:
+            self.close()
+        else:
+            self.last_stream = max(self.streams)
 
     def close(self) -> None:
         if not self.gone:
