@@ -67,6 +67,7 @@ bench-l4: $(STAMP) deb-deps
 
 bench-l7: $(STAMP) deb-deps
 	$(BIN)/python -m tests.bench.l7
+	$(BIN)/python -m tests.bench.h2
 
 # The wheel the Ansible role installs (ansible/roles/edgelb: edgelb_wheel).
 wheel: $(STAMP)

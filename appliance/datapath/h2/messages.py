@@ -9,6 +9,8 @@ becomes a header list for the client's stream.
 
 from __future__ import annotations
 
+import re
+
 from ...model import HttpLimits
 from ..errors import ClientError
 from ..http1 import HOP_BY_HOP, LENGTH, REASONS, Request, Response, parse_request
@@ -18,6 +20,8 @@ PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 Headers = list[tuple[bytes, bytes]]
 
 _PSEUDO = (b":method", b":scheme", b":authority", b":path")
+# A field name as HTTP/2 has it: a token in lowercase, or a pseudo-header's.
+_NAME = re.compile(rb":?[!#$%&'*+.^_`|~0-9a-z-]+")
 # Fields HTTP/2 forbids (RFC 9113 8.2.2): an HTTP/1.1 backend's are dropped on the way.
 CONNECTION_SPECIFIC = HOP_BY_HOP - {b"te", b"trailer"}
 
@@ -31,6 +35,8 @@ def request_of(headers: Headers, end_stream: bool, limits: HttpLimits) -> Reques
     cookies: list[bytes] = []
     host: bytes | None = None
     for name, value in headers:
+        if b"\r" in value or b"\n" in value or b"\0" in value or not _NAME.fullmatch(name):
+            raise ClientError(400, "a malformed field")
         if name[:1] == b":":
             if fields or cookies or name in pseudo or name not in _PSEUDO:
                 raise ClientError(400, f"bad pseudo-header {name.decode('latin-1')}")
@@ -41,6 +47,8 @@ def request_of(headers: Headers, end_stream: bool, limits: HttpLimits) -> Reques
             if host is not None:
                 raise ClientError(400, "two Host fields")
             host = value
+        elif name in CONNECTION_SPECIFIC and name != b"te":
+            raise ClientError(400, f"{name.decode()} is not allowed in HTTP/2")
         else:
             fields.append((name, value))
     method = pseudo.get(b":method")
@@ -114,8 +122,11 @@ def backend_request(req: Request, client_ip: str, proto: str, trusted: bool, sch
 
 
 def relayed(headers: Headers) -> Headers:
-    """An HTTP/2 backend's response headers (or trailers) as the client gets them."""
-    return [(n, v) for n, v in headers if n not in CONNECTION_SPECIFIC]
+    """An HTTP/2 backend's response headers (or trailers) as the client gets them: no
+    connection-specific fields, and none that could not be sent on (a backend's field
+    with CR, LF or NUL, or a name that is not lowercase)."""
+    return [(n, v) for n, v in headers if n not in CONNECTION_SPECIFIC and
+            _NAME.fullmatch(n) and b"\r" not in v and b"\n" not in v and b"\0" not in v]
 
 
 def status_of(headers: Headers) -> int:

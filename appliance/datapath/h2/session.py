@@ -35,7 +35,7 @@ from ..backends import BackendRuntime, BackendSet, IdleUpstream
 from ..errors import BackendError, BackendGone, BackendUnreachable, ClientError, Exhausted
 from ..flows import Flow
 from ..forward import Cut, Exchange, _backend_event, open_upstream
-from ..http1 import END_OF_MESSAGE, NO_BODY, Phase, Request
+from ..http1 import END_OF_MESSAGE, NEED_DATA, NO_BODY, Phase, Request
 from ..site import Site
 from ..wire import Wire
 from .guard import FloodGuard
@@ -150,10 +150,10 @@ class H2Session:
         # Enforced from the first request on (h2 applies a setting once acknowledged).
         conn.decoder.max_header_list_size = self.limits.max_header_bytes
         try:
-            await self.link.flush()
             with self.cut.scope:
                 async with trio.open_nursery() as nursery:
                     self.nursery = nursery
+                    nursery.start_soon(self.link.write)
                     try:
                         await self._read(first)
                     finally:
@@ -161,9 +161,12 @@ class H2Session:
                         nursery.cancel_scope.cancel()
         except OSError:
             pass
-        except Exception:
-            # A defect must cost this client its connection, never the worker.
-            log.exception("client %s: HTTP/2 connection failed", self.client[0])
+        except Exception as e:
+            # A connection that failed (the client went) ends quietly; a defect costs
+            # this client its connection, never the worker.
+            if not isinstance(e, ExceptionGroup) or \
+                    e.split((OSError, trio.ClosedResourceError))[1] is not None:
+                log.exception("client %s: HTTP/2 connection failed", self.client[0])
         if self.expired is not None and self.expired is not Phase.DRAIN:
             self.site.stats.timeouts += 1
 
@@ -262,7 +265,7 @@ class H2Session:
     def _ack(self, stream_id: int, length: int) -> None:
         try:
             self.link.conn.acknowledge_received_data(length, stream_id)
-        except h2.exceptions.StreamClosedError:
+        except h2.exceptions.ProtocolError:
             pass
 
     def _request(self, ev: h2.events.RequestReceived) -> None:
@@ -357,18 +360,25 @@ class H2Session:
     async def _headers(self, st: ClientStream, headers: Headers, end: bool) -> None:
         try:
             self.link.conn.send_headers(st.stream_id, headers, end_stream=end)
-        except h2.exceptions.StreamClosedError:
-            raise StreamGone from None
+        except h2.exceptions.ProtocolError:
+            raise StreamGone from None  # the stream, or the connection, is closed
         st.answered = True
         await self.link.flush()
 
     async def _data(self, st: ClientStream, data: bytes, end: bool) -> None:
         """Response data as the client's window allows; a client that opens no room
         for ``timeouts.body`` loses the stream."""
+        if self.link.fits(st.stream_id, len(data)):
+            try:
+                self.link.conn.send_data(st.stream_id, data, end_stream=end)
+            except h2.exceptions.ProtocolError:
+                raise StreamGone from None  # the stream, or the connection, is closed
+            await self.link.flush()
+            return
         with trio.move_on_after(self.site.listener.timeouts.body) as stalled:
             try:
                 await self.link.send_data(st.stream_id, data, end)
-            except h2.exceptions.StreamClosedError:
+            except h2.exceptions.ProtocolError:
                 raise StreamGone from None
         if stalled.cancelled_caught:
             self.site.stats.timeouts += 1
@@ -455,19 +465,7 @@ class H2Session:
                 return
             ex.status = resp.status
             head_only = req.method == b"HEAD" or resp.framing.kind == NO_BODY
-            await self._headers(st, response_headers(resp), end=head_only)
-            if not head_only:
-                while True:
-                    with trio.move_on_after(self.site.listener.timeouts.response) as slow:
-                        ev = await _backend_event(backend, wire)
-                    if slow.cancelled_caught:
-                        raise BackendError("the backend stalled in its response body")
-                    if ev is END_OF_MESSAGE:
-                        await self._data(st, b"", end=True)
-                        break
-                    assert isinstance(ev, bytes)
-                    ex.bytes_out += len(ev)
-                    await self._data(st, ev, end=False)
+            await self._relay_http1(st, backend, wire, response_headers(resp), head_only)
             clean = backend.reusable
         except OSError:
             raise BackendGone from None
@@ -479,6 +477,45 @@ class H2Session:
                 br.idle.append(IdleUpstream(wire, trio.current_time()))
             else:
                 wire.close()
+
+    async def _relay_http1(self, st: ClientStream, backend: http1.BackendConnection,
+                           wire: Wire, headers: Headers, head_only: bool) -> None:
+        """The response to the client: what the backend sent so far goes out in one
+        write with the headers (a small response is one write, its end included)."""
+        conn, sid = self.link.conn, st.stream_id
+        try:
+            conn.send_headers(sid, headers, end_stream=head_only)
+        except h2.exceptions.ProtocolError:
+            raise StreamGone from None
+        st.answered = True
+        if head_only:
+            await self.link.flush()
+            return
+        pending: list[bytes] = []
+        timeout = self.site.listener.timeouts.response
+        while True:
+            ev = backend.next_event()
+            if ev is NEED_DATA:
+                if pending:
+                    await self._data(st, b"".join(pending), end=False)
+                    pending = []
+                else:
+                    await self.link.flush()
+                with trio.move_on_after(timeout) as slow:
+                    try:
+                        data = await wire.recv()
+                    except OSError:
+                        data = b""
+                if slow.cancelled_caught:
+                    raise BackendError("the backend stalled in its response body")
+                backend.receive_data(data)
+            elif ev is END_OF_MESSAGE:
+                await self._data(st, b"".join(pending), end=True)
+                return
+            else:
+                assert isinstance(ev, bytes)
+                st.ex.bytes_out += len(ev)
+                pending.append(ev)
 
     async def _http1_head(self, st: ClientStream, backend: http1.BackendConnection,
                           wire: Wire) -> http1.Response | None:
@@ -555,7 +592,7 @@ class H2Session:
                 st.ex.bytes_in += len(data)
                 await self._consumed(st, length)
             await conn.end(bst, st.trailers)
-        except (h2.exceptions.StreamClosedError, OSError):
+        except (h2.exceptions.ProtocolError, OSError):
             return
 
     async def _download(self, st: ClientStream, conn: H2Upstream, bst: BackendStream) -> None:

@@ -60,13 +60,19 @@ class H2Upstream:
         return (not self.gone and self.last_stream == math.inf and
                 len(self.streams) < conn.remote_settings.max_concurrent_streams)
 
-    async def start(self) -> None:
+    def start(self) -> None:
         self.link.conn.initiate_connection()
-        await self.link.flush()
+        self.link.queue()
 
     async def run(self) -> None:
-        """Read what the backend sends until it closes (or this connection idles out),
-        then fail the streams still open."""
+        """Write and read until the backend closes (or this connection idles out), then
+        fail the streams still open."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self.link.write)
+            await self._read()
+            nursery.cancel_scope.cancel()
+
+    async def _read(self) -> None:
         conn, wire = self.link.conn, self.link.wire
         try:
             while not self.gone:
@@ -129,7 +135,7 @@ class H2Upstream:
     def _ack(self, stream_id: int, length: int) -> None:
         try:
             self.link.conn.acknowledge_received_data(length, stream_id)
-        except h2.exceptions.StreamClosedError:
+        except h2.exceptions.ProtocolError:
             pass
 
     async def open(self, headers: Headers, end: bool) -> BackendStream:
@@ -217,7 +223,7 @@ async def shared_upstream(pool: BackendSet, client_key: bytes, ctx: ssl.SSLConte
                 wire.close()
                 raise ConnectionRefusedError("the backend does not speak h2 (ALPN)")
         up = H2Upstream(br, wire, keepalive)
-        await up.start()
+        up.start()
         br.shared.append(up)
         nursery.start_soon(up.run)
         return up

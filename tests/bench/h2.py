@@ -1,0 +1,216 @@
+"""HTTP/2 benchmark: edgelb beside HAProxy and nginx serving h2 (TLS, ALPN) to clients
+in front of the same HTTP/1.1 nginx ``return 200`` backend, in one run, on loopback,
+h2load -c50 -m10; then gRPC unary calls through edgelb (h2c to a grpcio server) against
+the same calls made to the server directly.
+
+    python -m tests.bench.h2 [--seconds 5]
+
+For each proxy: requests/s and CPU microseconds per request (utime+stime of all its
+processes over the run, divided by the requests served). Prints a markdown table with
+ratios and writes JSON to tests/bench/results/. Only ratios within one run mean anything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import trustme
+
+from tests.bench.l4 import run_nginx, save_results
+from tests.bench.l7 import backend_nginx, stop, tree_cpu
+from tests.helpers import EDGELB, ROOT, can_connect, free_port, wait_for
+
+
+def h2load(url: str, seconds: int, clients: int, streams: int,
+           extra: tuple[str, ...] = ()) -> dict[str, float]:
+    """Requests per second and the 2xx answered, from h2load over ``seconds``."""
+    out = subprocess.run(["h2load", f"-c{clients}", f"-m{streams}", "-t1", f"-D{seconds}",
+                          "--warm-up-time=1", *extra, url], capture_output=True, text=True,
+                         timeout=seconds + 60).stdout
+    done = re.search(r"(\d+) succeeded", out)
+    ok = re.search(r"status codes: (\d+) 2xx", out)
+    requests = int(done.group(1)) if done else 0
+    return {"rps": requests / seconds, "requests": float(requests),
+            "ok": float(ok.group(1)) if ok else 0.0}
+
+
+def proxy_edgelb(tmp: Path, port: int, backend: int, crt: Path, key: Path,
+                 grpc: int = 0) -> subprocess.Popen[bytes]:
+    cfg = tmp / f"edgelb-{port}.yaml"
+    listener = f"""  - name: grpc
+    bind: 127.0.0.1:{port}
+    protocol: http
+    h2c: true
+    backend_protocol: h2c
+    access_log: false
+    health: {{type: none}}
+    backends: [127.0.0.1:{grpc}]
+""" if grpc else f"""  - name: secure
+    bind: 127.0.0.1:{port}
+    protocol: https
+    access_log: false
+    health: {{type: none}}
+    backends: [127.0.0.1:{backend}]
+    tls: [{{hosts: [bench.test], cert: {crt}, key: {key}}}]
+"""
+    cfg.write_text(f"workers: 1\nlisteners:\n{listener}")
+    with open(tmp / f"edgelb-{port}.log", "wb") as log:
+        return subprocess.Popen([*EDGELB, "run", "-c", str(cfg)], stdout=log, stderr=log)
+
+
+def proxy_haproxy(tmp: Path, port: int, backend: int, pem: Path) -> subprocess.Popen[bytes]:
+    cfg = tmp / "haproxy-h2.cfg"
+    cfg.write_text(f"""
+global
+  nbthread 1
+  maxconn 4096
+defaults
+  mode http
+  option http-keep-alive
+  option forwardfor
+  http-reuse always
+  timeout connect 1s
+  timeout client 60s
+  timeout server 60s
+frontend fe
+  bind 127.0.0.1:{port} ssl crt {pem} alpn h2,http/1.1
+  default_backend be
+backend be
+  server s1 127.0.0.1:{backend}
+""")
+    return subprocess.Popen(["haproxy", "-db", "-f", str(cfg)])
+
+
+def proxy_nginx(tmp: Path, port: int, backend: int, crt: Path,
+                key: Path) -> subprocess.Popen[bytes]:
+    d = tmp / "nginx-h2"
+    d.mkdir(exist_ok=True)
+    return run_nginx(d, f"""  upstream be {{ server 127.0.0.1:{backend}; keepalive 64; }}
+  server {{
+    listen 127.0.0.1:{port} ssl http2 backlog=4096;
+    ssl_certificate {crt}; ssl_certificate_key {key};
+    http2_max_concurrent_streams 128;
+    location / {{
+      proxy_pass http://be; proxy_http_version 1.1; proxy_set_header Connection "";
+      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+    }}
+  }}""")
+
+
+def grpc_frame(tmp: Path) -> Path:
+    """One gRPC message (a 5-byte prefix, then the bytes) for h2load to send."""
+    body = tmp / "unary.bin"
+    body.write_bytes(b"\x00" + struct.pack(">I", 5) + b"hello")
+    return body
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--seconds", type=int, default=5)
+    args = ap.parse_args()
+    for tool in ("haproxy", "nginx", "h2load"):
+        if shutil.which(tool) is None:
+            print(f"{tool} is not installed (make deb-deps)", file=sys.stderr)
+            return 2
+    results: dict[str, Any] = {"seconds": args.seconds, "cpus": os.cpu_count()}
+    with tempfile.TemporaryDirectory(prefix="edgelb-bench-h2-") as t:
+        tmp = Path(t)
+        ca = trustme.CA()
+        cert = ca.issue_cert("bench.test")
+        crt, key, pem = tmp / "c.crt", tmp / "c.key", tmp / "c.pem"
+        cert.private_key_pem.write_to_path(str(key))
+        crt.write_bytes(b"".join(b.bytes() for b in cert.cert_chain_pems))
+        pem.write_bytes(crt.read_bytes() + key.read_bytes())
+        bport = free_port()
+        backend = backend_nginx(tmp, bport)
+        try:
+            wait_for(lambda: can_connect(bport), 10, "backend")
+            runs = [("edgelb", lambda p: proxy_edgelb(tmp, p, bport, crt, key)),
+                    ("haproxy", lambda p: proxy_haproxy(tmp, p, bport, pem)),
+                    ("nginx", lambda p: proxy_nginx(tmp, p, bport, crt, key))]
+            for name, start in runs:
+                port = free_port()
+                proc = start(port)
+                try:
+                    wait_for(lambda p=port: can_connect(p), 20, f"{name} listening")
+                    url = f"https://127.0.0.1:{port}/"
+                    h2load(url, 1, 50, 10)  # warm up
+                    c0 = tree_cpu(proc.pid)
+                    r = h2load(url, args.seconds, 50, 10)
+                    cpu = tree_cpu(proc.pid) - c0
+                    r["cpu_us_per_req"] = cpu / r["requests"] * 1e6 if r["requests"] else 0.0
+                    results[name] = r
+                    print(f"{name}: {json.dumps(r)}", file=sys.stderr)
+                finally:
+                    stop(proc)
+                time.sleep(0.5)
+        finally:
+            stop(backend)
+        results.update(grpc_rates(tmp, args.seconds))
+    out = save_results("h2", results)
+    report(results, args.seconds)
+    print(f"\nraw figures: {out}")
+    return 0
+
+
+def grpc_rates(tmp: Path, seconds: int) -> dict[str, Any]:
+    """gRPC unary calls per second straight to a grpcio server and through edgelb."""
+    gport, eport = free_port(), free_port()
+    server = subprocess.Popen([sys.executable, "-m", "tests.grpc_peer", f"127.0.0.1:{gport}"],
+                              cwd=ROOT)
+    proc = None
+    out: dict[str, Any] = {}
+    try:
+        wait_for(lambda: can_connect(gport), 20, "the gRPC server")
+        proc = proxy_edgelb(tmp, eport, 0, tmp / "c.crt", tmp / "c.key", grpc=gport)
+        wait_for(lambda: can_connect(eport), 20, "edgelb listening")
+        call = ("-d", str(grpc_frame(tmp)), "-H", "content-type: application/grpc",
+                "-H", "te: trailers")
+        for name, port in (("grpc-direct", gport), ("grpc-edgelb", eport)):
+            url = f"http://127.0.0.1:{port}/t.T/Unary"
+            h2load(url, 1, 10, 10, call)
+            out[name] = h2load(url, seconds, 10, 10, call)
+            print(f"{name}: {json.dumps(out[name])}", file=sys.stderr)
+            if not out[name]["ok"]:
+                log = tmp / f"edgelb-{eport}.log"
+                print(log.read_text()[-3000:] if log.exists() else "no log", file=sys.stderr)
+    finally:
+        if proc is not None:
+            stop(proc)
+        stop(server)
+    return out
+
+
+def report(r: dict[str, Any], seconds: int) -> None:
+    def ratio(a: float, b: float) -> str:
+        return f"{a / b:.2f}x" if b else "-"
+
+    print(f"\nHTTP/2, one run, h2load -c50 -m10 -D{seconds}s over TLS (ALPN h2), "
+          "HTTP/1.1 nginx `return 200` backend\n")
+    print("| figure | edgelb | HAProxy | nginx | edgelb/HAProxy | edgelb/nginx |")
+    print("|---|---|---|---|---|---|")
+    e, h, n = r["edgelb"], r["haproxy"], r["nginx"]
+    for label, k, fmt in (("req/s", "rps", "{:.0f}"), ("CPU µs/req", "cpu_us_per_req",
+                                                         "{:.1f}")):
+        print(f"| {label} | {fmt.format(e[k])} | {fmt.format(h[k])} | {fmt.format(n[k])} | "
+              f"{ratio(e[k], h[k])} | {ratio(e[k], n[k])} |")
+    d, g = r["grpc-direct"], r["grpc-edgelb"]
+    print(f"\ngRPC unary (grpcio server, h2load -c10 -m10): {g['rps']:.0f} calls/s through "
+          f"edgelb, {d['rps']:.0f} direct ({ratio(g['rps'], d['rps'])})")
+    print("answered 2xx: " + ", ".join(f"{k} {v['ok']:.0f}/{v['requests']:.0f}"
+                                        for k, v in r.items() if isinstance(v, dict)))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
