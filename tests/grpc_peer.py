@@ -55,10 +55,12 @@ def server(address: str) -> grpc.Server:
 
 
 class Client:
-    """Calls to ``t.T`` through ``target`` (plain h2c)."""
+    """Calls to ``t.T`` through ``target`` (plain h2c), for the ``authority`` given (by
+    default the target's)."""
 
-    def __init__(self, target: str) -> None:
-        self.channel = grpc.insecure_channel(target)
+    def __init__(self, target: str, authority: str | None = None) -> None:
+        options = [("grpc.default_authority", authority)] if authority else []
+        self.channel = grpc.insecure_channel(target, options=options)
 
     def unary(self, data: bytes, timeout: float = 5) -> bytes:
         call = self.channel.unary_unary("/t.T/Unary")

@@ -13,7 +13,8 @@ import math
 import socket
 import ssl
 import time
-from typing import Protocol
+from collections.abc import Awaitable, Callable
+from typing import Protocol, TypeVar
 
 import trio
 
@@ -23,6 +24,8 @@ from .connect import Upstream, connect_to_pool
 from .errors import BackendError, BackendGone, BackendUnreachable, ClientGone, Exhausted
 from .http1 import CHUNKED, END_OF_MESSAGE, NEED_DATA, NO_BODY, Marker, Phase, Request
 from .wire import PlainWire, TlsWire, Wire
+
+W = TypeVar("W")
 
 
 class Closing(Exception):
@@ -318,8 +321,19 @@ async def open_upstream(pool: BackendSet, client_key: bytes, ctx: ssl.SSLContext
             raise ConnectionRefusedError(f"the backend does not speak {alpn} (ALPN)")
         return conn
 
+    return await timed_connect(pool, client_key, setup, ex, tried=tried, retry=idempotent,
+                               reuse=reuse)
+
+
+async def timed_connect(pool: BackendSet, client_key: bytes,
+                        setup: Callable[[socket.socket, BackendRuntime], Awaitable[W]],
+                        ex: Exchange, tried: set[int] | None = None, retry: bool = True,
+                        reuse: Callable[[BackendRuntime, float], W | None] | None = None
+                        ) -> Upstream[W]:
+    """``connect_to_pool``, with the connect time in ``ex`` (0 for a reused connection)
+    and a new connection counted."""
     t0 = time.monotonic()
-    up = await connect_to_pool(pool, client_key, setup, tried=tried, retry=idempotent,
+    up = await connect_to_pool(pool, client_key, setup, tried=tried, retry=retry,
                                reuse=reuse)
     if up.reused:
         ex.connect_ms = 0.0

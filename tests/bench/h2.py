@@ -12,11 +12,9 @@ ratios and writes JSON to tests/bench/results/. Only ratios within one run mean 
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
-import shutil
 import struct
 import subprocess
 import sys
@@ -25,10 +23,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import trustme
-
 from tests.bench.l4 import run_nginx, save_results
-from tests.bench.l7 import backend_nginx, stop, tree_cpu
+from tests.bench.l7 import arguments, backend_nginx, certificate, missing, stop, tree_cpu
 from tests.helpers import EDGELB, ROOT, can_connect, free_port, wait_for
 
 
@@ -116,22 +112,13 @@ def grpc_frame(tmp: Path) -> Path:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--seconds", type=int, default=5)
-    args = ap.parse_args()
-    for tool in ("haproxy", "nginx", "h2load"):
-        if shutil.which(tool) is None:
-            print(f"{tool} is not installed (make deb-deps)", file=sys.stderr)
-            return 2
+    args = arguments(__doc__)
+    if missing("haproxy", "nginx", "h2load"):
+        return 2
     results: dict[str, Any] = {"seconds": args.seconds, "cpus": os.cpu_count()}
     with tempfile.TemporaryDirectory(prefix="edgelb-bench-h2-") as t:
         tmp = Path(t)
-        ca = trustme.CA()
-        cert = ca.issue_cert("bench.test")
-        crt, key, pem = tmp / "c.crt", tmp / "c.key", tmp / "c.pem"
-        cert.private_key_pem.write_to_path(str(key))
-        crt.write_bytes(b"".join(b.bytes() for b in cert.cert_chain_pems))
-        pem.write_bytes(crt.read_bytes() + key.read_bytes())
+        crt, key, pem = certificate(tmp)
         bport = free_port()
         backend = backend_nginx(tmp, bport)
         try:

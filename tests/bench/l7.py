@@ -120,6 +120,31 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
     stop_process(proc)
 
 
+def arguments(doc: str | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=(doc or "").split("\n")[0])
+    ap.add_argument("--seconds", type=int, default=5)
+    return ap.parse_args()
+
+
+def missing(*tools: str) -> bool:
+    """Whether a tool the bench needs is not installed (said on stderr)."""
+    gone = [t for t in tools if shutil.which(t) is None]
+    for tool in gone:
+        print(f"{tool} is not installed (make deb-deps)", file=sys.stderr)
+    return bool(gone)
+
+
+def certificate(tmp: Path) -> tuple[Path, Path, Path]:
+    """A certificate for bench.test from a throwaway CA: its chain, its key, and both
+    in one file (HAProxy's form)."""
+    cert = trustme.CA().issue_cert("bench.test")
+    crt, key, pem = tmp / "c.crt", tmp / "c.key", tmp / "c.pem"
+    cert.private_key_pem.write_to_path(str(key))
+    crt.write_bytes(b"".join(b.bytes() for b in cert.cert_chain_pems))
+    pem.write_bytes(crt.read_bytes() + key.read_bytes())
+    return crt, key, pem
+
+
 def paced(port: int, rate: float, seconds: int, tmp: Path) -> dict[str, float]:
     """p50/p99 (ms) and the rate reached with ``rate`` requests/s over 50 keep-alive
     connections (h2load paces each client at rate/50)."""
@@ -157,22 +182,13 @@ def run_one(name: str, proc: subprocess.Popen[bytes], http: int, https: int,
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--seconds", type=int, default=5)
-    args = ap.parse_args()
-    for tool in ("haproxy", "nginx", "wrk"):
-        if shutil.which(tool) is None:
-            print(f"{tool} is not installed (make deb-deps)", file=sys.stderr)
-            return 2
+    args = arguments(__doc__)
+    if missing("haproxy", "nginx", "wrk"):
+        return 2
     results: dict[str, Any] = {"seconds": args.seconds, "cpus": os.cpu_count()}
     with tempfile.TemporaryDirectory(prefix="edgelb-bench7-") as t:
         tmp = Path(t)
-        ca = trustme.CA()
-        cert = ca.issue_cert("bench.test")
-        crt, key, pem = tmp / "c.crt", tmp / "c.key", tmp / "c.pem"
-        cert.private_key_pem.write_to_path(str(key))
-        crt.write_bytes(b"".join(b.bytes() for b in cert.cert_chain_pems))
-        pem.write_bytes(crt.read_bytes() + key.read_bytes())
+        crt, key, pem = certificate(tmp)
         bport = free_port()
         backend = backend_nginx(tmp, bport)
         try:

@@ -133,11 +133,7 @@ def test_curl_and_nghttp_over_h2_and_h2c_reach_http1_backends(rig: Rig, tmp_path
 
 
 def grpc_client(rig: Rig) -> Client:
-    c = Client(f"127.0.0.1:{rig.plain}")
-    c.channel.close()
-    c.channel = grpc.insecure_channel(f"127.0.0.1:{rig.plain}",
-                                      options=[("grpc.default_authority", "g.test")])
-    return c
+    return Client(f"127.0.0.1:{rig.plain}", "g.test")
 
 
 def exercise_grpc(c: Client) -> None:
@@ -188,10 +184,7 @@ listeners: []
 allow_no_listeners: true
 """).start()
             try:
-                c = Client(f"127.0.0.52:{ingress}")
-                c.channel.close()
-                c.channel = grpc.insecure_channel(
-                    f"127.0.0.52:{ingress}", options=[("grpc.default_authority", "g.test")])
+                c = Client(f"127.0.0.52:{ingress}", "g.test")
 
                 def served() -> bool:
                     try:
@@ -474,10 +467,7 @@ listeners:
 """).start()
     try:
         c = Client(f"127.0.0.1:{plain}")
-        k = Client(f"127.0.0.1:{plain}")
-        k.channel.close()
-        k.channel = grpc.insecure_channel(f"127.0.0.1:{plain}",
-                                          options=[("grpc.default_authority", "kept.test")])
+        k = Client(f"127.0.0.1:{plain}", "kept.test")
         assert c.unary(b"a") == b"echo:a" and k.unary(b"b") == b"echo:b"
         t_lost, got_lost = slow_call(c, 3)
         t_kept, got_kept = slow_call(k, 1.5)

@@ -20,8 +20,9 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import h2.errors
 import h2.events
@@ -32,6 +33,7 @@ from hyperframe.frame import GoAwayFrame
 from .. import http1
 from ..access import AccessLog
 from ..backends import BackendRuntime, BackendSet, IdleUpstream
+from ..connect import Upstream
 from ..errors import BackendError, BackendGone, BackendUnreachable, ClientError, Exhausted
 from ..flows import Flow
 from ..forward import Cut, Exchange, _backend_event, open_upstream
@@ -64,6 +66,7 @@ class Proxy(Protocol):
 log = logging.getLogger("edgelb.datapath")
 
 END = None  # the end of a request body in a stream's channel
+U = TypeVar("U")
 GRPC_UNAVAILABLE = b"14"
 
 
@@ -432,17 +435,10 @@ class H2Session:
     async def _via_http1(self, st: ClientStream, pool: BackendSet, site: Site) -> None:
         req, ex = st.req, st.ex
         assert req is not None
-        try:
-            up = await open_upstream(pool, self.client_key, site.backend_contexts.get(
-                pool.name), ex, set(), req.idempotent)
-        except BackendUnreachable as e:
-            if not e.tried:
-                pool.stats.no_backend += 1
-            await self._own(st, 502 if e.tried else 503)
-            return
-        except Exhausted:
-            pool.stats.exhausted += 1
-            await self._own(st, 503)
+        up = await self._connect(st, pool, open_upstream(
+            pool, self.client_key, site.backend_contexts.get(pool.name), ex, set(),
+            req.idempotent))
+        if up is None:
             return
         br, wire = up.backend, up.conn
         self._begin(br, st)
@@ -538,19 +534,12 @@ class H2Session:
         req, ex = st.req, st.ex
         assert req is not None
         assert self.proxy.nursery is not None
-        try:
-            up = await shared_upstream(pool, self.client_key,
-                                       site.backend_contexts.get(pool.name), ex,
-                                       self.proxy.nursery)
-        except BackendUnreachable as e:
-            if not e.tried:
-                pool.stats.no_backend += 1
-            await self._failed_before(st, 502 if e.tried else 503)
+        shared = await self._connect(st, pool, shared_upstream(
+            pool, self.client_key, site.backend_contexts.get(pool.name), ex,
+            self.proxy.nursery))
+        if shared is None:
             return
-        except Exhausted:
-            pool.stats.exhausted += 1
-            await self._failed_before(st, 503)
-            return
+        up = shared
         conn = up.conn
         br = up.backend
         self._begin(br, st)
@@ -576,11 +565,25 @@ class H2Session:
             self._end(br, st)
             await conn.finish(bst, reset=not clean)
 
-    async def _failed_before(self, st: ClientStream, status: int) -> None:
+    async def _connect(self, st: ClientStream, pool: BackendSet,
+                       connecting: Awaitable[Upstream[U]]) -> Upstream[U] | None:
+        """A backend connection for ``st``; None after answering 502 (every backend
+        failed) or 503 (none usable, or this box out of descriptors) itself, gRPC in
+        its own form."""
+        try:
+            return await connecting
+        except BackendUnreachable as e:
+            if not e.tried:
+                pool.stats.no_backend += 1
+            status = 502 if e.tried else 503
+        except Exhausted:
+            pool.stats.exhausted += 1
+            status = 503
         if st.grpc:
             await self._failed(st)
         else:
             await self._own(st, status)
+        return None
 
     async def _upload(self, st: ClientStream, conn: H2Upstream, bst: BackendStream) -> None:
         """The request body (and trailers) to the backend as the client sends it. A

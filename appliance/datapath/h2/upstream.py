@@ -9,7 +9,6 @@ import logging
 import math
 import socket
 import ssl
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,9 +18,9 @@ import trio
 from h2.connection import ConnectionState
 
 from ..backends import BackendRuntime, BackendSet
-from ..connect import Upstream, connect_to_pool
+from ..connect import Upstream
 from ..errors import BackendGone
-from ..forward import Exchange
+from ..forward import Exchange, timed_connect
 from ..wire import PlainWire, TlsWire, Wire
 from .link import H2Link, machine
 from .messages import Headers
@@ -228,14 +227,7 @@ async def shared_upstream(pool: BackendSet, client_key: bytes, ctx: ssl.SSLConte
         nursery.start_soon(up.run)
         return up
 
-    t0 = time.monotonic()
-    up = await connect_to_pool(pool, client_key, setup, reuse=reuse)
-    if up.reused:
-        ex.connect_ms = 0.0
-    else:
-        up.backend.stats.connections += 1
-        ex.connect_ms = (time.monotonic() - t0) * 1000
-    return up
+    return await timed_connect(pool, client_key, setup, ex, reuse=reuse)
 
 
 async def next_event(st: BackendStream) -> tuple[Any, ...]:
