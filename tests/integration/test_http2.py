@@ -23,7 +23,13 @@ import h2.connection
 import h2.events
 import h2.settings
 import pytest
-from hyperframe.frame import ContinuationFrame, HeadersFrame, PingFrame, SettingsFrame
+from hyperframe.frame import (
+    ContinuationFrame,
+    DataFrame,
+    HeadersFrame,
+    PingFrame,
+    SettingsFrame,
+)
 
 from appliance.control.client import Client as ControlClient
 from appliance.sim import objects as k8s
@@ -307,6 +313,28 @@ def test_an_hpack_bomb_is_refused_by_its_decoded_size(rig: Rig) -> None:
     a.flush()
     assert a.goaway_code() == ENHANCE_YOUR_CALM
     attacked(rig, a)
+
+
+def test_data_beyond_the_content_length_never_reaches_the_backend(rig: Rig) -> None:
+    """A stream that says Content-Length 5 and sends more: what follows the five bytes
+    would reach the HTTP/1.1 backend as another request (smuggled). The stream is reset
+    and the backend sees neither."""
+    a = RawH2(rig.plain)
+    sid = a.conn.get_next_available_stream_id()
+    a.conn.send_headers(sid, [(b":method", b"POST"), (b":scheme", b"http"),
+                              (b":authority", b"a.test"), (b":path", b"/sha"),
+                              (b"content-length", b"5")])
+    a.conn.send_data(sid, b"hello")
+    a.flush()
+    frame = DataFrame(sid, data=b"GET /smuggled HTTP/1.1\r\nHost: a.test\r\n\r\n",
+                      flags=["END_STREAM"])
+    a.sock.sendall(frame.serialize())  # h2 as a client would refuse to send it
+    # h2 itself counts the body against Content-Length: a connection error (edgelb's own
+    # check before forwarding would reset the stream).
+    ev = a.read_until(h2.events.StreamReset | h2.events.ConnectionTerminated)
+    assert ev is not None and ev.error_code == 1  # PROTOCOL_ERROR
+    attacked(rig, a)
+    assert not any(seen.target == "/smuggled" for seen in rig.web.seen)
 
 
 def test_streams_beyond_the_limit_are_refused(rig: Rig) -> None:

@@ -37,7 +37,7 @@ from ..connect import Upstream
 from ..errors import BackendError, BackendGone, BackendUnreachable, ClientError, Exhausted
 from ..flows import Flow
 from ..forward import Cut, Exchange, _backend_event, open_upstream
-from ..http1 import END_OF_MESSAGE, NEED_DATA, NO_BODY, Phase, Request
+from ..http1 import END_OF_MESSAGE, LENGTH, NEED_DATA, NO_BODY, Phase, Request
 from ..site import Site
 from ..wire import Wire
 from .guard import FloodGuard
@@ -86,7 +86,7 @@ class ClientStream:
     send: trio.MemorySendChannel[tuple[bytes, int] | None] | None = None
     body: trio.MemoryReceiveChannel[tuple[bytes, int] | None] | None = None
     trailers: Headers | None = None
-    received: int = 0  # request body bytes, against its Content-Length
+    taken: int = 0  # request body bytes taken to forward, against its Content-Length
     answered: bool = False  # response headers went out
     cut: Cut | None = None  # while at a backend: lets a drain of that backend end it
 
@@ -229,7 +229,6 @@ class H2Session:
             if st is None or st.send is None:
                 self._ack(ev.stream_id, ev.flow_controlled_length)
             else:
-                st.received += len(ev.data)
                 st.send.send_nowait((ev.data, ev.flow_controlled_length))
         elif isinstance(ev, h2.events.TrailersReceived):
             st = self.streams.get(ev.stream_id)
@@ -322,6 +321,7 @@ class H2Session:
         finally:
             self.streams.pop(st.stream_id, None)
             self.flow.state = _streams(len(self.streams))
+            self._give_back(st)
             if st.scope.cancelled_caught and not st.answered and not self.closing:
                 await self._reset(st, h2.errors.ErrorCodes.CANCEL)
             self._account(site, st)
@@ -399,14 +399,42 @@ class H2Session:
         """The next piece of the request body (with its flow-controlled length), or
         END; a client that stalls for ``timeouts.body`` loses the stream."""
         assert st.body is not None
-        with trio.move_on_after(self.site.listener.timeouts.body):
+        assert st.req is not None
+        piece: tuple[bytes, int] | None = END
+        with trio.move_on_after(self.site.listener.timeouts.body) as stalled:
             try:
-                return await st.body.receive()
+                piece = await st.body.receive()
             except trio.EndOfChannel:
-                return END
-        self.site.stats.timeouts += 1
-        await self._reset(st, h2.errors.ErrorCodes.CANCEL)
-        raise StreamGone
+                pass
+        if stalled.cancelled_caught:
+            self.site.stats.timeouts += 1
+            await self._reset(st, h2.errors.ErrorCodes.CANCEL)
+            raise StreamGone
+        framing = st.req.framing
+        if framing.kind == LENGTH:
+            # DATA beyond (or short of) the Content-Length is malformed (RFC 9113
+            # 8.1.1): past it, the bytes would reach an HTTP/1.1 backend as the start of
+            # another request. Nothing beyond the length is forwarded.
+            if piece is not END:
+                st.taken += len(piece[0])
+            if st.taken > framing.length or (piece is END and st.taken != framing.length):
+                self.site.stats.bad_requests += 1
+                await self._reset(st, h2.errors.ErrorCodes.PROTOCOL_ERROR)
+                raise StreamGone
+        return piece
+
+    def _give_back(self, st: ClientStream) -> None:
+        """The request body a finished stream left unread, acknowledged: it counted
+        against the connection's window, which the other streams share."""
+        if st.body is None:
+            return
+        while True:
+            try:
+                piece = st.body.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel):
+                return
+            if piece is not END:
+                self._ack(st.stream_id, piece[1])
 
     async def _consumed(self, st: ClientStream, length: int) -> None:
         """``length`` bytes of the request went to the backend: the client may send
