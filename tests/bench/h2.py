@@ -35,6 +35,8 @@ def h2load(url: str, seconds: int, clients: int, streams: int,
                           "--warm-up-time=1", *extra, url], capture_output=True, text=True,
                          timeout=seconds + 60).stdout
     done = re.search(r"(\d+) succeeded", out)
+    if not done or done.group(1) == "0":
+        print(out[-1500:], file=sys.stderr)
     ok = re.search(r"status codes: (\d+) 2xx", out)
     requests = int(done.group(1)) if done else 0
     return {"rps": requests / seconds, "requests": float(requests),
@@ -104,6 +106,45 @@ def proxy_nginx(tmp: Path, port: int, backend: int, crt: Path,
   }}""")
 
 
+def h2_floor(requests: int = 20000) -> float:
+    """CPU microseconds the ``h2`` machine alone spends on one request on the server's
+    side (the request's headers decoded, the response's headers and body encoded), with
+    its own header checks off as edgelb runs it: a floor for any proxy built on it."""
+    import h2.config
+    import h2.connection
+
+    def machine(client: bool) -> h2.connection.H2Connection:
+        return h2.connection.H2Connection(h2.config.H2Configuration(
+            client_side=client, header_encoding=None, validate_inbound_headers=False,
+            normalize_inbound_headers=False, validate_outbound_headers=False,
+            normalize_outbound_headers=False))
+
+    client, server = machine(True), machine(False)
+    client.initiate_connection()
+    server.initiate_connection()
+    server.receive_data(client.data_to_send())
+    client.receive_data(server.data_to_send())
+    server.receive_data(client.data_to_send())
+    req = [(b":method", b"GET"), (b":scheme", b"https"), (b":authority", b"bench.test"),
+           (b":path", b"/"), (b"user-agent", b"h2load nghttp2/1.52.0")]
+    resp = [(b":status", b"200"), (b"server", b"nginx/1.22.1"),
+            (b"date", b"Wed, 02 Dec 2026 01:10:00 GMT"), (b"content-type", b"text/plain"),
+            (b"content-length", b"3")]
+    spent = 0.0
+    for _ in range(requests):
+        sid = client.get_next_available_stream_id()
+        client.send_headers(sid, req, end_stream=True)
+        data = client.data_to_send()
+        t0 = time.process_time()
+        server.receive_data(data)
+        server.send_headers(sid, resp)
+        server.send_data(sid, b"ok\n", end_stream=True)
+        out = server.data_to_send()
+        spent += time.process_time() - t0
+        client.receive_data(out)
+    return spent / requests * 1e6
+
+
 def grpc_frame(tmp: Path) -> Path:
     """One gRPC message (a 5-byte prefix, then the bytes) for h2load to send."""
     body = tmp / "unary.bin"
@@ -145,6 +186,7 @@ def main() -> int:
         finally:
             stop(backend)
         results.update(grpc_rates(tmp, args.seconds))
+    results["h2_floor_us"] = h2_floor()
     out = save_results("h2", results)
     report(results, args.seconds)
     print(f"\nraw figures: {out}")
@@ -192,6 +234,9 @@ def report(r: dict[str, Any], seconds: int) -> None:
                                                          "{:.1f}")):
         print(f"| {label} | {fmt.format(e[k])} | {fmt.format(h[k])} | {fmt.format(n[k])} | "
               f"{ratio(e[k], h[k])} | {ratio(e[k], n[k])} |")
+    floor = r["h2_floor_us"]
+    print(f"| the h2 machine alone, CPU µs/req | {floor:.1f} | - | - | "
+          f"{ratio(floor, h['cpu_us_per_req'])} | {ratio(floor, n['cpu_us_per_req'])} |")
     d, g = r["grpc-direct"], r["grpc-edgelb"]
     print(f"\ngRPC unary (grpcio server, h2load -c10 -m10): {g['rps']:.0f} calls/s through "
           f"edgelb, {d['rps']:.0f} direct ({ratio(g['rps'], d['rps'])})")

@@ -6,6 +6,7 @@ well-behaved client served meanwhile, and a drain with streams in flight."""
 from __future__ import annotations
 
 import hashlib
+import re
 import shutil
 import signal
 import socket
@@ -163,6 +164,36 @@ def test_grpc_to_an_h2c_pool(rig: Rig) -> None:
         exercise_grpc(c)
     finally:
         c.close()
+
+
+def test_clients_leaving_with_calls_in_flight_leave_the_backend_connection_whole(
+        rig: Rig, tmp_path: Path) -> None:
+    """h2load stops with 100 gRPC calls in flight, again and again. Each abandoned
+    stream is finished on the shared backend connection, with what it was sent
+    acknowledged: before, a stream cancelled while its request went out was never
+    finished, and after a few rounds the connection's window was gone and every call on
+    it stalled."""
+    body = tmp_path / "unary.bin"
+    body.write_bytes(b"\x00\x00\x00\x00\x05hello")
+    for _ in range(6):
+        out = subprocess.run(["h2load", "-c10", "-m10", "-t1", "-D1", "-d", str(body),
+                              "-H", ":authority: g.test",
+                              "-H", "content-type: application/grpc", "-H", "te: trailers",
+                              f"http://127.0.0.1:{rig.plain}/t.T/Unary"],
+                             capture_output=True, text=True, timeout=60).stdout
+        done = re.search(r"(\d+) succeeded", out)
+        assert done is not None and int(done.group(1)) > 0, out
+    c = grpc_client(rig)
+    try:
+        assert c.unary(b"after") == b"echo:after"
+    finally:
+        c.close()
+
+    def active() -> int:
+        detail = ControlClient(rig.edgelb.socket).get("/v1/listeners/plain")
+        return sum(b["active"] for p in detail["pools"] for b in p["backends"])
+
+    wait_for(lambda: active() == 0, 10, "no stream left counted at the backend")
 
 
 def test_grpc_through_an_ingress_of_the_cluster(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 
+import h2.exceptions
 import trio
 
 from ..errors import BackendError, BackendGone, BackendUnreachable, Exhausted
@@ -58,13 +59,17 @@ class ToH2(Forward):
             self.pool.stats.exhausted += 1
             return await client.own_response(ex, 503)
         conn, br = up.conn, up.backend
-        br.stats.active += 1
-        br.stats.requests += 1
         headers = backend_request(req, client.client[0], client.proto, self.trusted,
                                   b"https" if self.pool.tls is not None else b"http", False)
-        bst = await conn.open(headers, end=req.framing.kind == NO_BODY)
+        try:
+            bst = conn.open(headers, end=req.framing.kind == NO_BODY)
+        except h2.exceptions.ProtocolError:
+            return await client.own_response(ex, 502)  # it took no more streams after all
+        br.stats.active += 1
+        br.stats.requests += 1
         clean = False
         try:
+            await conn.link.flush()
             keep = await self._exchange_h2(conn, bst)
             clean = True
             return keep
@@ -76,7 +81,7 @@ class ToH2(Forward):
             br.stats.active -= 1
             br.stats.bytes_in += ex.bytes_in
             br.stats.bytes_out += ex.bytes_out
-            await conn.finish(bst, reset=not clean)
+            conn.finish(bst, reset=not clean)
 
     async def _exchange_h2(self, conn: H2Upstream, bst: BackendStream) -> bool:
         req, ex, client = self.req, self.ex, self.client

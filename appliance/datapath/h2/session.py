@@ -87,6 +87,7 @@ class ClientStream:
     body: trio.MemoryReceiveChannel[tuple[bytes, int] | None] | None = None
     trailers: Headers | None = None
     taken: int = 0  # request body bytes taken to forward, against its Content-Length
+    unacked: int = 0  # received, counted against the windows, not yet acknowledged
     answered: bool = False  # response headers went out
     cut: Cut | None = None  # while at a backend: lets a drain of that backend end it
 
@@ -229,6 +230,7 @@ class H2Session:
             if st is None or st.send is None:
                 self._ack(ev.stream_id, ev.flow_controlled_length)
             else:
+                st.unacked += ev.flow_controlled_length
                 st.send.send_nowait((ev.data, ev.flow_controlled_length))
         elif isinstance(ev, h2.events.TrailersReceived):
             st = self.streams.get(ev.stream_id)
@@ -424,21 +426,16 @@ class H2Session:
         return piece
 
     def _give_back(self, st: ClientStream) -> None:
-        """The request body a finished stream left unread, acknowledged: it counted
+        """The request body a finished stream left unforwarded, acknowledged: it counted
         against the connection's window, which the other streams share."""
-        if st.body is None:
-            return
-        while True:
-            try:
-                piece = st.body.receive_nowait()
-            except (trio.WouldBlock, trio.EndOfChannel):
-                return
-            if piece is not END:
-                self._ack(st.stream_id, piece[1])
+        if st.unacked:
+            self._ack(st.stream_id, st.unacked)
+            st.unacked = 0
 
     async def _consumed(self, st: ClientStream, length: int) -> None:
         """``length`` bytes of the request went to the backend: the client may send
         more."""
+        st.unacked -= length
         self._ack(st.stream_id, length)
         await self.link.flush()
 
@@ -570,15 +567,19 @@ class H2Session:
         up = shared
         conn = up.conn
         br = up.backend
-        self._begin(br, st)
         headers = backend_request(req, self.client[0], self.proto,
                                   site.is_trusted(self.client[0]),
                                   b"https" if pool.tls is not None else b"http",
                                   wants_trailers(st.headers))
         no_body = req.framing.kind == NO_BODY
-        bst = await conn.open(headers, end=no_body)
+        try:
+            bst = conn.open(headers, end=no_body)
+        except h2.exceptions.ProtocolError:
+            raise BackendGone from None  # the connection took no more streams after all
+        self._begin(br, st)
         clean = False
         try:
+            await conn.link.flush()
             async with trio.open_nursery() as nursery:
                 if not no_body:
                     nursery.start_soon(self._upload, st, conn, bst)
@@ -591,7 +592,7 @@ class H2Session:
             raise BackendGone from None
         finally:
             self._end(br, st)
-            await conn.finish(bst, reset=not clean)
+            conn.finish(bst, reset=not clean)
 
     async def _connect(self, st: ClientStream, pool: BackendSet,
                        connecting: Awaitable[Upstream[U]]) -> Upstream[U] | None:

@@ -9,7 +9,7 @@ import logging
 import math
 import socket
 import ssl
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import h2.events
@@ -38,7 +38,7 @@ class BackendStream:
     stream_id: int
     send: trio.MemorySendChannel[tuple[Any, ...]]
     events: trio.MemoryReceiveChannel[tuple[Any, ...]]
-    done: bool = field(default=False)
+    unacked: int = 0  # received, counted against the windows, not yet acknowledged
 
 
 class H2Upstream:
@@ -103,8 +103,12 @@ class H2Upstream:
             # Ended here: a trailers-only response (gRPC's errors come so).
             self._to(ev.stream_id, ("headers", ev.headers, ev.stream_ended is not None))
         elif isinstance(ev, h2.events.DataReceived):
-            if not self._to(ev.stream_id, ("data", ev.data, ev.flow_controlled_length)):
+            st = self.streams.get(ev.stream_id)
+            if st is None:
                 self._ack(ev.stream_id, ev.flow_controlled_length)
+            else:
+                st.unacked += ev.flow_controlled_length
+                st.send.send_nowait(("data", ev.data, ev.flow_controlled_length))
         elif isinstance(ev, h2.events.TrailersReceived):
             self._to(ev.stream_id, ("trailers", ev.headers))
         elif isinstance(ev, h2.events.StreamEnded):
@@ -137,15 +141,17 @@ class H2Upstream:
         except h2.exceptions.ProtocolError:
             pass
 
-    async def open(self, headers: Headers, end: bool) -> BackendStream:
-        """A new stream carrying the request ``headers`` (and its end, with ``end``)."""
+    def open(self, headers: Headers, end: bool) -> BackendStream:
+        """A new stream carrying the request ``headers`` (and its end, with ``end``),
+        queued for the writer: registered before anything can be cancelled, so that
+        ``finish`` always finds it."""
         conn = self.link.conn
         sid = conn.get_next_available_stream_id()
         conn.send_headers(sid, headers, end_stream=end)
         send, events = trio.open_memory_channel[tuple[Any, ...]](math.inf)
         st = BackendStream(sid, send, events)
         self.streams[sid] = st
-        await self.link.flush()
+        self.link.queue()
         return st
 
     async def send(self, st: BackendStream, data: bytes, end: bool = False) -> None:
@@ -161,18 +167,26 @@ class H2Upstream:
 
     async def consumed(self, st: BackendStream, length: int) -> None:
         """The client took ``length`` bytes of the response: the backend may send more."""
+        st.unacked -= length
         self._ack(st.stream_id, length)
         await self.link.flush()
 
-    async def finish(self, st: BackendStream, reset: bool) -> None:
-        """The exchange is over; ``reset`` the stream if it did not end cleanly."""
+    def finish(self, st: BackendStream, reset: bool) -> None:
+        """The exchange is over; ``reset`` the stream if it did not end cleanly. What
+        the backend sent that nobody read is acknowledged: it counted against the
+        connection's window, and a connection whose window leaks away stalls every
+        stream on it. No waiting here: it runs when its stream's task is cancelled."""
         self.streams.pop(st.stream_id, None)
+        if st.unacked:
+            self._ack(st.stream_id, st.unacked)
+            st.unacked = 0
         if reset and not self.gone:
             try:
                 self.link.conn.reset_stream(st.stream_id, h2.errors.ErrorCodes.CANCEL)
-                await self.link.flush()
-            except (h2.exceptions.ProtocolError, OSError):
+            except h2.exceptions.ProtocolError:
                 pass
+        if not self.gone:
+            self.link.queue()
         if self.last_stream != math.inf and not self.streams:
             self.close()
 
@@ -227,7 +241,14 @@ async def shared_upstream(pool: BackendSet, client_key: bytes, ctx: ssl.SSLConte
         nursery.start_soon(up.run)
         return up
 
-    return await timed_connect(pool, client_key, setup, ex, reuse=reuse)
+    # One connect at a time per pool: streams that arrive together (a client opens a
+    # hundred at once) would each open a connection before the first one is up.
+    lock = _connecting.setdefault((pool.listener.name, pool.name), trio.Lock())
+    async with lock:
+        return await timed_connect(pool, client_key, setup, ex, reuse=reuse)
+
+
+_connecting: dict[tuple[str, str], trio.Lock] = {}  # by (listener, pool)
 
 
 async def next_event(st: BackendStream) -> tuple[Any, ...]:
