@@ -299,12 +299,17 @@ def test_pipelined_requests_with_bodies(rig: Rig) -> None:
 
 
 def test_backend_connections_are_reused(rig: Rig) -> None:
+    """Ten requests in a row, each on a new client connection, reuse backend
+    connections: at most one new one per worker (each worker has its own, and the
+    kernel spreads client connections over the workers, so a worker the warm-up missed,
+    or whose connection outlived the keep-alive timeout, opens one)."""
     api = rig.b["api"]
-    get(rig.port, "/api/warm")
+    for i in range(5):
+        get(rig.port, f"/api/warm{i}")
     before = api.connections
     for i in range(10):
         assert status(get(rig.port, f"/api/reuse{i}")) == 200
-    assert api.connections == before
+    assert api.connections - before <= len(rig.edgelb.workers())  # 0 for workers: 1
 
 
 def test_chunked_both_ways(rig: Rig) -> None:
