@@ -120,11 +120,7 @@ class Forward:
                 return False
             br = up.backend
             cut = client.cut
-            br.flows[id(cut)] = cut
-            if br.removed:
-                cut.cut_at(trio.current_time() + client.drain_timeout)
-            br.stats.active += 1
-            br.stats.requests += 1
+            at_backend(br, cut, client.drain_timeout)
             sent, received = self.ex.bytes_in, self.ex.bytes_out
             try:
                 return await self._exchange(br, up.conn, up.reused, first)
@@ -140,14 +136,7 @@ class Forward:
                 up.conn.close()
                 raise
             finally:
-                br.stats.active -= 1
-                br.stats.bytes_in += self.ex.bytes_in - sent
-                br.stats.bytes_out += self.ex.bytes_out - received
-                br.flows.pop(id(cut), None)
-                # The request is over: a drain deadline applies to it, not to the
-                # connection's next requests (which go to backends still in the pool).
-                if cut.scope.deadline != math.inf:
-                    cut.scope.deadline = math.inf
+                left_backend(br, cut, self.ex.bytes_in - sent, self.ex.bytes_out - received)
 
     async def _upstream(self, tried: set[int]) -> Upstream[Wire] | None:
         """A connection to a backend of the pool (see ``open_upstream``). None after
@@ -156,14 +145,8 @@ class Forward:
         try:
             return await open_upstream(pool, self.client.client_key, self.tls, ex, tried,
                                        self.req.idempotent)
-        except BackendUnreachable as e:
-            if not e.tried:
-                pool.stats.no_backend += 1
-            await self.client.own_response(ex, 502 if e.tried else 503)
-            return None
-        except Exhausted:
-            pool.stats.exhausted += 1
-            await self.client.own_response(ex, 503)
+        except (BackendUnreachable, Exhausted) as e:
+            await self.client.own_response(ex, unreachable(pool, e))
             return None
 
     async def _exchange(self, br: BackendRuntime, up: Wire, reused: bool,
@@ -191,12 +174,7 @@ class Forward:
         head_out = client.conn.send_response(resp, keep=not client.draining)
         if not await self._response_body(backend, up, head_out):
             raise Closing
-        http = self.pool.listener.http
-        if backend.reusable and http is not None and \
-                len(br.idle) < http.backend_keepalive and not br.removed:
-            br.idle.append(IdleUpstream(up, trio.current_time()))
-        else:
-            up.close()
+        keep_or_close(self.pool, br, up, backend.reusable)
         return client.conn.keep_alive
 
     async def body_event(self) -> bytes | Marker:
@@ -287,6 +265,53 @@ class Forward:
                 assert isinstance(ev, bytes)
                 self.ex.bytes_out += len(ev)
                 out += conn.send_data(ev)
+
+
+def at_backend(br: BackendRuntime, cut: Cut, drain_timeout: float) -> None:
+    """A request is at ``br``: counted, and cut with it if a Snapshot removed ``br``
+    (``drain_timeout`` from now)."""
+    br.flows[id(cut)] = cut
+    if br.removed:
+        cut.cut_at(trio.current_time() + drain_timeout)
+    br.stats.active += 1
+    br.stats.requests += 1
+
+
+def left_backend(br: BackendRuntime, cut: Cut, bytes_in: int, bytes_out: int) -> None:
+    """The request at ``br`` is over, having moved these bytes."""
+    br.stats.active -= 1
+    br.stats.bytes_in += bytes_in
+    br.stats.bytes_out += bytes_out
+    br.flows.pop(id(cut), None)
+    # A drain deadline applies to the request, not to the connection's next ones (which
+    # go to backends still in the pool).
+    if cut.scope.deadline != math.inf:
+        cut.scope.deadline = math.inf
+
+
+def keep_or_close(pool: BackendSet, br: BackendRuntime, up: Wire, reusable: bool) -> None:
+    """A backend connection after its exchange: kept for a next request when it may be
+    (``reusable``: its response ended by its framing and the backend keeps it open),
+    there is room among the backend's idle ones and the backend is still in the pool;
+    closed otherwise."""
+    http = pool.listener.http
+    if reusable and http is not None and len(br.idle) < http.backend_keepalive and \
+            not br.removed:
+        br.idle.append(IdleUpstream(up, trio.current_time()))
+    else:
+        up.close()
+
+
+def unreachable(pool: BackendSet, e: BackendUnreachable | Exhausted) -> int:
+    """The status edgelb answers for a request no backend of ``pool`` took, counted:
+    502 when backends were tried and failed, 503 when none was usable or this box is out
+    of descriptors."""
+    if isinstance(e, Exhausted):
+        pool.stats.exhausted += 1
+        return 503
+    if not e.tried:
+        pool.stats.no_backend += 1
+    return 502 if e.tried else 503
 
 
 async def open_upstream(pool: BackendSet, client_key: bytes, ctx: ssl.SSLContext | None,

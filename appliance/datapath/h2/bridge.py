@@ -12,7 +12,7 @@ import h2.exceptions
 import trio
 
 from ..errors import BackendError, BackendGone, BackendUnreachable, Exhausted
-from ..forward import Closing, Forward
+from ..forward import Closing, Forward, at_backend, left_backend, unreachable
 from ..http1 import CHUNKED, END_OF_MESSAGE, LENGTH, NO_BODY, REASONS, Framing, Response
 from .messages import Headers, backend_request, status_of
 from .upstream import BackendStream, H2Upstream, next_event, shared_upstream
@@ -51,13 +51,8 @@ class ToH2(Forward):
         assert nursery is not None
         try:
             up = await shared_upstream(self.pool, client.client_key, self.tls, ex, nursery)
-        except BackendUnreachable as e:
-            if not e.tried:
-                self.pool.stats.no_backend += 1
-            return await client.own_response(ex, 502 if e.tried else 503)
-        except Exhausted:
-            self.pool.stats.exhausted += 1
-            return await client.own_response(ex, 503)
+        except (BackendUnreachable, Exhausted) as e:
+            return await client.own_response(ex, unreachable(self.pool, e))
         conn, br = up.conn, up.backend
         headers = backend_request(req, client.client[0], client.proto, self.trusted,
                                   b"https" if self.pool.tls is not None else b"http", False)
@@ -65,8 +60,7 @@ class ToH2(Forward):
             bst = conn.open(headers, end=req.framing.kind == NO_BODY)
         except h2.exceptions.ProtocolError:
             return await client.own_response(ex, 502)  # it took no more streams after all
-        br.stats.active += 1
-        br.stats.requests += 1
+        at_backend(br, client.cut, client.drain_timeout)
         clean = False
         try:
             await conn.link.flush()
@@ -78,9 +72,7 @@ class ToH2(Forward):
                 raise Closing from None  # mid-body: the client sees the close
             return await client.own_response(ex, 502)
         finally:
-            br.stats.active -= 1
-            br.stats.bytes_in += ex.bytes_in
-            br.stats.bytes_out += ex.bytes_out
+            left_backend(br, client.cut, ex.bytes_in, ex.bytes_out)
             conn.finish(bst, reset=not clean)
 
     async def _exchange_h2(self, conn: H2Upstream, bst: BackendStream) -> bool:

@@ -32,11 +32,20 @@ from hyperframe.frame import GoAwayFrame
 
 from .. import http1
 from ..access import AccessLog
-from ..backends import BackendRuntime, BackendSet, IdleUpstream
+from ..backends import BackendRuntime, BackendSet
 from ..connect import Upstream
 from ..errors import BackendError, BackendGone, BackendUnreachable, ClientError, Exhausted
 from ..flows import Flow
-from ..forward import Cut, Exchange, _backend_event, open_upstream
+from ..forward import (
+    Cut,
+    Exchange,
+    _backend_event,
+    at_backend,
+    keep_or_close,
+    left_backend,
+    open_upstream,
+    unreachable,
+)
 from ..http1 import END_OF_MESSAGE, LENGTH, NEED_DATA, NO_BODY, Phase, Request
 from ..site import Site
 from ..wire import Wire
@@ -441,19 +450,13 @@ class H2Session:
 
     def _begin(self, br: BackendRuntime, st: ClientStream) -> None:
         """``st`` is at ``br``: counted, and cut with it if a Snapshot removes it."""
-        st.cut = cut = Cut(st.scope)
-        br.flows[id(cut)] = cut
-        if br.removed:
-            cut.cut_at(trio.current_time() + self.proxy.drain_timeout)
-        br.stats.active += 1
-        br.stats.requests += 1
+        st.cut = Cut(st.scope)
+        at_backend(br, st.cut, self.proxy.drain_timeout)
         self.flow.backend = br.key
 
     def _end(self, br: BackendRuntime, st: ClientStream) -> None:
-        br.stats.active -= 1
-        br.stats.bytes_in += st.ex.bytes_in
-        br.stats.bytes_out += st.ex.bytes_out
-        br.flows.pop(id(st.cut), None)
+        assert st.cut is not None
+        left_backend(br, st.cut, st.ex.bytes_in, st.ex.bytes_out)
 
     # -- to an HTTP/1.1 backend --------------------------------------------------------
 
@@ -492,12 +495,7 @@ class H2Session:
             raise BackendGone from None
         finally:
             self._end(br, st)
-            http = pool.listener.http
-            if clean and http is not None and len(br.idle) < http.backend_keepalive and \
-                    not br.removed:
-                br.idle.append(IdleUpstream(wire, trio.current_time()))
-            else:
-                wire.close()
+            keep_or_close(pool, br, wire, clean)
 
     async def _relay_http1(self, st: ClientStream, backend: http1.BackendConnection,
                            wire: Wire, headers: Headers, head_only: bool) -> None:
@@ -601,13 +599,8 @@ class H2Session:
         its own form."""
         try:
             return await connecting
-        except BackendUnreachable as e:
-            if not e.tried:
-                pool.stats.no_backend += 1
-            status = 502 if e.tried else 503
-        except Exhausted:
-            pool.stats.exhausted += 1
-            status = 503
+        except (BackendUnreachable, Exhausted) as e:
+            status = unreachable(pool, e)
         if st.grpc:
             await self._failed(st)
         else:
