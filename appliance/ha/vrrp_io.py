@@ -11,7 +11,7 @@ import logging
 import socket
 import struct
 import time
-from collections.abc import Collection, Iterable
+from collections.abc import Collection
 from typing import Any, cast
 
 import trio
@@ -220,13 +220,6 @@ class Vips:
         return self._apply(False)
 
 
-def host_vips(ifname: str, addresses: Iterable[str]) -> Vips:
-    """``addresses`` as host addresses (/32, /128) on ``ifname``: VIPs learned from a
-    cluster, which no configured prefix describes."""
-    return Vips(ifname, tuple(f"{a}/{32 if ipaddress.ip_address(a).version == 4 else 128}"
-                              for a in sorted(addresses)))
-
-
 def remove_leftovers(ifname: str, ours: Collection[str]) -> list[str]:
     """Remove the host addresses of ``ifname`` that are among ``ours`` (VIPs a previous
     run added and could not remove, say after a crash); returns those removed."""
@@ -236,7 +229,8 @@ def remove_leftovers(ifname: str, ours: Collection[str]) -> list[str]:
         index = ipr.link_lookup(ifname=ifname)[0]
         found = [str(m.get_attr("IFA_ADDRESS")) for m in ipr.get_addr(index=index)
                  if m["prefixlen"] in (32, 128)]
-    return host_vips(ifname, [a for a in found if a in ours]).remove()
+    # A bare address is a host address (/32, /128) to Vips.
+    return Vips(ifname, tuple(a for a in found if a in ours)).remove()
 
 
 def gratuitous_arp(ifname: str, addresses: list[str], count: int, interval: float) -> None:

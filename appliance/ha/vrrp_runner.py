@@ -32,7 +32,6 @@ from .vrrp_io import (
     VrrpSocket,
     VrrpSocket6,
     gratuitous_arp,
-    host_vips,
     primary_address,
     remove_leftovers,
 )
@@ -167,7 +166,8 @@ class VrrpRouter:
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                   ) -> None:
         removed = await trio.to_thread.run_sync(self.vips.remove)
-        ours = [a for a in self.runner.ours() if _family(a) in self.families]
+        ours = [a for a in self.runner.ours()
+                if ipaddress.ip_address(a).version in self.families]
         removed += await trio.to_thread.run_sync(remove_leftovers, self.ha.interface, ours)
         if removed:
             log.warning("removed VIPs left from an earlier run: %s", ", ".join(removed))
@@ -250,7 +250,8 @@ class VrrpRouter:
                                      self.ha.interface, addresses, count, interval)
 
     def _learned_vips(self, addresses: Iterable[str]) -> Vips:
-        return host_vips(self.ha.interface, addresses)
+        """Learned VIPs as host addresses (/32, /128): no configured prefix holds them."""
+        return Vips(self.ha.interface, tuple(sorted(addresses)))
 
     def wanted(self) -> frozenset[str]:
         """The learned VIPs this router carries now: those of its families that are not
@@ -319,10 +320,3 @@ class VrrpRouter:
             self.runner.events.event("ha", f"IPv{self.version} VRRP priority {m.priority} -> "
                                      f"{want}: {why}", priority=want, family=self.version)
             await self.act(m.set_priority(want, trio.current_time(), why))
-
-
-def _family(address: str) -> int:
-    try:
-        return ipaddress.ip_address(address).version
-    except ValueError:
-        return 0
