@@ -12,19 +12,20 @@ ratios and writes JSON to tests/bench/results/. Only ratios within one run mean 
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
 import struct
 import subprocess
 import sys
-import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from tests.bench.l4 import run_nginx, save_results
-from tests.bench.l7 import arguments, backend_nginx, certificate, missing, stop, tree_cpu
+from tests.bench.l7 import arguments, behind_nginx, missing, stop, with_cpu
 from tests.helpers import EDGELB, ROOT, can_connect, free_port, wait_for
 
 
@@ -157,34 +158,24 @@ def main() -> int:
     if missing("haproxy", "nginx", "h2load"):
         return 2
     results: dict[str, Any] = {"seconds": args.seconds, "cpus": os.cpu_count()}
-    with tempfile.TemporaryDirectory(prefix="edgelb-bench-h2-") as t:
-        tmp = Path(t)
-        crt, key, pem = certificate(tmp)
-        bport = free_port()
-        backend = backend_nginx(tmp, bport)
-        try:
-            wait_for(lambda: can_connect(bport), 10, "backend")
-            runs = [("edgelb", lambda p: proxy_edgelb(tmp, p, bport, crt, key)),
-                    ("haproxy", lambda p: proxy_haproxy(tmp, p, bport, pem)),
-                    ("nginx", lambda p: proxy_nginx(tmp, p, bport, crt, key))]
-            for name, start in runs:
-                port = free_port()
-                proc = start(port)
-                try:
-                    wait_for(lambda p=port: can_connect(p), 20, f"{name} listening")
-                    url = f"https://127.0.0.1:{port}/"
-                    h2load(url, 1, 50, 10)  # warm up
-                    c0 = tree_cpu(proc.pid)
-                    r = h2load(url, args.seconds, 50, 10)
-                    cpu = tree_cpu(proc.pid) - c0
-                    r["cpu_us_per_req"] = cpu / r["requests"] * 1e6 if r["requests"] else 0.0
-                    results[name] = r
-                    print(f"{name}: {json.dumps(r)}", file=sys.stderr)
-                finally:
-                    stop(proc)
-                time.sleep(0.5)
-        finally:
-            stop(backend)
+    with behind_nginx("edgelb-bench-h2-") as (tmp, crt, key, pem, bport):
+        runs: list[tuple[str, Callable[[int], subprocess.Popen[bytes]]]] = [
+            ("edgelb", lambda p: proxy_edgelb(tmp, p, bport, crt, key)),
+            ("haproxy", lambda p: proxy_haproxy(tmp, p, bport, pem)),
+            ("nginx", lambda p: proxy_nginx(tmp, p, bport, crt, key))]
+        for name, start in runs:
+            port = free_port()
+            proc = start(port)
+            try:
+                wait_for(lambda p=port: can_connect(p), 20, f"{name} listening")
+                url = f"https://127.0.0.1:{port}/"
+                h2load(url, 1, 50, 10)  # warm up
+                results[name] = with_cpu(proc, functools.partial(h2load, url, args.seconds,
+                                                                 50, 10))
+                print(f"{name}: {json.dumps(results[name])}", file=sys.stderr)
+            finally:
+                stop(proc)
+            time.sleep(0.5)
         results.update(grpc_rates(tmp, args.seconds))
     results["h2_floor_us"] = h2_floor()
     out = save_results("h2", results)

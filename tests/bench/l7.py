@@ -17,6 +17,7 @@ Only ratios within one run mean anything.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import re
@@ -25,6 +26,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -120,6 +123,35 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
     stop_process(proc)
 
 
+def with_cpu(proc: subprocess.Popen[bytes],
+             load: Callable[[], dict[str, float]]) -> dict[str, float]:
+    """The figures of ``load`` run against ``proc``, with the CPU microseconds per
+    request of ``proc`` and its children over it."""
+    c0 = tree_cpu(proc.pid)
+    figures = load()
+    cpu = tree_cpu(proc.pid) - c0
+    figures["cpu_us_per_req"] = cpu / figures["requests"] * 1e6 if figures["requests"] \
+        else 0.0
+    return figures
+
+
+@contextmanager
+def behind_nginx(prefix: str) -> Iterator[tuple[Path, Path, Path, Path, int]]:
+    """A scratch directory, a certificate (chain, key, both in one file) and an nginx
+    ``return 200`` backend on a free port, for the proxies under test to stand in front
+    of: (directory, chain, key, both, port)."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as t:
+        tmp = Path(t)
+        crt, key, pem = certificate(tmp)
+        port = free_port()
+        backend = backend_nginx(tmp, port)
+        try:
+            wait_for(lambda: can_connect(port), 10, "backend")
+            yield tmp, crt, key, pem, port
+        finally:
+            stop(backend)
+
+
 def arguments(doc: str | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=(doc or "").split("\n")[0])
     ap.add_argument("--seconds", type=int, default=5)
@@ -173,11 +205,7 @@ def run_one(name: str, proc: subprocess.Popen[bytes], http: int, https: int,
     for scheme in schemes:
         port = http if scheme == "http" else https
         wrk(port, 1, 50, scheme=scheme)  # warm up: connections, pools, TLS sessions
-        c0 = tree_cpu(proc.pid)
-        w = wrk(port, seconds, 50, scheme=scheme)
-        cpu = tree_cpu(proc.pid) - c0
-        w["cpu_us_per_req"] = cpu / w["requests"] * 1e6 if w["requests"] else 0.0
-        out[scheme] = w
+        out[scheme] = with_cpu(proc, functools.partial(wrk, port, seconds, 50, scheme=scheme))
     return out
 
 
@@ -186,48 +214,40 @@ def main() -> int:
     if missing("haproxy", "nginx", "wrk"):
         return 2
     results: dict[str, Any] = {"seconds": args.seconds, "cpus": os.cpu_count()}
-    with tempfile.TemporaryDirectory(prefix="edgelb-bench7-") as t:
-        tmp = Path(t)
-        crt, key, pem = certificate(tmp)
-        bport = free_port()
-        backend = backend_nginx(tmp, bport)
-        try:
-            wait_for(lambda: can_connect(bport), 10, "backend")
-            runs: list[tuple[str, Any]] = [
-                ("edgelb", lambda h, s: proxy_edgelb(tmp, 1, h, s, bport, crt, key)),
-                ("edgelb-log", lambda h, s: proxy_edgelb(tmp, 1, h, s, bport, crt, key,
-                                                         access_log=True)),
-                ("haproxy", lambda h, s: proxy_haproxy(tmp, h, s, bport, pem)),
-                ("nginx", lambda h, s: proxy_nginx(tmp, 1, h, s, bport, crt, key)),
-                ("edgelb-2", lambda h, s: proxy_edgelb(tmp, 2, h, s, bport, crt, key)),
-                ("nginx-2", lambda h, s: proxy_nginx(tmp, 2, h, s, bport, crt, key)),
-            ]
-            for name, start in runs:
+    with behind_nginx("edgelb-bench7-") as (tmp, crt, key, pem, bport):
+        runs: list[tuple[str, Any]] = [
+            ("edgelb", lambda h, s: proxy_edgelb(tmp, 1, h, s, bport, crt, key)),
+            ("edgelb-log", lambda h, s: proxy_edgelb(tmp, 1, h, s, bport, crt, key,
+                                                     access_log=True)),
+            ("haproxy", lambda h, s: proxy_haproxy(tmp, h, s, bport, pem)),
+            ("nginx", lambda h, s: proxy_nginx(tmp, 1, h, s, bport, crt, key)),
+            ("edgelb-2", lambda h, s: proxy_edgelb(tmp, 2, h, s, bport, crt, key)),
+            ("nginx-2", lambda h, s: proxy_nginx(tmp, 2, h, s, bport, crt, key)),
+        ]
+        for name, start in runs:
+            http, https = free_port(), free_port()
+            proc = start(http, https)
+            try:
+                schemes = ("http",) if name.endswith("-2") else ("http", "https")
+                results[name] = run_one(name, proc, http, https, args.seconds, schemes)
+                print(f"{name}: {json.dumps(results[name])}", file=sys.stderr)
+            finally:
+                stop(proc)
+            time.sleep(0.5)
+        if shutil.which("h2load"):
+            half = results["haproxy"]["http"]["rps"] / 2
+            results["paced_rate"] = half
+            for name, start in [x for x in runs if x[0] in ("edgelb", "haproxy", "nginx")]:
                 http, https = free_port(), free_port()
                 proc = start(http, https)
                 try:
-                    schemes = ("http",) if name.endswith("-2") else ("http", "https")
-                    results[name] = run_one(name, proc, http, https, args.seconds, schemes)
-                    print(f"{name}: {json.dumps(results[name])}", file=sys.stderr)
+                    wait_for(lambda p=http: can_connect(p), 20, f"{name} listening")
+                    wrk(http, 1, 50)  # warm up
+                    results[f"{name}-paced"] = paced(http, half, args.seconds, tmp)
+                    print(f"{name} paced: {results[f'{name}-paced']}", file=sys.stderr)
                 finally:
                     stop(proc)
                 time.sleep(0.5)
-            if shutil.which("h2load"):
-                half = results["haproxy"]["http"]["rps"] / 2
-                results["paced_rate"] = half
-                for name, start in [x for x in runs if x[0] in ("edgelb", "haproxy", "nginx")]:
-                    http, https = free_port(), free_port()
-                    proc = start(http, https)
-                    try:
-                        wait_for(lambda p=http: can_connect(p), 20, f"{name} listening")
-                        wrk(http, 1, 50)  # warm up
-                        results[f"{name}-paced"] = paced(http, half, args.seconds, tmp)
-                        print(f"{name} paced: {results[f'{name}-paced']}", file=sys.stderr)
-                    finally:
-                        stop(proc)
-                    time.sleep(0.5)
-        finally:
-            stop(backend)
     out = save_results("l7", results)
     report(results, args.seconds)
     print(f"\nraw figures: {out}")
