@@ -24,8 +24,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tests.bench.l4 import run_nginx, save_results
-from tests.bench.l7 import arguments, behind_nginx, missing, stop, with_cpu
+from tests.bench.l4 import save_results
+from tests.bench.l7 import (
+    arguments,
+    behind_nginx,
+    haproxy_in_front,
+    missing,
+    nginx_in_front,
+    stop,
+    with_cpu,
+)
 from tests.helpers import EDGELB, ROOT, can_connect, free_port, wait_for
 
 
@@ -69,42 +77,16 @@ def proxy_edgelb(tmp: Path, port: int, backend: int, crt: Path, key: Path,
 
 
 def proxy_haproxy(tmp: Path, port: int, backend: int, pem: Path) -> subprocess.Popen[bytes]:
-    cfg = tmp / "haproxy-h2.cfg"
-    cfg.write_text(f"""
-global
-  nbthread 1
-  maxconn 4096
-defaults
-  mode http
-  option http-keep-alive
-  option forwardfor
-  http-reuse always
-  timeout connect 1s
-  timeout client 60s
-  timeout server 60s
-frontend fe
-  bind 127.0.0.1:{port} ssl crt {pem} alpn h2,http/1.1
-  default_backend be
-backend be
-  server s1 127.0.0.1:{backend}
-""")
-    return subprocess.Popen(["haproxy", "-db", "-f", str(cfg)])
+    return haproxy_in_front(tmp / "haproxy-h2.cfg",
+                            f"bind 127.0.0.1:{port} ssl crt {pem} alpn h2,http/1.1", backend)
 
 
 def proxy_nginx(tmp: Path, port: int, backend: int, crt: Path,
                 key: Path) -> subprocess.Popen[bytes]:
     d = tmp / "nginx-h2"
     d.mkdir(exist_ok=True)
-    return run_nginx(d, f"""  upstream be {{ server 127.0.0.1:{backend}; keepalive 64; }}
-  server {{
-    listen 127.0.0.1:{port} ssl http2 backlog=4096;
-    ssl_certificate {crt}; ssl_certificate_key {key};
-    http2_max_concurrent_streams 128;
-    location / {{
-      proxy_pass http://be; proxy_http_version 1.1; proxy_set_header Connection "";
-      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-    }}
-  }}""")
+    return nginx_in_front(d, f"""listen 127.0.0.1:{port} ssl http2 backlog=4096;
+    http2_max_concurrent_streams 128;""", backend, crt, key)
 
 
 def h2_floor(requests: int = 20000) -> float:

@@ -54,10 +54,17 @@ def proxy_nginx(tmp: Path, workers: int, http: int, https: int, backend: int,
                 crt: Path, key: Path) -> subprocess.Popen[bytes]:
     d = tmp / f"nginx{workers}"
     d.mkdir(exist_ok=True)  # started again for the paced load
+    return nginx_in_front(d, f"""listen 127.0.0.1:{http} reuseport backlog=4096;
+    listen 127.0.0.1:{https} ssl reuseport backlog=4096;""", backend, crt, key, workers)
+
+
+def nginx_in_front(d: Path, listens: str, backend: int, crt: Path, key: Path,
+                   workers: int = 1) -> subprocess.Popen[bytes]:
+    """nginx as a proxy on ``listens`` (its listen lines and any server-level
+    directives) in front of ``backend``, keep-alive both ways."""
     return run_nginx(d, f"""  upstream be {{ server 127.0.0.1:{backend}; keepalive 64; }}
   server {{
-    listen 127.0.0.1:{http} reuseport backlog=4096;
-    listen 127.0.0.1:{https} ssl reuseport backlog=4096;
+    {listens}
     ssl_certificate {crt}; ssl_certificate_key {key};
     ssl_protocols TLSv1.2 TLSv1.3;
     location / {{
@@ -69,7 +76,13 @@ def proxy_nginx(tmp: Path, workers: int, http: int, https: int, backend: int,
 
 def proxy_haproxy(tmp: Path, http: int, https: int, backend: int,
                   pem: Path) -> subprocess.Popen[bytes]:
-    cfg = tmp / "haproxy.cfg"
+    return haproxy_in_front(tmp / "haproxy.cfg", f"""bind 127.0.0.1:{http}
+  bind 127.0.0.1:{https} ssl crt {pem} alpn http/1.1""", backend)
+
+
+def haproxy_in_front(cfg: Path, binds: str, backend: int) -> subprocess.Popen[bytes]:
+    """HAProxy, one thread, ``mode http`` on ``binds`` (its frontend's bind lines) in
+    front of ``backend``, reusing backend connections."""
     cfg.write_text(f"""
 global
   nbthread 1
@@ -84,8 +97,7 @@ defaults
   timeout client 60s
   timeout server 60s
 frontend fe
-  bind 127.0.0.1:{http}
-  bind 127.0.0.1:{https} ssl crt {pem} alpn http/1.1
+  {binds}
   default_backend be
 backend be
   server s1 127.0.0.1:{backend}
