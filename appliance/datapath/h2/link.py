@@ -76,6 +76,14 @@ class H2Link:
             self.failed = True
             self.sent.set()
 
+    def ack(self, stream_id: int, length: int) -> None:
+        """``length`` received bytes of ``stream_id`` were taken: the peer may send as
+        much again (on the connection, also when the stream has closed meanwhile)."""
+        try:
+            self.conn.acknowledge_received_data(length, stream_id)
+        except h2.exceptions.ProtocolError:
+            pass
+
     def opened(self) -> None:
         """A WINDOW_UPDATE or new SETTINGS came: wake the senders waiting for room."""
         self.window.set()

@@ -35,7 +35,7 @@ def request_of(headers: Headers, end_stream: bool, limits: HttpLimits) -> Reques
     cookies: list[bytes] = []
     host: bytes | None = None
     for name, value in headers:
-        if b"\r" in value or b"\n" in value or b"\0" in value or not _NAME.fullmatch(name):
+        if not _sendable(name, value):
             raise ClientError(400, "a malformed field")
         if name[:1] == b":":
             if fields or cookies or name in pseudo or name not in _PSEUDO:
@@ -125,8 +125,14 @@ def relayed(headers: Headers) -> Headers:
     """An HTTP/2 backend's response headers (or trailers) as the client gets them: no
     connection-specific fields, and none that could not be sent on (a backend's field
     with CR, LF or NUL, or a name that is not lowercase)."""
-    return [(n, v) for n, v in headers if n not in CONNECTION_SPECIFIC and
-            _NAME.fullmatch(n) and b"\r" not in v and b"\n" not in v and b"\0" not in v]
+    return [(n, v) for n, v in headers if n not in CONNECTION_SPECIFIC and _sendable(n, v)]
+
+
+def _sendable(name: bytes, value: bytes) -> bool:
+    """A field HTTP/2 may carry and an HTTP/1.1 head may hold: a lowercase token name (or
+    a pseudo-header's) and a value without CR, LF or NUL."""
+    return bool(_NAME.fullmatch(name)) and b"\r" not in value and b"\n" not in value and \
+        b"\0" not in value
 
 
 def status_of(headers: Headers) -> int:

@@ -237,7 +237,7 @@ class H2Session:
         elif isinstance(ev, h2.events.DataReceived):
             st = self.streams.get(ev.stream_id)
             if st is None or st.send is None:
-                self._ack(ev.stream_id, ev.flow_controlled_length)
+                self.link.ack(ev.stream_id, ev.flow_controlled_length)
             else:
                 st.unacked += ev.flow_controlled_length
                 st.send.send_nowait((ev.data, ev.flow_controlled_length))
@@ -274,12 +274,6 @@ class H2Session:
                      10)
             self.site.stats.bad_requests += 1
             self.calm = h2.errors.ErrorCodes.ENHANCE_YOUR_CALM
-
-    def _ack(self, stream_id: int, length: int) -> None:
-        try:
-            self.link.conn.acknowledge_received_data(length, stream_id)
-        except h2.exceptions.ProtocolError:
-            pass
 
     def _request(self, ev: h2.events.RequestReceived) -> None:
         sid = ev.stream_id
@@ -438,14 +432,14 @@ class H2Session:
         """The request body a finished stream left unforwarded, acknowledged: it counted
         against the connection's window, which the other streams share."""
         if st.unacked:
-            self._ack(st.stream_id, st.unacked)
+            self.link.ack(st.stream_id, st.unacked)
             st.unacked = 0
 
     async def _consumed(self, st: ClientStream, length: int) -> None:
         """``length`` bytes of the request went to the backend: the client may send
         more."""
         st.unacked -= length
-        self._ack(st.stream_id, length)
+        self.link.ack(st.stream_id, length)
         await self.link.flush()
 
     def _begin(self, br: BackendRuntime, st: ClientStream) -> None:

@@ -105,7 +105,7 @@ class H2Upstream:
         elif isinstance(ev, h2.events.DataReceived):
             st = self.streams.get(ev.stream_id)
             if st is None:
-                self._ack(ev.stream_id, ev.flow_controlled_length)
+                self.link.ack(ev.stream_id, ev.flow_controlled_length)
             else:
                 st.unacked += ev.flow_controlled_length
                 st.send.send_nowait(("data", ev.data, ev.flow_controlled_length))
@@ -135,12 +135,6 @@ class H2Upstream:
         st.send.send_nowait(item)
         return True
 
-    def _ack(self, stream_id: int, length: int) -> None:
-        try:
-            self.link.conn.acknowledge_received_data(length, stream_id)
-        except h2.exceptions.ProtocolError:
-            pass
-
     def open(self, headers: Headers, end: bool) -> BackendStream:
         """A new stream carrying the request ``headers`` (and its end, with ``end``),
         queued for the writer: registered before anything can be cancelled, so that
@@ -168,7 +162,7 @@ class H2Upstream:
     async def consumed(self, st: BackendStream, length: int) -> None:
         """The client took ``length`` bytes of the response: the backend may send more."""
         st.unacked -= length
-        self._ack(st.stream_id, length)
+        self.link.ack(st.stream_id, length)
         await self.link.flush()
 
     def finish(self, st: BackendStream, reset: bool) -> None:
@@ -178,7 +172,7 @@ class H2Upstream:
         stream on it. No waiting here: it runs when its stream's task is cancelled."""
         self.streams.pop(st.stream_id, None)
         if st.unacked:
-            self._ack(st.stream_id, st.unacked)
+            self.link.ack(st.stream_id, st.unacked)
             st.unacked = 0
         if reset and not self.gone:
             try:
