@@ -9,6 +9,7 @@ import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -515,6 +516,67 @@ passive: {failures: 0}""")).start(port)
             assert sorted(set(posts)) == [200, 502]
         finally:
             e.stop()
+
+
+class QuietCloser:
+    """A backend that answers one request per connection as if it kept the connection
+    (no ``Connection: close``), then closes it a moment later: a kept-alive connection
+    that goes stale while edgelb holds it idle, as one whose backend timed it out."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.connections = 0
+        self.requests: list[bytes] = []
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            with conn:
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    more = conn.recv(65536)
+                    if not more:
+                        break
+                    data += more
+                if b"\r\n\r\n" in data:
+                    self.requests.append(data.split(b"\r\n", 1)[0])
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                    time.sleep(0.05)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_a_request_meeting_a_kept_alive_connection_the_backend_closed_is_served(
+        tmp_path: Path) -> None:
+    """A GET sent on a kept-alive backend connection that the backend has closed since
+    (edgelb no longer looks before reusing one that was busy a moment ago) goes again on
+    a new connection; a POST, or a PUT with a body, which could not go again, is only
+    sent on a connection edgelb found open, so it never meets the closed one."""
+    port = free_port()
+    be = QuietCloser()
+    e = Edgelb(tmp_path, http_listener(port, be.port, top="workers: 1",
+                                       options="health: {type: none}")).start(port)
+    try:
+        for i, method in enumerate([b"GET", b"GET", b"POST", b"GET", b"PUT", b"POST"]):
+            time.sleep(0.2)  # the backend has closed the connection edgelb keeps
+            extra = b"Content-Length: 1\r\n" if method != b"GET" else b""
+            resp = raw(port, method + b" /s%d HTTP/1.1\r\nHost: x\r\n" % i + extra
+                       + b"Connection: close\r\n\r\n" + (b"x" if extra else b""))
+            assert status(resp) == 200, resp
+        # Each request reached the backend once, on a connection of its own.
+        assert [r.split(b" ")[1] for r in be.requests] == [b"/s%d" % i for i in range(6)]
+        assert be.connections == 6
+    finally:
+        e.stop()
+        be.close()
 
 
 def test_sigterm_closes_idle_keep_alive_and_finishes_busy_requests(tmp_path: Path) -> None:
