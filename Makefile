@@ -48,6 +48,7 @@ bench: $(STAMP) deb-deps
 	$(BIN)/python -m tests.bench.kernel
 	$(BIN)/python -m tests.bench.l4
 	$(BIN)/python -m tests.bench.l7
+	$(BIN)/python -m tests.bench.loops
 	$(BIN)/python -m tests.bench.cluster
 	$(BIN)/python -m tests.bench.failover
 	$(BIN)/python -m tests.bench.console
@@ -67,6 +68,7 @@ bench-l4: $(STAMP) deb-deps
 
 bench-l7: $(STAMP) deb-deps
 	$(BIN)/python -m tests.bench.l7
+	$(BIN)/python -m tests.bench.loops
 	$(BIN)/python -m tests.bench.h2
 
 # The wheel the Ansible role installs (ansible/roles/edgelb: edgelb_wheel).
