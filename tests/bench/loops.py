@@ -181,7 +181,8 @@ class _Front(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
-        asyncio.get_running_loop().create_task(self._connect())
+        # Held: the loop keeps only a weak reference to its tasks.
+        self.connecting = asyncio.get_running_loop().create_task(self._connect())
 
     async def _connect(self) -> None:
         _, backend = await asyncio.get_running_loop().create_connection(
