@@ -27,10 +27,6 @@ from .wire import PlainWire, TlsWire, Wire
 
 W = TypeVar("W")
 
-# A kept-alive backend connection idle for less than this (seconds) is taken for open
-# without a look (see ``open_upstream``).
-FRESH = 1.0
-
 
 class Closing(Exception):
     """The client connection ends here (after a response edgelb made, or a cut)."""
@@ -147,10 +143,8 @@ class Forward:
         edgelb answered 502 or 503 itself."""
         ex, pool = self.ex, self.pool
         try:
-            req = self.req
             return await open_upstream(pool, self.client.client_key, self.tls, ex, tried,
-                                       req.idempotent,
-                                       resendable=req.idempotent and req.framing.kind == NO_BODY)
+                                       self.req.idempotent)
         except (BackendUnreachable, Exhausted) as e:
             await self.client.own_response(ex, unreachable(pool, e))
             return None
@@ -322,12 +316,10 @@ def unreachable(pool: BackendSet, e: BackendUnreachable | Exhausted) -> int:
 
 async def open_upstream(pool: BackendSet, client_key: bytes, ctx: ssl.SSLContext | None,
                         ex: Exchange, tried: set[int], idempotent: bool,
-                        alpn: str | None = None, resendable: bool = False) -> Upstream[Wire]:
+                        alpn: str | None = None) -> Upstream[Wire]:
     """A connection to a backend of ``pool``: a kept-alive one if there is one, else a
     new one (TLS with ``ctx``), as ``connect_to_pool`` finds it; ``ex`` learns the
     backend and the connect time. ``alpn``: the protocol the TLS backend must choose.
-    ``resendable``: the request may go again if a kept-alive connection turns out to be
-    closed (idempotent, no body), so a recently busy one is taken without a look.
     Raises BackendUnreachable or Exhausted."""
     keepalive = pool.listener.timeouts.keepalive
 
@@ -337,10 +329,7 @@ async def open_upstream(pool: BackendSet, client_key: bytes, ctx: ssl.SSLContext
             idle = br.idle.pop()
             w = idle.wire
             assert isinstance(w, PlainWire | TlsWire)
-            quiet = now - idle.since
-            # The look is a syscall per request; a resendable request that meets a
-            # closed connection goes again on a new one (``Forward``'s ``_Stale``).
-            if quiet < keepalive and ((resendable and quiet < FRESH) or w.alive()):
+            if now - idle.since < keepalive and w.alive():
                 return w
             w.close()
         return None

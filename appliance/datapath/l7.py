@@ -291,7 +291,6 @@ class HttpConnection:
         """The next request head; None when the client closed (or idled out) between
         requests. Raises ClientError for a bad one, ClientGone mid-head."""
         conn = self.conn
-        empty = False  # the socket was just read and found empty
         if not conn.buf:
             # Data already waiting needs no wait: the common case under load.
             try:
@@ -300,8 +299,6 @@ class HttpConnection:
                 return None
             if ready is not None:
                 conn.receive_data(ready)
-            else:
-                empty = True
         timeouts = self.site.listener.timeouts
         armed: Phase | None = None
         while True:
@@ -318,10 +315,9 @@ class HttpConnection:
                           else timeouts.request)
                 armed = phase
             try:
-                data = await (self.wire.recv_later() if empty else self.wire.recv())
+                data = await self.wire.recv()
             except OSError:
                 return None
-            empty = False
             conn.receive_data(data)
 
     async def _exchange(self, site: Site, req: Request) -> bool:

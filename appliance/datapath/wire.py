@@ -181,17 +181,6 @@ async def recv(sock: socket.socket, size: int = READ_SIZE) -> bytes:
         await trio.lowlevel.wait_readable(sock)
 
 
-async def recv_later(sock: socket.socket, size: int = READ_SIZE) -> bytes:
-    """The next bytes of a socket just found empty: wait first (a read now would only
-    fail again, a syscall and an exception for nothing)."""
-    while True:
-        await trio.lowlevel.wait_readable(sock)
-        try:
-            return sock.recv(size)
-        except BlockingIOError:
-            pass
-
-
 class PlainWire:
     """A byte stream over a connected TCP socket."""
 
@@ -202,10 +191,6 @@ class PlainWire:
 
     async def recv(self) -> bytes:
         return await recv(self.sock)
-
-    async def recv_later(self) -> bytes:
-        """The next bytes, after ``try_recv`` found none."""
-        return await recv_later(self.sock)
 
     def try_recv(self) -> bytes | None:
         """What is readable now without waiting, or None; b"" at EOF."""
@@ -274,9 +259,6 @@ class TlsWire:
 
     def try_recv(self) -> bytes | None:
         return None  # TLS records need the stream's machinery: always wait
-
-    async def recv_later(self) -> bytes:
-        return await self.recv()
 
     def alive(self) -> bool:
         return True

@@ -556,10 +556,10 @@ class QuietCloser:
 
 def test_a_request_meeting_a_kept_alive_connection_the_backend_closed_is_served(
         tmp_path: Path) -> None:
-    """A GET sent on a kept-alive backend connection that the backend has closed since
-    (edgelb no longer looks before reusing one that was busy a moment ago) goes again on
-    a new connection; a POST, or a PUT with a body, which could not go again, is only
-    sent on a connection edgelb found open, so it never meets the closed one."""
+    """A backend that closes its kept-alive connections behind edgelb's back: every
+    request, GET or with a body (which could not go twice), is served, each reaching
+    the backend once on a connection of its own: edgelb looks at a kept-alive
+    connection before it sends on it, and never sends on the closed one."""
     port = free_port()
     be = QuietCloser()
     e = Edgelb(tmp_path, http_listener(port, be.port, top="workers: 1",
