@@ -13,6 +13,7 @@ client connection, a read from one side written to the other.
   parsed and validated, the head sent on with X-Forwarded-*, the response parsed and
   re-framed): the cost of the protocol without routing, balancing, timeouts, counters,
   flows or logs.
+And the machines' side of one request alone, in a loop with no I/O.
 Each runs on trio (raw non-blocking sockets and ``wait_readable``, as ``wire`` does), on
 asyncio's own loop and on uvloop (Protocols, callbacks, no task per read). They tell how
 much of edgelb's CPU per request is the loop and how much the rest, and what a change of
@@ -228,6 +229,39 @@ async def _asyncio_serve(port: int, backend_port: int, work: str) -> None:
     await server.serve_forever()
 
 
+_REQUEST = b"GET / HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nUser-Agent: wrk\r\n\r\n"
+_RESPONSE = (b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\n"
+             b"Date: Wed, 02 Dec 2026 02:30:00 GMT\r\nContent-Type: application/octet-stream\r\n"
+             b"Content-Length: 3\r\nConnection: keep-alive\r\n\r\nok\n")
+
+
+def machine_floor(seconds: float = 2.0) -> float:
+    """CPU microseconds of the ``http1`` machines' side of one request, no I/O: the
+    request read and validated, its head for the backend, the response (as the bench's
+    nginx sends it) read and validated, its head and body for the client."""
+    conn = http1.ServerConnection(LIMITS)
+    count = 0
+    t0 = time.process_time()
+    while time.process_time() - t0 < seconds:
+        for _ in range(1000):
+            conn.receive_data(_REQUEST)
+            req = conn.next_event()
+            assert isinstance(req, http1.Request)
+            be = http1.BackendConnection()
+            be.send_request(req, "127.0.0.1", "http", False)
+            be.receive_data(_RESPONSE)
+            resp = be.next_event()
+            assert isinstance(resp, http1.Response)
+            out = conn.send_response(resp, True)
+            while (ev := be.next_event()) is not END_OF_MESSAGE:
+                assert isinstance(ev, bytes)
+                out += conn.send_data(ev)
+            conn.next_event()
+            conn.start_next_cycle()
+        count += 1000
+    return (time.process_time() - t0) / count * 1e6
+
+
 def serve(kind: str, port: int, backend_port: int) -> None:
     """Run the reference proxy ``kind`` (one of KINDS) until killed."""
     loop, work = kind.split("-")
@@ -268,6 +302,7 @@ def main() -> int:
             finally:
                 stop(proc)
             time.sleep(0.5)
+    results["http1-machine-alone"] = {"cpu_us_per_req": machine_floor()}
     out = save_results("loops", results)
     report(results)
     print(f"\nraw figures: {out}")
@@ -282,6 +317,8 @@ def report(r: dict[str, Any]) -> None:
         f = r[name]
         cpu = f["cpu_us_per_req"]
         print(f"| {name} | {f['rps']:,.0f} | {cpu:.1f} | {cpu / base:.2f}x |")
+    cpu = r["http1-machine-alone"]["cpu_us_per_req"]
+    print(f"| the http1 machines alone, no I/O | - | {cpu:.1f} | {cpu / base:.2f}x |")
 
 
 if __name__ == "__main__":
