@@ -118,39 +118,62 @@ class Framing:
     codings: bytes = b""
 
 
-@dataclass(slots=True)
 class _Control:
     """The fields that decide framing, routing and connection handling, gathered in one
-    pass over a head (requests and responses alike)."""
+    pass over a head (requests and responses alike). Most heads have none but Host:
+    each kind starts as a shared empty tuple, made anew only when it occurs."""
 
-    hosts: list[bytes] = field(default_factory=list)
-    lengths: list[bytes] = field(default_factory=list)
-    te: list[bytes] = field(default_factory=list)
-    connection: set[bytes] = field(default_factory=set)
-    upgrade: bytes | None = None
-    expects: list[bytes] = field(default_factory=list)
+    __slots__ = ("connection", "expects", "hosts", "lengths", "te", "upgrade")
+
+    def __init__(self) -> None:
+        self.hosts: tuple[bytes, ...] = ()
+        self.lengths: tuple[bytes, ...] = ()
+        self.te: tuple[bytes, ...] = ()
+        self.connection: frozenset[bytes] = _NO_TOKENS
+        self.upgrade: bytes | None = None
+        self.expects: tuple[bytes, ...] = ()
+
+
+_NO_TOKENS: frozenset[bytes] = frozenset()
+_HOST_F, _LENGTH_F, _TE_F, _CONNECTION_F, _UPGRADE_F, _EXPECT_F = range(6)
+_CONTROL_FIELDS = {b"host": _HOST_F, b"content-length": _LENGTH_F,
+                   b"transfer-encoding": _TE_F, b"connection": _CONNECTION_F,
+                   b"upgrade": _UPGRADE_F, b"expect": _EXPECT_F}
 
 
 def _control(fields: list[tuple[bytes, bytes]]) -> _Control:
     c = _Control()
+    which = _CONTROL_FIELDS.get
     for name, value in fields:
-        low = name.lower()
-        if low == b"host":
-            c.hosts.append(value)
-        elif low == b"content-length":
-            c.lengths.append(value)
-        elif low == b"transfer-encoding":
-            c.te.append(value)
-        elif low == b"connection":
-            c.connection.update(_tokens(value))
-        elif low == b"upgrade":
+        kind = which(name.lower())
+        if kind is None:
+            continue
+        if kind == _HOST_F:
+            c.hosts += (value,)
+        elif kind == _LENGTH_F:
+            c.lengths += (value,)
+        elif kind == _TE_F:
+            c.te += (value,)
+        elif kind == _CONNECTION_F:
+            c.connection = c.connection.union(_tokens(value))
+        elif kind == _UPGRADE_F:
             c.upgrade = value
-        elif low == b"expect":
-            c.expects.append(value)
+        else:
+            c.expects += (value,)
     return c
 
 
-def _framing(lengths: list[bytes], te: list[bytes], status: int, request: bool) -> Framing:
+_BODILESS = Framing(NO_BODY)  # never changed once made: shared
+_TO_CLOSE = Framing(UNTIL_CLOSE)
+
+
+def _framing(lengths: tuple[bytes, ...], te: tuple[bytes, ...], status: int,
+             request: bool) -> Framing:
+    if not te and not lengths:
+        return _BODILESS if request else _TO_CLOSE
+    if len(lengths) == 1 and not te and lengths[0].isdigit() and len(lengths[0]) <= 18:
+        n = int(lengths[0])  # the common case: one plain length
+        return Framing(LENGTH, n) if n else _BODILESS
     if te and lengths:
         raise refusal(status, "both Content-Length and Transfer-Encoding")
     if te:
@@ -158,7 +181,7 @@ def _framing(lengths: list[bytes], te: list[bytes], status: int, request: bool) 
         if not codings or codings[-1] != b"chunked":
             if request:
                 raise refusal(status, "Transfer-Encoding does not end in chunked")
-            return Framing(UNTIL_CLOSE)
+            return _TO_CLOSE
         if b"chunked" in codings[:-1]:
             raise refusal(status, "chunked applied more than once")
         return Framing(CHUNKED, codings=b", ".join(codings[:-1]))
@@ -170,8 +193,8 @@ def _framing(lengths: list[bytes], te: list[bytes], status: int, request: bool) 
         if not _DIGITS.fullmatch(value):
             raise refusal(status, "malformed Content-Length")
         n = int(value)
-        return Framing(LENGTH, n) if n else Framing(NO_BODY)
-    return Framing(NO_BODY) if request else Framing(UNTIL_CLOSE)
+        return Framing(LENGTH, n) if n else _BODILESS
+    return _BODILESS if request else _TO_CLOSE
 
 
 @dataclass(slots=True)
@@ -263,7 +286,7 @@ def parse_request(head: bytes, limits: HttpLimits) -> Request:
     path = (target if q < 0 else target[:q]).decode("latin-1")
     return Request(method, target, int(minor), fields,
                    normalize_host(raw_host.decode("latin-1")), raw_host, path, framing, keep,
-                   upgrade, bool(c.expects), frozenset(tokens - _UNDROPPABLE))
+                   upgrade, bool(c.expects), tokens - _UNDROPPABLE if tokens else _NO_TOKENS)
 
 
 @dataclass(slots=True)
@@ -291,7 +314,7 @@ def parse_response(head: bytes, method: bytes) -> Response:
     if c.te and c.lengths:
         raise BackendError("backend sent both Content-Length and Transfer-Encoding")
     if method == b"HEAD" or status < 200 or status in (204, 304):
-        framing = Framing(NO_BODY)
+        framing = _BODILESS
     else:
         framing = _framing(c.lengths, c.te, 502, False)
     tokens = c.connection
@@ -299,7 +322,7 @@ def parse_response(head: bytes, method: bytes) -> Response:
     if framing.kind == UNTIL_CLOSE:
         keep = False
     return Response(status, minor, line, fields, framing, keep,
-                    frozenset(tokens - _UNDROPPABLE))
+                    tokens - _UNDROPPABLE if tokens else _NO_TOKENS)
 
 
 def _format_addr(ip: str, quoted: bool) -> str:
