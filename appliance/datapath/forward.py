@@ -341,7 +341,7 @@ async def open_upstream(pool: BackendSet, client_key: bytes, ctx: ssl.SSLContext
         name = tls.server_name if tls and tls.server_name else br.backend.host
         conn = TlsWire(sock, ctx, server=False, server_hostname=name)
         await conn.handshake()
-        if alpn is not None and conn.stream.selected_alpn_protocol() != alpn:
+        if alpn is not None and conn.selected_alpn_protocol() != alpn:
             conn.close()
             raise ConnectionRefusedError(f"the backend does not speak {alpn} (ALPN)")
         return conn

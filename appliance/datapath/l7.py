@@ -173,7 +173,7 @@ class HttpConnection:
             if not await self._handshake():
                 return
             assert isinstance(self.wire, TlsWire)
-            if self.wire.stream.selected_alpn_protocol() == "h2":
+            if self.wire.selected_alpn_protocol() == "h2":
                 await self._h2(b"", "h2")
                 return
         elif self.site.listener.http is not None and self.site.listener.http.h2c:

@@ -226,7 +226,7 @@ async def shared_upstream(pool: BackendSet, client_key: bytes, ctx: ssl.SSLConte
             name = tls.server_name if tls and tls.server_name else br.backend.host
             wire = TlsWire(sock, ctx, server=False, server_hostname=name)
             await wire.handshake()
-            if wire.stream.selected_alpn_protocol() != "h2":
+            if wire.selected_alpn_protocol() != "h2":
                 wire.close()
                 raise ConnectionRefusedError("the backend does not speak h2 (ALPN)")
         up = H2Upstream(br, wire, keepalive)
