@@ -5,13 +5,21 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 DEB_PKGS := haproxy nginx iperf3 wrk curl netcat-openbsd iproute2 procps openssl kubectl keepalived tcpdump openssh-server openssh-client tmux nftables conntrack conntrackd util-linux bird2 frr nghttp2-client
 
-.PHONY: wheel image image-deps test-system demo test test-unit bench bench-l4 bench-l7 bench-cluster bench-failover bench-console lint deb-deps clean
+.PHONY: native wheel image image-deps test-system demo test test-unit bench bench-l4 bench-l7 bench-cluster bench-failover bench-console lint deb-deps clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test,dev]'
 	touch $(STAMP)
+
+# The HTTP/1.1 machines compiled by mypyc from their own Python (appliance.native):
+# rebuilt when they change; without a C compiler the Python modules run, slower.
+NATIVE := appliance/datapath/http1/_native/sources.sha256
+$(NATIVE): $(STAMP) $(wildcard appliance/datapath/http1/*.py) appliance/native.py appliance/native_build.py
+	$(BIN)/python -m appliance.native_build || echo "the Python modules run instead (slower)" >&2
+
+native: $(NATIVE)
 
 # Installs the Debian packages of $(1) that are missing, as root; otherwise runs $(2).
 define apt_missing
@@ -29,7 +37,7 @@ endef
 deb-deps:
 	$(call apt_missing,$(DEB_PKGS),echo "not root: cannot install$$missing (tests that need them will skip)")
 
-demo: $(STAMP) deb-deps
+demo: $(STAMP) $(NATIVE) deb-deps
 	$(BIN)/edgelb demo
 
 # Runs pytest with $(1); it exits 5 when it collected no tests: a failure, not a pass.
@@ -38,13 +46,13 @@ define pytest_some
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$rc
 endef
 
-test: $(STAMP) deb-deps
+test: $(STAMP) $(NATIVE) deb-deps
 	$(call pytest_some,)
 
-test-unit: $(STAMP)
+test-unit: $(STAMP) $(NATIVE)
 	$(BIN)/python -m pytest -q tests/unit
 
-bench: $(STAMP) deb-deps
+bench: $(STAMP) $(NATIVE) deb-deps
 	$(BIN)/python -m tests.bench.kernel
 	$(BIN)/python -m tests.bench.l4
 	$(BIN)/python -m tests.bench.l7
@@ -53,26 +61,26 @@ bench: $(STAMP) deb-deps
 	$(BIN)/python -m tests.bench.failover
 	$(BIN)/python -m tests.bench.console
 
-bench-console: $(STAMP) deb-deps
+bench-console: $(STAMP) $(NATIVE) deb-deps
 	$(BIN)/python -m tests.bench.console
 
-bench-cluster: $(STAMP) deb-deps
+bench-cluster: $(STAMP) $(NATIVE) deb-deps
 	$(BIN)/python -m tests.bench.cluster
 
-bench-failover: $(STAMP) deb-deps
+bench-failover: $(STAMP) $(NATIVE) deb-deps
 	$(BIN)/python -m tests.bench.failover
 
-bench-l4: $(STAMP) deb-deps
+bench-l4: $(STAMP) $(NATIVE) deb-deps
 	$(BIN)/python -m tests.bench.kernel
 	$(BIN)/python -m tests.bench.l4
 
-bench-l7: $(STAMP) deb-deps
+bench-l7: $(STAMP) $(NATIVE) deb-deps
 	$(BIN)/python -m tests.bench.l7
 	$(BIN)/python -m tests.bench.loops
 	$(BIN)/python -m tests.bench.h2
 
 # The wheel the Ansible role installs (ansible/roles/edgelb: edgelb_wheel).
-wheel: $(STAMP)
+wheel: $(STAMP) $(NATIVE)
 	rm -rf dist build
 	$(BIN)/pip wheel -q --no-deps -w dist .
 

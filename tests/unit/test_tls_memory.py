@@ -18,7 +18,6 @@ from appliance.datapath.worker import Worker
 from appliance.process import Ebb, give_back_memory
 from tests.helpers import free_port
 
-
 # Where the objects of a TLS connection come from: the wire, the stdlib's TLS, trio's.
 _TLS_MODULES = {"appliance.datapath.wire", "ssl", "_ssl", "trio._ssl"}
 

@@ -2,6 +2,13 @@
 coding (``chunked``), and the connection state machines the L7 I/O layer drives
 (``connection``). Bytes in, events and bytes out; no sockets and no clock."""
 
+# ruff: noqa: E402
+from ...native import use
+
+# The machines compiled by mypyc (``appliance.native``) when built from these sources:
+# about 7% of a proxied request's CPU, measured A/B. Before the imports below.
+NATIVE = use(__path__, __file__, "datapath/http1")
+
 from ..errors import BackendError, ClientError, HttpError
 from .chunked import LAST_CHUNK, ChunkedDecoder, chunk
 from .connection import (

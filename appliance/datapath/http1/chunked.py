@@ -56,9 +56,18 @@ class ChunkedDecoder:
         buf += data
         out: list[bytes] = []
         pos = 0
-        step = self._STEPS
         while True:
-            moved = step[self.state](self, buf, pos, out)
+            state = self.state
+            if state == _SIZE:
+                moved = self._size(buf, pos, out)
+            elif state == _DATA:
+                moved = self._data(buf, pos, out)
+            elif state == _DATA_END:
+                moved = self._data_end(buf, pos, out)
+            elif state == _TRAILER:
+                moved = self._trailer(buf, pos, out)
+            else:
+                moved = -1  # done: the rest waits in ``rest``
             if moved < 0:
                 break
             pos = moved
@@ -133,7 +142,3 @@ class ChunkedDecoder:
             raise refusal(self.status, _why_bad_field(line))
         return eol + 2
 
-    def _done(self, buf: bytearray, pos: int, out: list[bytes]) -> int:
-        return -1
-
-    _STEPS = (_size, _data, _data_end, _trailer, _done)
