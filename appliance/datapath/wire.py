@@ -15,7 +15,8 @@ import errno
 import os
 import socket
 import ssl
-from typing import Protocol
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
 
 import trio
 
@@ -27,6 +28,7 @@ IP_FREEBIND = getattr(socket, "IP_FREEBIND", 15)
 IPV6_FREEBIND = getattr(socket, "IPV6_FREEBIND", 78)
 
 Address = tuple[str, int]
+T = TypeVar("T")
 
 
 def family_of(host: str) -> socket.AddressFamily:
@@ -226,8 +228,8 @@ class PlainWire:
 class TlsWire:
     """TLS over a connected socket: the stdlib's SSLSocket, non-blocking, driven like
     PlainWire (a call, and a wait for readiness only when OpenSSL asks for one). OpenSSL
-    reads and writes the socket itself, in C; trio's SSLStream moved every record through
-    memory BIOs in Python, a third of an HTTPS request's cost.
+    reads and writes the socket itself, in C, where trio's SSLStream moved every record
+    through memory BIOs in Python.
 
     The socket is taken over (``sock`` is detached): close the wire, not the socket.
     A failed or cancelled handshake closes it."""
@@ -242,20 +244,8 @@ class TlsWire:
     async def handshake(self) -> None:
         """Raises OSError (ssl.SSLError among them) when the handshake fails or the peer
         goes away."""
-        ssock = self.ssock
         try:
-            while True:
-                try:
-                    ssock.do_handshake()
-                    return
-                except ssl.SSLWantReadError:
-                    want_write = False
-                except ssl.SSLWantWriteError:
-                    want_write = True
-                if want_write:
-                    await trio.lowlevel.wait_writable(ssock)
-                else:
-                    await trio.lowlevel.wait_readable(ssock)
+            await _as_openssl_asks(self.ssock, self.ssock.do_handshake)
         except BaseException:
             self.close()
             raise
@@ -264,20 +254,10 @@ class TlsWire:
         return self.ssock.selected_alpn_protocol()
 
     async def recv(self) -> bytes:
-        ssock = self.ssock
-        while True:
-            try:
-                return ssock.recv(READ_SIZE)
-            except ssl.SSLWantReadError:
-                want_write = False
-            except ssl.SSLWantWriteError:
-                want_write = True
-            except ssl.SSLZeroReturnError:
-                return b""  # the peer's close_notify
-            if want_write:
-                await trio.lowlevel.wait_writable(ssock)
-            else:
-                await trio.lowlevel.wait_readable(ssock)
+        try:
+            return await _as_openssl_asks(self.ssock, self.ssock.recv, READ_SIZE)
+        except ssl.SSLZeroReturnError:
+            return b""  # the peer's close_notify
 
     def try_recv(self) -> bytes | None:
         """What is readable now without waiting, or None; b"" at EOF."""
@@ -292,19 +272,9 @@ class TlsWire:
         ssock = self.ssock
         view = memoryview(data)
         while view:
-            try:
-                view = view[ssock.send(view):]
-                continue
-            except ssl.SSLWantWriteError:
-                want_read = False
-            except ssl.SSLWantReadError:
-                want_read = True
-            # OpenSSL wants the same bytes again once the socket is ready: the loop
-            # retries with ``view`` unchanged.
-            if want_read:
-                await trio.lowlevel.wait_readable(ssock)
-            else:
-                await trio.lowlevel.wait_writable(ssock)
+            # OpenSSL wants the same bytes again once the socket is ready: a call that
+            # asks to wait is made again with ``view`` unchanged.
+            view = view[await _as_openssl_asks(ssock, ssock.send, view):]
 
     async def send_eof(self) -> None:
         pass  # TLS 1.2 has no half-close; the relay ends when either side closes
@@ -314,6 +284,24 @@ class TlsWire:
 
     def close(self) -> None:
         close(self.ssock)
+
+
+async def _as_openssl_asks(ssock: ssl.SSLSocket, call: Callable[..., T], *args: Any) -> T:
+    """``call(*args)`` on a non-blocking SSLSocket, made again after each wait for the
+    readiness OpenSSL asks for (a read may need the socket writable, and a write
+    readable)."""
+    while True:
+        try:
+            return call(*args)
+        except ssl.SSLWantReadError:
+            writable = False
+        except ssl.SSLWantWriteError:
+            writable = True
+        # Outside the except blocks: no exception stays referenced while we wait.
+        if writable:
+            await trio.lowlevel.wait_writable(ssock)
+        else:
+            await trio.lowlevel.wait_readable(ssock)
 
 
 Wire = PlainWire | TlsWire
