@@ -6,8 +6,8 @@ loopback, in front of the same nginx ``return 200`` backend, keep-alive, wrk -c5
 For each of plain HTTP and HTTPS (TLS terminated by the proxy): requests/s, p50/p99
 latency, and the proxy's CPU microseconds per request (utime+stime of all its processes
 over the run, divided by the requests served); edgelb again with its access log on
-(plain and TLS). Then, with two processes each, edgelb
-``workers: 2`` against nginx ``worker_processes 2``. Last, paced load: each proxy at
+(plain and TLS). Then, with two each, plain and TLS: edgelb ``workers: 2``, HAProxy
+``nbthread 2`` and nginx ``worker_processes 2``. Last, paced load: each proxy at
 half of HAProxy's peak rate over plain HTTP (h2load ``--h1 --rps``, 50 connections),
 p50/p99 from h2load's per-request log, since a saturating load measures queueing, not
 the proxy. Prints a markdown table with ratios and writes JSON to tests/bench/results/.
@@ -75,17 +75,18 @@ def nginx_in_front(d: Path, listens: str, backend: int, crt: Path, key: Path,
 
 
 def proxy_haproxy(tmp: Path, http: int, https: int, backend: int,
-                  pem: Path) -> subprocess.Popen[bytes]:
-    return haproxy_in_front(tmp / "haproxy.cfg", f"""bind 127.0.0.1:{http}
-  bind 127.0.0.1:{https} ssl crt {pem} alpn http/1.1""", backend)
+                  pem: Path, threads: int = 1) -> subprocess.Popen[bytes]:
+    return haproxy_in_front(tmp / f"haproxy{threads}.cfg", f"""bind 127.0.0.1:{http}
+  bind 127.0.0.1:{https} ssl crt {pem} alpn http/1.1""", backend, threads)
 
 
-def haproxy_in_front(cfg: Path, binds: str, backend: int) -> subprocess.Popen[bytes]:
-    """HAProxy, one thread, ``mode http`` on ``binds`` (its frontend's bind lines) in
-    front of ``backend``, reusing backend connections."""
+def haproxy_in_front(cfg: Path, binds: str, backend: int,
+                     threads: int = 1) -> subprocess.Popen[bytes]:
+    """HAProxy, ``threads`` threads, ``mode http`` on ``binds`` (its frontend's bind
+    lines) in front of ``backend``, reusing backend connections."""
     cfg.write_text(f"""
 global
-  nbthread 1
+  nbthread {threads}
   maxconn 4096
   ssl-default-bind-options ssl-min-ver TLSv1.2
 defaults
@@ -234,14 +235,15 @@ def main() -> int:
             ("haproxy", lambda h, s: proxy_haproxy(tmp, h, s, bport, pem)),
             ("nginx", lambda h, s: proxy_nginx(tmp, 1, h, s, bport, crt, key)),
             ("edgelb-2", lambda h, s: proxy_edgelb(tmp, 2, h, s, bport, crt, key)),
+            ("haproxy-2", lambda h, s: proxy_haproxy(tmp, h, s, bport, pem, threads=2)),
             ("nginx-2", lambda h, s: proxy_nginx(tmp, 2, h, s, bport, crt, key)),
         ]
         for name, start in runs:
             http, https = free_port(), free_port()
             proc = start(http, https)
             try:
-                schemes = ("http",) if name.endswith("-2") else ("http", "https")
-                results[name] = run_one(name, proc, http, https, args.seconds, schemes)
+                results[name] = run_one(name, proc, http, https, args.seconds,
+                                        ("http", "https"))
                 print(f"{name}: {json.dumps(results[name])}", file=sys.stderr)
             finally:
                 stop(proc)
@@ -293,9 +295,13 @@ def report(r: dict[str, Any], seconds: int) -> None:
             print(f"| http at {r['paced_rate']:.0f} req/s (half of HAProxy's peak) | {label} | "
                   f"{e[k]:.2f} | {h[k]:.2f} | {n[k]:.2f} | {ratio(e[k], h[k])} | "
                   f"{ratio(e[k], n[k])} |")
-    e2, n2 = r["edgelb-2"]["http"], r["nginx-2"]["http"]
-    print(f"| http, 2 processes | req/s | {e2['rps']:.0f} | - | {n2['rps']:.0f} | - | "
-          f"{ratio(e2['rps'], n2['rps'])} |")
+    for scheme in ("http", "https"):
+        e, h, n = (r[x][scheme] for x in ("edgelb-2", "haproxy-2", "nginx-2"))
+        for label, key, fmt in (("req/s", "rps", "{:.0f}"),
+                                ("CPU µs/req", "cpu_us_per_req", "{:.1f}")):
+            print(f"| {scheme}, 2 processes (HAProxy: 2 threads) | {label} | "
+                  f"{fmt.format(e[key])} | {fmt.format(h[key])} | {fmt.format(n[key])} | "
+                  f"{ratio(e[key], h[key])} | {ratio(e[key], n[key])} |")
     errs = {k: v[s]["errors"] + v[s]["non2xx"] for k, v in r.items()
             if isinstance(v, dict) and not k.endswith("-paced") for s in v}
     print(f"\nerrors (socket + non-2xx) per run: {errs}")
