@@ -29,6 +29,7 @@ from tests.bench.l7 import (
     arguments,
     behind_nginx,
     haproxy_in_front,
+    measured,
     missing,
     nginx_in_front,
     stop,
@@ -145,19 +146,15 @@ def main() -> int:
             ("edgelb", lambda p: proxy_edgelb(tmp, p, bport, crt, key)),
             ("haproxy", lambda p: proxy_haproxy(tmp, p, bport, pem)),
             ("nginx", lambda p: proxy_nginx(tmp, p, bport, crt, key))]
+        def over_h2(name: str, port: int, proc: subprocess.Popen[bytes]) -> dict[str, Any]:
+            wait_for(lambda: can_connect(port), 20, f"{name} listening")
+            url = f"https://127.0.0.1:{port}/"
+            h2load(url, 1, 50, 10)  # warm up
+            return with_cpu(proc, functools.partial(h2load, url, args.seconds, 50, 10))
+
         for name, start in runs:
             port = free_port()
-            proc = start(port)
-            try:
-                wait_for(lambda p=port: can_connect(p), 20, f"{name} listening")
-                url = f"https://127.0.0.1:{port}/"
-                h2load(url, 1, 50, 10)  # warm up
-                results[name] = with_cpu(proc, functools.partial(h2load, url, args.seconds,
-                                                                 50, 10))
-                print(f"{name}: {json.dumps(results[name])}", file=sys.stderr)
-            finally:
-                stop(proc)
-            time.sleep(0.5)
+            results[name] = measured(name, start(port), functools.partial(over_h2, name, port))
         results.update(grpc_rates(tmp, args.seconds))
     results["h2_floor_us"] = h2_floor()
     out = save_results("h2", results)

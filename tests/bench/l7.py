@@ -29,12 +29,14 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import trustme
 
 from tests.bench.l4 import cpu_seconds, run_nginx, save_results, wrk
 from tests.helpers import EDGELB, can_connect, free_port, stop_process, wait_for
+
+T = TypeVar("T")
 
 
 def tree_cpu(pid: int) -> float:
@@ -134,6 +136,19 @@ listeners:
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
     stop_process(proc)
+
+
+def measured(name: str, proc: subprocess.Popen[bytes],
+             measure: Callable[[subprocess.Popen[bytes]], T]) -> T:
+    """``measure(proc)``, said on stderr as it comes; then the proxy is stopped, with a
+    pause for its sockets to go before the next one starts."""
+    try:
+        figures = measure(proc)
+        print(f"{name}: {json.dumps(figures)}", file=sys.stderr)
+        return figures
+    finally:
+        stop(proc)
+        time.sleep(0.5)
 
 
 def with_cpu(proc: subprocess.Popen[bytes],
@@ -240,28 +255,22 @@ def main() -> int:
         ]
         for name, start in runs:
             http, https = free_port(), free_port()
-            proc = start(http, https)
-            try:
-                results[name] = run_one(name, proc, http, https, args.seconds,
-                                        ("http", "https"))
-                print(f"{name}: {json.dumps(results[name])}", file=sys.stderr)
-            finally:
-                stop(proc)
-            time.sleep(0.5)
+            results[name] = measured(name, start(http, https), functools.partial(
+                run_one, name, http=http, https=https, seconds=args.seconds,
+                schemes=("http", "https")))
         if shutil.which("h2load"):
             half = results["haproxy"]["http"]["rps"] / 2
             results["paced_rate"] = half
+
+            def at_half(name: str, port: int, _: subprocess.Popen[bytes]) -> dict[str, float]:
+                wait_for(lambda: can_connect(port), 20, f"{name} listening")
+                wrk(port, 1, 50)  # warm up
+                return paced(port, half, args.seconds, tmp)
+
             for name, start in [x for x in runs if x[0] in ("edgelb", "haproxy", "nginx")]:
                 http, https = free_port(), free_port()
-                proc = start(http, https)
-                try:
-                    wait_for(lambda p=http: can_connect(p), 20, f"{name} listening")
-                    wrk(http, 1, 50)  # warm up
-                    results[f"{name}-paced"] = paced(http, half, args.seconds, tmp)
-                    print(f"{name} paced: {results[f'{name}-paced']}", file=sys.stderr)
-                finally:
-                    stop(proc)
-                time.sleep(0.5)
+                results[f"{name}-paced"] = measured(f"{name} paced", start(http, https),
+                                                    functools.partial(at_half, name, http))
     out = save_results("l7", results)
     report(results, args.seconds)
     print(f"\nraw figures: {out}")

@@ -24,7 +24,7 @@ against these floors. Only ratios within one run mean anything.
 from __future__ import annotations
 
 import asyncio
-import json
+import functools
 import socket
 import subprocess
 import sys
@@ -40,11 +40,11 @@ from tests.bench.l4 import save_results
 from tests.bench.l7 import (
     arguments,
     behind_nginx,
+    measured,
     missing,
     proxy_edgelb,
     proxy_haproxy,
     run_one,
-    stop,
 )
 from tests.helpers import free_port
 
@@ -295,13 +295,9 @@ def main() -> int:
             http, https = free_port(), free_port()
             if name not in ("haproxy", "edgelb"):
                 https = http  # the reference proxies serve plain HTTP only
-            proc = start(http, https)
-            try:
-                results[name] = run_one(name, proc, http, https, args.seconds, ("http",))["http"]
-                print(f"{name}: {json.dumps(results[name])}", file=sys.stderr)
-            finally:
-                stop(proc)
-            time.sleep(0.5)
+            results[name] = measured(name, start(http, https), functools.partial(
+                run_one, name, http=http, https=https, seconds=args.seconds,
+                schemes=("http",)))["http"]
     results["http1-machine-alone"] = {"cpu_us_per_req": machine_floor()}
     out = save_results("loops", results)
     report(results)
