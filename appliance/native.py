@@ -38,20 +38,25 @@ def digest(folder: Path, sources: tuple[str, ...]) -> str:
     return h.hexdigest()
 
 
+def fresh(here: Path, sources: tuple[str, ...]) -> bool:
+    """Whether the twins in ``here``'s ``_native`` folder were built from ``sources`` as
+    they are now (False without a build, or after an edit since)."""
+    try:
+        built = (here / FOLDER / DIGEST).read_text().strip()
+    except OSError:
+        return False
+    return built == digest(here, sources)
+
+
 def use(path: list[str], init_file: str, package: str) -> bool:
     """Put the compiled twins of ``package`` (a key of PACKAGES) ahead of its modules
     when they were built from its present sources; True when they are in use."""
     if os.environ.get("EDGELB_NATIVE") == "0":
         return False
-    sources = PACKAGES[package]
     here = Path(init_file).resolve().parent
-    native = here / FOLDER
-    try:
-        built = (native / DIGEST).read_text().strip()
-    except OSError:
+    if not fresh(here, PACKAGES[package]):
         return False
-    if built != digest(here, sources):
-        return False  # stale: a source changed since the build
+    native = here / FOLDER
     # mypyc's shared runtime of the build is a top-level module beside the twins: it must
     # load here (the same Python the build was for), or the Python modules run.
     added = str(native) not in sys.path

@@ -12,7 +12,7 @@ import pytest
 
 import appliance.datapath.http1 as http1
 from appliance.datapath.http1 import connection, heads
-from appliance.native import DIGEST, FOLDER, PACKAGES, digest, use
+from appliance.native import DIGEST, FOLDER, PACKAGES, digest, fresh, use
 
 HTTP1 = Path(http1.__file__).resolve().parent
 ROOT = HTTP1.parents[2]
@@ -59,12 +59,7 @@ def test_edgelb_native_0_keeps_the_python_modules(
 
 
 def test_the_machines_run_compiled_when_make_built_them() -> None:
-    sources = PACKAGES["datapath/http1"]
-    try:
-        fresh = (HTTP1 / FOLDER / DIGEST).read_text().strip() == digest(HTTP1, sources)
-    except OSError:
-        fresh = False
-    if not fresh or os.environ.get("EDGELB_NATIVE") == "0":
+    if not fresh(HTTP1, PACKAGES["datapath/http1"]) or os.environ.get("EDGELB_NATIVE") == "0":
         pytest.skip("no fresh build of the twins (make native builds them)")
     assert http1.NATIVE
     for module in (heads, connection):
